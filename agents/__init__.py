@@ -1,0 +1,1 @@
+"""Thin Faust agents: take an event, hand it to the pipeline, never raise."""

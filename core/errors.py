@@ -1,0 +1,83 @@
+"""The project's one exception hierarchy.
+
+::
+
+    ResilienceError
+     ├── ConfigurationError          settings or environment are wrong (permanent)
+     ├── TransientError              worth retrying: the cause is outside the message
+     │    ├── ServiceUnavailableError    a dependency (a provider, SomaBrain, ...) is down
+     │    │    └── InfrastructureUnavailableError  the pipeline's own store (PostgreSQL,
+     │    │                                        Kafka) is down: wait, never dead-letter
+     │    └── CircuitOpenError           a breaker refused the call without trying it
+     └── PermanentError              retrying the same input will fail the same way
+          ├── MessageDecodeError         bytes that are not JSON / not UTF-8
+          ├── MessageValidationError     JSON that does not match the schema
+          └── FallbackExhaustedError     every provider of a chain failed
+
+Routing (retry, pause, dead-letter) is decided by class, never by message text.
+Third-party errors are translated at the boundary with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CircuitOpenError",
+    "ConfigurationError",
+    "FallbackExhaustedError",
+    "InfrastructureUnavailableError",
+    "MessageDecodeError",
+    "MessageValidationError",
+    "PermanentError",
+    "ResilienceError",
+    "ServiceUnavailableError",
+    "TransientError",
+]
+
+
+class ResilienceError(Exception):
+    """Base of every error raised by this project."""
+
+
+class ConfigurationError(ResilienceError):
+    """Settings, arguments or the environment are wrong; fix them and start again."""
+
+
+class TransientError(ResilienceError):
+    """A failure whose cause lies outside the input: retrying later may succeed."""
+
+
+class ServiceUnavailableError(TransientError):
+    """A dependency did not answer or refused the call."""
+
+    def __init__(self, service: str, detail: str) -> None:
+        super().__init__(f"{service} is not available: {detail}")
+        self.service = service
+        self.detail = detail
+
+
+class InfrastructureUnavailableError(ServiceUnavailableError):
+    """The pipeline's own storage (PostgreSQL, Kafka) is down: pause and retry, never give up."""
+
+
+class CircuitOpenError(TransientError):
+    """A circuit breaker is open and refused the call without trying it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"circuit {name!r} is open")
+        self.name = name
+
+
+class PermanentError(ResilienceError):
+    """Retrying the same input will fail the same way: dead-letter it."""
+
+
+class MessageDecodeError(PermanentError):
+    """The bytes of a message are not UTF-8 JSON."""
+
+
+class MessageValidationError(PermanentError):
+    """The JSON of a message does not satisfy its schema."""
+
+
+class FallbackExhaustedError(PermanentError):
+    """Every provider of a fallback chain failed or was skipped."""

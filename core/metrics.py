@@ -1,0 +1,92 @@
+"""Every Prometheus metric of the project, in one container built from a registry.
+
+Tests build a fresh :class:`Metrics` on a fresh registry; ``/metrics`` serves the
+registry the container was built from. Names from the seed are kept exactly.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """The project's metrics, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        # --- the seed's names -------------------------------------------------
+        self.service_health_state = Gauge(
+            "service_health_state",
+            "Health of a service: 0 healthy, 1 degraded, 2 unavailable.",
+            ["service"],
+            registry=r,
+        )
+        self.service_degradation_level = Gauge(
+            "service_degradation_level",
+            "Degradation level: 0 none, 1 minor, 2 moderate, 3 severe, 4 critical.",
+            ["service"],
+            registry=r,
+        )
+        self.outbox_messages_pending = Gauge(
+            "outbox_messages_pending", "Outbox rows not yet published.", registry=r
+        )
+        self.dlq_messages_total = Counter(
+            "dlq_messages", "Messages sent to a dead-letter topic.", ["topic"], registry=r
+        )
+        self.llm_failover_count = Counter(
+            "llm_failover_count",
+            "Switches from one LLM provider to the next.",
+            ["from_provider", "to_provider"],
+            registry=r,
+        )
+        # --- the conversation agent ------------------------------------------
+        self.messages_processed_total = Counter(
+            "conversation_messages",
+            "Inbound messages by outcome (replied, duplicate, dead_lettered).",
+            ["outcome"],
+            registry=r,
+        )
+        self.processing_seconds = Histogram(
+            "conversation_processing_seconds",
+            "Time from taking an inbound message to committing its reply.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.infrastructure_retries_total = Counter(
+            "conversation_infrastructure_retries",
+            "Retries of a message because a dependency was unavailable.",
+            ["service"],
+            registry=r,
+        )
+        self.messages_in_flight = Gauge(
+            "conversation_messages_in_flight", "Inbound messages being processed.", registry=r
+        )
+        # --- the outbox relay -------------------------------------------------
+        self.outbox_published_total = Counter(
+            "outbox_published", "Outbox rows published to Kafka.", registry=r
+        )
+        self.outbox_failed_total = Counter(
+            "outbox_publish_failures",
+            "Outbox rows whose publication failed, by kind (row, broker).",
+            ["kind"],
+            registry=r,
+        )
+        self.outbox_relay_lag_seconds = Gauge(
+            "outbox_relay_lag_seconds", "Age of the oldest unpublished outbox row.", registry=r
+        )
+        self.outbox_relay_active = Gauge(
+            "outbox_relay_active", "1 while this process holds the relay lock.", registry=r
+        )
+        self.outbox_batch_size = Histogram(
+            "outbox_batch_size",
+            "Rows per relay transaction.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,127 @@
+"""All settings of the project in one pydantic-settings object.
+
+Every variable is read from the environment with the ``SA01_`` prefix (the seed's
+names: ``SA01_KAFKA_BOOTSTRAP_SERVERS``, ``SA01_DATABASE_URL``, ``SA01_REDIS_URL``,
+``SA01_SOMABRAIN_URL``, ``SA01_TEMPORAL_HOST``), except provider keys, which keep each
+provider's usual variable (``OPENAI_API_KEY``, ...). Defaults point at 127.0.0.1.
+Nothing else in the project reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["PROVIDER_KEY_VARIABLES", "Settings"]
+
+#: Provider key variables, by provider prefix of a litellm model name.
+PROVIDER_KEY_VARIABLES: dict[str, str] = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+}
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class Settings(BaseSettings):
+    """Settings of the worker, the relay and the commands (env prefix ``SA01_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SA01_", extra="ignore", frozen=True)
+
+    # --- services -------------------------------------------------------------
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    database_url: str = "postgresql://sa01:sa01@127.0.0.1:5432/sa01"
+    database_schema: str = Field(
+        "public", description="PostgreSQL schema holding the project's tables."
+    )
+    database_pool_max_size: int = Field(10, ge=1)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    somabrain_url: str = "http://127.0.0.1:9696"
+    temporal_host: str = "127.0.0.1:7233"
+
+    # --- the stream processor --------------------------------------------------
+    app_id: str = Field("sa01-resilience", description="Faust app id and consumer group.")
+    topic_prefix: str = Field("", description="Prefix of every topic name (tests isolate by it).")
+    topic_partitions: int = Field(6, ge=1)
+    topic_replication_factor: int = Field(1, ge=1)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+    worker_instance_id: str | None = Field(
+        None, description="Static group membership id: a restarted worker rejoins at once."
+    )
+    session_timeout_seconds: float = Field(10.0, gt=0)
+    max_in_flight: int = Field(256, ge=1, description="Messages processed at once per worker.")
+    processing_max_attempts: int = Field(3, ge=1)
+    processing_retry_backoff_seconds: float = Field(0.2, ge=0)
+    infrastructure_retry_max_seconds: float = Field(5.0, gt=0)
+    idempotency_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+    # --- the responder (LLM) ---------------------------------------------------
+    responder: Literal["litellm", "echo"] = "litellm"
+    llm_model: str = "openai/gpt-4o"
+    llm_api_base: str | None = None
+    llm_timeout_seconds: float = Field(30.0, gt=0)
+    openai_api_key: SecretStr | None = Field(None, validation_alias="OPENAI_API_KEY")
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
+    openrouter_api_key: SecretStr | None = Field(None, validation_alias="OPENROUTER_API_KEY")
+    deepseek_api_key: SecretStr | None = Field(None, validation_alias="DEEPSEEK_API_KEY")
+
+    # --- the outbox relay ------------------------------------------------------
+    relay_enabled_in_worker: bool = Field(
+        True, description="The worker also competes for the relay lock (hot standby)."
+    )
+    relay_batch_size: int = Field(500, ge=1)
+    relay_poll_interval_seconds: float = Field(0.5, gt=0)
+    relay_lock_retry_seconds: float = Field(1.0, gt=0)
+    relay_transaction_timeout_seconds: float = Field(30.0, gt=0)
+    outbox_max_attempts: int = Field(10, ge=1)
+    relay_web_port: int = Field(6067, ge=0, le=65535)
+
+    # --- logging ---------------------------------------------------------------
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "text"
+
+    @field_validator("database_schema")
+    @classmethod
+    def _schema_is_identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError("must be a lower-case SQL identifier (letters, digits, _)")
+        return value
+
+    def topic(self, name: str) -> str:
+        """The full name of one of the project's topics (with the configured prefix)."""
+        return f"{self.topic_prefix}{name}"
+
+    def provider_key(self, model: str) -> SecretStr | None:
+        """The API key configured for a litellm model name such as ``openai/gpt-4o``."""
+        provider = model.split("/", 1)[0]
+        return {
+            "openai": self.openai_api_key,
+            "anthropic": self.anthropic_api_key,
+            "openrouter": self.openrouter_api_key,
+            "deepseek": self.deepseek_api_key,
+        }.get(provider)
+
+    @property
+    def relay_transactional_id(self) -> str:
+        """The one transactional id of the active relay: a new holder fences the old."""
+        return f"{self.app_id}-{self.database_schema}-outbox-relay"
+
+    @property
+    def relay_lock_key(self) -> int:
+        """The advisory lock key that elects the active relay for this schema."""
+        return _stable_hash(f"outbox-relay:{self.database_schema}")
+
+
+def _stable_hash(text: str) -> int:
+    """A signed 63-bit FNV-1a hash, stable across processes (unlike ``hash``)."""
+    value = 0xCBF29CE484222325
+    for byte in text.encode():
+        value ^= byte
+        value = (value * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return value & 0x7FFFFFFFFFFFFFFF

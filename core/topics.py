@@ -1,0 +1,125 @@
+"""The project's topics and their creation (topic auto-creation is off on the broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from core.errors import InfrastructureUnavailableError
+from core.settings import Settings
+
+__all__ = [
+    "BACKUP_TASKS",
+    "CONVERSATION_INBOUND",
+    "CONVERSATION_OUTBOUND",
+    "DEGRADATION_EVENTS",
+    "MEMORY_REMEMBER",
+    "OUTBOX_LEDGER",
+    "UPLOAD_RETRY",
+    "TopicSpec",
+    "dlq",
+    "ensure_topics",
+    "project_topics",
+]
+
+logger = logging.getLogger(__name__)
+
+CONVERSATION_INBOUND = "conversation.inbound"
+CONVERSATION_OUTBOUND = "conversation.outbound"
+DEGRADATION_EVENTS = "degradation.events"
+MEMORY_REMEMBER = "somabrain.memory.remember"
+UPLOAD_RETRY = "upload.retry"
+BACKUP_TASKS = "backup.tasks"
+#: The relay's commit log: one record per Kafka transaction it committed.
+OUTBOX_LEDGER = "sa01.outbox.ledger"
+
+
+def dlq(topic: str) -> str:
+    """The dead-letter topic of ``topic``."""
+    return f"{topic}.dlq"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the project creates: name, partitions and topic-level configuration."""
+
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def project_topics(settings: Settings) -> list[TopicSpec]:
+    """Every topic the worker, the relay and the commands use."""
+    parts = settings.topic_partitions
+    data_topics = [
+        CONVERSATION_INBOUND,
+        CONVERSATION_OUTBOUND,
+        MEMORY_REMEMBER,
+        UPLOAD_RETRY,
+        BACKUP_TASKS,
+    ]
+    specs = [TopicSpec(settings.topic(name), parts) for name in data_topics]
+    specs += [TopicSpec(settings.topic(dlq(name)), parts) for name in data_topics]
+    specs.append(TopicSpec(settings.topic(DEGRADATION_EVENTS), parts))
+    specs.append(TopicSpec(settings.topic(dlq(DEGRADATION_EVENTS)), parts))
+    specs.append(
+        TopicSpec(
+            settings.topic(OUTBOX_LEDGER),
+            1,
+            {"cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"},
+        )
+    )
+    return specs
+
+
+def _create_missing(settings: Settings, specs: list[TopicSpec], timeout: float) -> list[str]:
+    admin = AdminClient(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "socket.timeout.ms": 5000}
+    )
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise InfrastructureUnavailableError(
+            "kafka", f"Kafka at {settings.kafka_bootstrap_servers} is not reachable ({exc})"
+        ) from exc
+    missing = [s for s in specs if s.name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                s.name,
+                num_partitions=s.partitions,
+                replication_factor=settings.topic_replication_factor,
+                config=s.config,
+            )
+            for s in missing
+        ],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise InfrastructureUnavailableError("kafka", f"could not create topic {name}: {exc}") from exc
+    return created
+
+
+async def ensure_topics(
+    settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 15.0
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    wanted = specs if specs is not None else project_topics(settings)
+    created = await asyncio.to_thread(_create_missing, settings, wanted, timeout)
+    if created:
+        logger.info("created topics: %s", ", ".join(sorted(created)))
+    return created

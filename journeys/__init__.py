@@ -1,0 +1,1 @@
+"""User journeys as plain async code: testable without a broker."""

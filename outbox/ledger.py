@@ -1,0 +1,76 @@
+"""The outbox ledger: which relay batch was the last one Kafka committed.
+
+Every relay transaction carries one ledger record (key: the relay's transactional
+id, value: ``{"seq": N}``) on a compacted one-partition topic. After
+``init_transactions`` has resolved any transaction left open by a crashed
+predecessor, the last ledger record of our id read with ``read_committed`` names
+the last committed batch: rows claimed with a higher sequence were never visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from core.errors import InfrastructureUnavailableError
+from core.settings import Settings
+
+__all__ = ["encode_entry", "read_last_sequence"]
+
+
+def encode_entry(seq: int) -> bytes:
+    """The value of a ledger record for batch ``seq``."""
+    return json.dumps({"seq": seq}).encode()
+
+
+def _read_blocking(settings: Settings, topic: str, relay_id: str, timeout: float) -> int:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"sa01-ledger-reader-{uuid.uuid4()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "socket.timeout.ms": 10_000,
+        }
+    )
+    key = relay_id.encode()
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout)
+        window = 64
+        while True:
+            start = max(low, high - window)
+            last = _scan(consumer, topic, start, key, timeout)
+            if last is not None or start <= low:
+                return last or 0
+            window *= 8
+    except KafkaException as exc:
+        raise InfrastructureUnavailableError("kafka", f"could not read the outbox ledger: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def _scan(consumer: Consumer, topic: str, start: int, key: bytes, timeout: float) -> int | None:
+    consumer.assign([TopicPartition(topic, 0, start)])
+    last: int | None = None
+    while True:
+        message = consumer.poll(timeout)
+        if message is None:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "ledger read timed out"))
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return last
+            raise KafkaException(error)
+        if message.key() == key and message.value():
+            last = int(json.loads(message.value())["seq"])
+
+
+async def read_last_sequence(
+    settings: Settings, topic: str, relay_id: str, timeout: float = 15.0
+) -> int:
+    """The highest batch sequence committed by ``relay_id`` (0 when none)."""
+    return await asyncio.to_thread(_read_blocking, settings, topic, relay_id, timeout)

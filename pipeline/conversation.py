@@ -1,0 +1,242 @@
+"""Processing of ``conversation.inbound``: decode, deduplicate, answer, commit, ack.
+
+Guarantees (see docs/guarantees.md):
+
+* Bad input never stops the stream: bytes that are not JSON or fail the schema, and
+  messages whose processing raises a :class:`PermanentError`, are dead-lettered at
+  once; any other error is retried with backoff and dead-lettered after
+  ``processing_max_attempts``. Dead letters keep the original bytes and key.
+* The reply, the idempotency record and any dead letter are written to PostgreSQL
+  in one transaction (the outbox); the relay publishes them exactly once. A second
+  copy of a ``message_id`` finds its record and produces nothing.
+* While PostgreSQL is unreachable the message waits (it is neither acked nor
+  dead-lettered): nothing is lost, and the offset is never committed past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+from core.errors import InfrastructureUnavailableError, PermanentError
+from core.metrics import Metrics
+from core.settings import Settings
+from core.topics import CONVERSATION_OUTBOUND, dlq
+from journeys.conversation import ConversationJourney
+from outbox.database import Database
+from outbox.dead_letters import DeadLetter, DeadLetterStore
+from outbox.idempotency import IdempotencyStore
+from outbox.store import OutboxRecord, OutboxStore
+from schemas.codec import CONTENT_TYPE, decode_message, encode_message
+from schemas.headers import CONTENT_TYPE as CONTENT_TYPE_HEADER
+from schemas.headers import ERRORS_EXCEPTION, IDEMPOTENCY_KEY, dead_letter_headers
+from schemas.messages import ConversationInbound, ConversationReply
+
+__all__ = ["ConversationProcessor", "InboundMessage", "Outcome"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One Kafka record as taken from the inbound topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def position(self) -> str:
+        """``topic:partition:offset``, unique per record."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+class Outcome:
+    """What became of a message (the label of ``conversation_messages_total``)."""
+
+    REPLIED = "replied"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class ConversationProcessor:
+    """Processes one inbound message to its end; :meth:`process` never raises."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        journey: ConversationJourney,
+        metrics: Metrics,
+        on_committed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.journey = journey
+        self.metrics = metrics
+        self.on_committed = on_committed
+        self.outbound_topic = settings.topic(CONVERSATION_OUTBOUND)
+        self.outbox = OutboxStore()
+        self.idempotency = IdempotencyStore()
+        self.dead_letters = DeadLetterStore()
+        self.ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
+
+    @staticmethod
+    def decode(message: InboundMessage) -> ConversationInbound:
+        """The validated message, or a :class:`PermanentError` saying what is wrong."""
+        return decode_message(ConversationInbound, message.value)
+
+    async def process(self, message: InboundMessage) -> str:
+        """Process ``message`` to one outcome; waits while PostgreSQL is unreachable."""
+        started = time.monotonic()
+        self.metrics.messages_in_flight.inc()
+        try:
+            outcome = await self._process(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: keep the stream going, keep the message
+            logger.exception("unexpected error processing %s", message.position)
+            outcome = await self._retry_infrastructure(self._dead_letter, message, exc, 1)
+        finally:
+            self.metrics.messages_in_flight.dec()
+        self.metrics.messages_processed_total.labels(outcome=outcome).inc()
+        self.metrics.processing_seconds.observe(time.monotonic() - started)
+        return outcome
+
+    async def _process(self, message: InboundMessage) -> str:
+        try:
+            inbound = self.decode(message)
+        except PermanentError as exc:
+            return await self._retry_infrastructure(self._dead_letter, message, exc, 1)
+        key = f"{message.topic}:{inbound.message_id}"
+        if await self._retry_infrastructure(self._already_processed, key):
+            return Outcome.DUPLICATE
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                reply = await self.journey.answer(inbound)
+                break
+            except InfrastructureUnavailableError as exc:
+                attempts -= 1
+                await self._pause(exc)
+            except Exception as exc:
+                permanent = isinstance(exc, PermanentError)
+                if permanent or attempts >= self.settings.processing_max_attempts:
+                    return await self._retry_infrastructure(
+                        self._dead_letter, message, exc, attempts
+                    )
+                delay = self.settings.processing_retry_backoff_seconds * 2 ** (attempts - 1)
+                logger.warning(
+                    "processing %s failed (attempt %d): %s", message.position, attempts, exc
+                )
+                await asyncio.sleep(delay)
+        return await self._retry_infrastructure(self._commit_reply, key, inbound, reply)
+
+    # ------------------------------------------------------------- persistence
+    async def _already_processed(self, key: str) -> bool:
+        async with self.database.connection() as conn:
+            found, _ = await self.idempotency.get(conn, key)
+        return found
+
+    async def _commit_reply(
+        self, key: str, inbound: ConversationInbound, reply: ConversationReply
+    ) -> str:
+        payload = encode_message(reply)
+        async with self.database.connection() as conn, conn.transaction():
+            if not await self.idempotency.put(
+                conn, key, reply.model_dump(mode="json"), self.ttl
+            ):
+                return Outcome.DUPLICATE
+            await self.outbox.add(
+                conn,
+                OutboxRecord(
+                    topic=self.outbound_topic,
+                    key=inbound.partition_key.encode(),
+                    value=payload,
+                    idempotency_key=f"{self.outbound_topic}:{reply.message_id}",
+                    headers={IDEMPOTENCY_KEY: reply.message_id, CONTENT_TYPE_HEADER: CONTENT_TYPE},
+                ),
+                self.settings.outbox_max_attempts,
+            )
+        self.on_committed()
+        return Outcome.REPLIED
+
+    async def _dead_letter(self, message: InboundMessage, error: Exception, attempts: int) -> str:
+        idempotency_key = f"dlq:{message.position}"
+        headers = dead_letter_headers(
+            error,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            attempts=attempts,
+            idempotency_key=idempotency_key,
+        )
+        value = message.value if message.value is not None else b""
+        async with self.database.connection() as conn, conn.transaction():
+            await self.dead_letters.add(
+                conn,
+                DeadLetter(
+                    idempotency_key=idempotency_key,
+                    source="agent",
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    key=message.key,
+                    payload=value,
+                    headers=headers,
+                    error_class=headers[ERRORS_EXCEPTION],
+                    error_message=str(error),
+                    attempts=attempts,
+                ),
+            )
+            inserted = await self.outbox.add(
+                conn,
+                OutboxRecord(
+                    topic=dlq(message.topic),
+                    key=message.key,
+                    value=value,
+                    headers=headers,
+                    idempotency_key=idempotency_key,
+                ),
+                self.settings.outbox_max_attempts,
+            )
+        if inserted:
+            self.metrics.dlq_messages_total.labels(topic=dlq(message.topic)).inc()
+            logger.warning(
+                "dead-lettered %s after %d attempt(s): %s: %s",
+                message.position,
+                attempts,
+                headers[ERRORS_EXCEPTION],
+                error,
+            )
+        self.on_committed()
+        return Outcome.DEAD_LETTERED
+
+    # ------------------------------------------------------------------ waiting
+    async def _retry_infrastructure(
+        self, operation: Callable[..., Awaitable[T]], *args: object
+    ) -> T:
+        """Run ``operation`` until the infrastructure lets it finish."""
+        failures = 0
+        while True:
+            try:
+                return await operation(*args)
+            except InfrastructureUnavailableError as exc:
+                failures += 1
+                await self._pause(exc, failures)
+
+    async def _pause(self, exc: InfrastructureUnavailableError, failures: int = 1) -> None:
+        self.metrics.infrastructure_retries_total.labels(service=exc.service).inc()
+        delay = min(0.1 * 2**failures, self.settings.infrastructure_retry_max_seconds)
+        if failures in (1, 5) or failures % 20 == 0:
+            logger.warning("waiting for %s (retry %d in %.1fs): %s", exc.service, failures, delay, exc)
+        await asyncio.sleep(delay)

@@ -1,0 +1,1 @@
+"""Adapters to external providers (LLMs first), each behind a small Protocol."""

@@ -1,0 +1,119 @@
+"""The responder interface and its implementations.
+
+A responder turns a user's message into the text of a reply. The conversation
+journey knows only the :class:`Responder` Protocol. :class:`LiteLLMResponder` calls
+one model through litellm (any OpenAI-compatible endpoint via ``api_base``);
+:class:`EchoResponder` answers in-process (benchmarks of the pipeline's overhead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from core.errors import PermanentError, ServiceUnavailableError
+from core.settings import Settings
+
+__all__ = ["EchoResponder", "LiteLLMResponder", "Responder", "ResponderAnswer", "build_responder"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResponderAnswer:
+    """The text of a reply and the model that wrote it."""
+
+    text: str
+    model: str
+
+
+class Responder(Protocol):
+    """Anything that can answer a user's message."""
+
+    async def respond(self, text: str, *, session_key: str) -> ResponderAnswer:
+        """Answer ``text`` written in the session ``session_key``."""
+        ...
+
+
+class EchoResponder:
+    """Answers in-process by echoing: measures the pipeline without an LLM."""
+
+    model = "echo"
+
+    async def respond(self, text: str, *, session_key: str) -> ResponderAnswer:
+        """Echo ``text``."""
+        return ResponderAnswer(text=f"echo: {text}", model=self.model)
+
+
+class ProviderRequestError(PermanentError):
+    """The provider refused the request itself (e.g. too long for the model)."""
+
+
+class LiteLLMResponder:
+    """Calls one model through litellm; litellm is imported on first use, not at start-up."""
+
+    def __init__(self, model: str, *, api_base: str | None, api_key: str | None, timeout: float):
+        self.model = model
+        self.api_base = api_base
+        self.api_key = api_key
+        self.timeout = timeout
+        self._litellm: Any = None
+        self._import_lock = asyncio.Lock()
+
+    async def _module(self) -> Any:
+        async with self._import_lock:
+            if self._litellm is None:
+                os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                self._litellm = await asyncio.to_thread(_import_litellm)
+        return self._litellm
+
+    async def respond(self, text: str, *, session_key: str) -> ResponderAnswer:
+        """Ask the model; provider outages become :class:`ServiceUnavailableError`."""
+        litellm = await self._module()
+        try:
+            response = await litellm.acompletion(
+                model=self.model,
+                messages=[{"role": "user", "content": text}],
+                api_base=self.api_base,
+                api_key=self.api_key,
+                timeout=self.timeout,
+                num_retries=0,
+            )
+        except (litellm.BadRequestError, litellm.ContextWindowExceededError) as exc:
+            raise ProviderRequestError(f"{self.model} refused the request: {exc}") from exc
+        except (litellm.AuthenticationError, litellm.PermissionDeniedError) as exc:
+            raise ServiceUnavailableError(self.model, f"credentials refused: {exc}") from exc
+        except (
+            litellm.APIConnectionError,
+            litellm.Timeout,
+            litellm.RateLimitError,
+            litellm.ServiceUnavailableError,
+            litellm.InternalServerError,
+            litellm.APIError,
+        ) as exc:
+            raise ServiceUnavailableError(self.model, str(exc)) from exc
+        content = response.choices[0].message.content or ""
+        return ResponderAnswer(text=content, model=str(getattr(response, "model", self.model)))
+
+
+def _import_litellm() -> Any:
+    import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def build_responder(settings: Settings) -> Responder:
+    """The responder the settings ask for."""
+    if settings.responder == "echo":
+        return EchoResponder()
+    key = settings.provider_key(settings.llm_model)
+    return LiteLLMResponder(
+        settings.llm_model,
+        api_base=settings.llm_api_base,
+        api_key=key.get_secret_value() if key is not None else None,
+        timeout=settings.llm_timeout_seconds,
+    )

@@ -1,0 +1,66 @@
+"""Encoding and decoding of message models, and the Faust codec built on them.
+
+Decoding errors are translated into the project's own classes so that routing to a
+dead-letter topic is decided by class: :class:`MessageDecodeError` for bytes that are
+not UTF-8 JSON, :class:`MessageValidationError` for JSON that fails the schema.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from faust.serializers.codecs import Codec
+from pydantic import BaseModel, ValidationError
+
+from core.errors import MessageDecodeError, MessageValidationError
+
+__all__ = ["CONTENT_TYPE", "ModelCodec", "decode_message", "encode_message"]
+
+CONTENT_TYPE = "application/json"
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode_message(message: BaseModel) -> bytes:
+    """UTF-8 JSON of a message, as written to Kafka."""
+    return message.model_dump_json().encode()
+
+
+def decode_message(model: type[M], data: bytes | None) -> M:
+    """Parse and validate ``data`` as ``model``; raise a project error on bad input."""
+    if data is None:
+        raise MessageDecodeError("message has no value (tombstone)")
+    try:
+        document = json.loads(data)
+    except UnicodeDecodeError as exc:
+        raise MessageDecodeError(f"value is not UTF-8: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise MessageDecodeError(f"value is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise MessageValidationError(
+            f"{model.__name__} must be a JSON object, got {type(document).__name__}"
+        )
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise MessageValidationError(f"invalid {model.__name__}: {problems}") from exc
+
+
+class ModelCodec(Codec):  # type: ignore[misc]
+    """A Faust codec for one pydantic model (``value_serializer=ModelCodec(Model)``)."""
+
+    def __init__(self, model: type[BaseModel], **kwargs: Any) -> None:
+        self.model = model
+        super().__init__(model=model, **kwargs)
+
+    def _dumps(self, obj: Any) -> bytes:
+        if isinstance(obj, BaseModel):
+            return encode_message(obj)
+        return self.model.model_validate(obj).model_dump_json().encode()
+
+    def _loads(self, s: bytes) -> Any:
+        return decode_message(self.model, s)

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Start, stop and inspect the project's real services without Docker:
+# Apache Kafka (KRaft, jars from Maven Central), PostgreSQL and Redis (Debian).
+#
+#   scripts/services.sh up                 install what is missing, start all, wait until they answer
+#   scripts/services.sh down               stop all
+#   scripts/services.sh status             one line per service
+#   scripts/services.sh stop NAME [--kill] stop one service (kafka|postgres|redis); --kill sends SIGKILL
+#   scripts/services.sh start NAME         start one service and wait until it answers
+#   scripts/services.sh install            install packages and broker jars only
+#
+# Everything lives under $SA01_STATE_DIR (default: <repo>/.run); the broker jars are
+# cached under <repo>/.cache. `up` reuses a service that already answers on its port.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="${SA01_STATE_DIR:-$ROOT/.run}"
+CACHE="${SA01_CACHE_DIR:-$ROOT/.cache}"
+
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/kafka/pom.xml")"
+KAFKA_PORT="${SA01_KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${SA01_KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_HEAP="${SA01_KAFKA_HEAP:-768m}"
+KAFKA_LIBS="$CACHE/kafka-libs/$KAFKA_VERSION"
+PG_PORT="${SA01_POSTGRES_PORT:-5432}"
+PG_USER="${SA01_POSTGRES_USER:-sa01}"
+PG_PASSWORD="${SA01_POSTGRES_PASSWORD:-sa01}"
+PG_DB="${SA01_POSTGRES_DB:-sa01}"
+REDIS_PORT="${SA01_REDIS_PORT:-6379}"
+WAIT_SECONDS="${SA01_SERVICE_WAIT_SECONDS:-90}"
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pg_bin() {
+  local dir
+  dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+  [ -n "$dir" ] || return 1
+  printf '%s' "$dir"
+}
+
+# ---------------------------------------------------------------- installation
+apt_install() {
+  local pkgs=("$@")
+  command -v apt-get >/dev/null || die "apt-get is not available: install ${pkgs[*]} by hand"
+  log "installing ${pkgs[*]} from Debian's packages"
+  if [ ! -f "$STATE/.apt-updated" ]; then
+    mkdir -p "$STATE"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$STATE/apt.log" 2>&1 ||
+      die "apt-get update failed (see $STATE/apt.log)"
+    touch "$STATE/.apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" \
+    >>"$STATE/apt.log" 2>&1 || die "apt-get install ${pkgs[*]} failed (see $STATE/apt.log)"
+}
+
+install_packages() {
+  local missing=()
+  pg_bin >/dev/null || missing+=(postgresql)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v kcat >/dev/null || missing+=(kcat)
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+  # Debian's package creates and may start a default cluster on 5432: ours replaces it.
+  if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q ' online'; then
+    pg_lsclusters -h | awk '$4 ~ /online/ {print $1, $2}' | while read -r ver name; do
+      log "stopping Debian's default PostgreSQL cluster $ver/$name (ours runs from $STATE/postgres)"
+      pg_ctlcluster "$ver" "$name" stop || true
+    done
+  fi
+}
+
+install_kafka() {
+  if [ -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then return 0; fi
+  log "resolving Apache Kafka $KAFKA_VERSION broker jars from Maven Central (once; cached in $KAFKA_LIBS)"
+  mkdir -p "$KAFKA_LIBS.tmp" "$STATE"
+  mvn -q -B -f "$ROOT/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.tmp" >"$STATE/maven.log" 2>&1 ||
+    die "could not resolve the Kafka jars with Maven (see $STATE/maven.log)"
+  rm -rf "$KAFKA_LIBS" && mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
+}
+
+# ------------------------------------------------------------------ readiness
+wait_for() { # name check-function log-file
+  local name="$1" check="$2" logfile="$3" deadline=$((SECONDS + WAIT_SECONDS))
+  until "$check"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "$name did not answer within ${WAIT_SECONDS}s; last lines of $logfile:"
+      tail -n 20 "$logfile" >&2 2>/dev/null || true
+      die "$name failed to start (log: $logfile)"
+    fi
+    sleep 0.3
+  done
+}
+
+kafka_ready() {
+  port_open "$KAFKA_PORT" || return 1
+  if command -v kcat >/dev/null; then
+    kcat -L -b "127.0.0.1:$KAFKA_PORT" -m 2 -J 2>/dev/null | grep -q '"brokers":\[{' || return 1
+  fi
+}
+postgres_ready() { "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; }
+redis_ready() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+
+# ---------------------------------------------------------------------- kafka
+kafka_pidfile() { printf '%s' "$STATE/kafka/kafka.pid"; }
+
+start_kafka() {
+  if kafka_ready; then log "kafka already answers on 127.0.0.1:$KAFKA_PORT"; return 0; fi
+  install_kafka
+  local dir="$STATE/kafka" props="$STATE/kafka/server.properties"
+  mkdir -p "$dir/data" "$dir/logs"
+  sed -e "s:@DATA_DIR@:$dir/data:" -e "s:@PORT@:$KAFKA_PORT:" \
+    -e "s:@CONTROLLER_PORT@:$KAFKA_CONTROLLER_PORT:g" \
+    "$ROOT/kafka/server.properties.template" >"$props"
+  local java_opts=(-Xms256m "-Xmx$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+    -Djava.awt.headless=true "-Dkafka.logs.dir=$dir/logs"
+    "-Dlog4j2.configurationFile=$ROOT/kafka/log4j2.properties")
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    local cluster_id
+    cluster_id="$(java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" kafka.tools.StorageTool random-uuid)"
+    java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" kafka.tools.StorageTool format --standalone \
+      -t "$cluster_id" -c "$props" >"$dir/logs/format.log" 2>&1 ||
+      die "formatting the KRaft storage failed (see $dir/logs/format.log)"
+  fi
+  log "starting kafka $KAFKA_VERSION (KRaft) on 127.0.0.1:$KAFKA_PORT"
+  setsid nohup java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" kafka.Kafka "$props" \
+    >"$dir/logs/stdout.log" 2>&1 </dev/null &
+  echo $! >"$(kafka_pidfile)"
+  wait_for kafka kafka_ready "$dir/logs/server.log"
+  log "kafka ready on 127.0.0.1:$KAFKA_PORT"
+}
+
+stop_kafka() {
+  local signal="${1:-TERM}" pidfile pid
+  pidfile="$(kafka_pidfile)"
+  [ -f "$pidfile" ] || { log "kafka is not running (no pid file)"; return 0; }
+  pid="$(cat "$pidfile")"
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping kafka (pid $pid, SIG$signal)"
+    kill "-$signal" "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null; do
+      if [ "$SECONDS" -ge "$deadline" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+      sleep 0.2
+    done
+  fi
+  rm -f "$pidfile"
+}
+
+# ------------------------------------------------------------------- postgres
+pg_dir() { printf '%s' "$STATE/postgres"; }
+
+start_postgres() {
+  if postgres_ready; then log "postgres already answers on 127.0.0.1:$PG_PORT"; return 0; fi
+  local bin dir
+  bin="$(pg_bin)" || die "PostgreSQL is not installed"
+  dir="$(pg_dir)"
+  mkdir -p "$dir/sock"
+  local as_user=()
+  if [ "$(id -u)" = 0 ]; then
+    as_user=(runuser -u postgres --)
+    chown -R postgres:postgres "$dir"
+    "${as_user[@]}" test -w "$dir" ||
+      die "user postgres cannot write $dir: set SA01_STATE_DIR to a folder it can reach"
+  fi
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    log "initialising a PostgreSQL cluster in $dir/data"
+    local pwfile="$dir/.pw"
+    printf '%s\n' "$PG_PASSWORD" >"$pwfile"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$pwfile"
+    "${as_user[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust \
+      --auth-host=scram-sha-256 --pwfile="$pwfile" -E UTF8 >"$dir/initdb.log" 2>&1 ||
+      die "initdb failed (see $dir/initdb.log)"
+    rm -f "$pwfile"
+    cat >>"$dir/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$dir/sock'
+max_connections = 300
+fsync = on
+synchronous_commit = on
+shared_buffers = 128MB
+EOF
+  fi
+  log "starting postgres on 127.0.0.1:$PG_PORT"
+  "${as_user[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null ||
+    die "postgres failed to start (log: $dir/postgres.log)"
+  wait_for postgres postgres_ready "$dir/postgres.log"
+  "${as_user[@]}" "$bin/psql" -h "$dir/sock" -p "$PG_PORT" -U postgres -qtAc \
+    "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'" | grep -q 1 ||
+    "${as_user[@]}" "$bin/psql" -h "$dir/sock" -p "$PG_PORT" -U postgres -qc \
+      "CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
+  "${as_user[@]}" "$bin/psql" -h "$dir/sock" -p "$PG_PORT" -U postgres -qtAc \
+    "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1 ||
+    "${as_user[@]}" "$bin/psql" -h "$dir/sock" -p "$PG_PORT" -U postgres -qc \
+      "CREATE DATABASE $PG_DB OWNER $PG_USER"
+  log "postgres ready on 127.0.0.1:$PG_PORT (database $PG_DB, user $PG_USER)"
+}
+
+stop_postgres() {
+  local signal="${1:-TERM}" dir pid
+  dir="$(pg_dir)"
+  [ -f "$dir/data/postmaster.pid" ] || { log "postgres is not running"; return 0; }
+  pid="$(head -n 1 "$dir/data/postmaster.pid")"
+  if [ "$signal" = KILL ]; then
+    log "killing postgres (pid $pid)"
+    kill -KILL "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    return 0
+  fi
+  log "stopping postgres"
+  local as_user=()
+  [ "$(id -u)" = 0 ] && as_user=(runuser -u postgres --)
+  "${as_user[@]}" "$(pg_bin)/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null || true
+}
+
+# ---------------------------------------------------------------------- redis
+start_redis() {
+  if redis_ready; then log "redis already answers on 127.0.0.1:$REDIS_PORT"; return 0; fi
+  local dir="$STATE/redis"
+  mkdir -p "$dir"
+  log "starting redis on 127.0.0.1:$REDIS_PORT"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$dir" --daemonize yes \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --save "" --appendonly no \
+    --protected-mode yes >/dev/null
+  wait_for redis redis_ready "$dir/redis.log"
+  log "redis ready on 127.0.0.1:$REDIS_PORT"
+}
+
+stop_redis() {
+  local signal="${1:-TERM}" pidfile="$STATE/redis/redis.pid" pid
+  [ -f "$pidfile" ] || { log "redis is not running"; return 0; }
+  pid="$(cat "$pidfile")"
+  log "stopping redis (SIG$signal)"
+  kill "-$signal" "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  rm -f "$pidfile"
+}
+
+# ----------------------------------------------------------------------- main
+status_line() { # name ready-fn address
+  if "$2"; then printf '%-9s up    %s\n' "$1" "$3"; else printf '%-9s down  %s\n' "$1" "$3"; fi
+}
+
+check_name() {
+  case "${1:-}" in
+    kafka | postgres | redis) ;;
+    *) die "unknown service '${1:-}': expected kafka, postgres or redis" ;;
+  esac
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  install) mkdir -p "$STATE"; install_packages; install_kafka ;;
+  up)
+    mkdir -p "$STATE"
+    install_packages
+    install_kafka
+    start_postgres
+    start_redis
+    start_kafka
+    ;;
+  down) stop_kafka; stop_redis; stop_postgres ;;
+  status)
+    status_line kafka kafka_ready "127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION, KRaft)"
+    status_line postgres postgres_ready "127.0.0.1:$PG_PORT"
+    status_line redis redis_ready "127.0.0.1:$REDIS_PORT"
+    ;;
+  start) check_name "${2:-}"; mkdir -p "$STATE"; "start_$2" ;;
+  stop)
+    check_name "${2:-}"
+    signal=TERM
+    [ "${3:-}" = "--kill" ] && signal=KILL
+    "stop_$2" "$signal"
+    ;;
+  *)
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+    ;;
+esac

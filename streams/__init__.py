@@ -1,0 +1,18 @@
+"""The Faust app of the resilience layer: ``faust -A streams worker``.
+
+Importing this module builds the app from the environment (``SA01_*``) and
+declares its agents, pages and commands; it imports neither litellm nor anything
+slow.
+"""
+
+from agents import conversation as _conversation_agent
+from streams import commands as _commands
+from streams import web as _web
+from streams.app import StreamsApp, create_app
+
+__all__ = ["StreamsApp", "app", "create_app"]
+
+app: StreamsApp = create_app()
+_conversation_agent.register(app)
+_web.register(app)
+_commands.register(app)

@@ -1,0 +1,72 @@
+"""The Faust app: ``faust -A streams worker``.
+
+Topics are created by the project (the broker's auto-creation is off) before the
+consumer subscribes; values are taken as raw bytes and decoded by the pipeline so
+that a bad message is dead-lettered instead of stopping an agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import faust
+
+from core.errors import ResilienceError
+from core.metrics import Metrics
+from core.settings import Settings
+from streams.runtime import Runtime
+
+__all__ = ["StreamsApp", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+class StreamsApp(faust.App):  # type: ignore[misc]
+    """The Faust app with the project's settings, metrics and runtime attached."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(settings.app_id, **kwargs)
+        self.settings = settings
+        self.metrics = Metrics()
+        self.runtime = Runtime(settings, self.metrics)
+
+    async def on_first_start(self) -> None:
+        """Prepare topics, schema and pool before the consumer subscribes."""
+        await super().on_first_start()
+        try:
+            await self.runtime.start()
+        except ResilienceError as exc:
+            logger.error("worker cannot start: %s", exc)
+            print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+            raise SystemExit(1) from exc
+
+    async def on_stop(self) -> None:
+        """Stop the runtime after the agents."""
+        await super().on_stop()
+        await self.runtime.stop()
+
+
+def create_app(settings: Settings | None = None) -> StreamsApp:
+    """Build the app from ``settings`` (default: the environment)."""
+    settings = settings or Settings()
+    brokers = [f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")]
+    return StreamsApp(
+        settings,
+        broker=brokers,
+        store="memory://",
+        autodiscover=False,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
+        consumer_group_instance_id=settings.worker_instance_id,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        stream_wait_empty=True,
+    )

@@ -1,0 +1,155 @@
+"""The app's commands: ``faust -A streams migrate|create-topics|produce|publish-outbox``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from faust.cli import option
+
+from core.errors import ResilienceError
+from core.topics import CONVERSATION_INBOUND, ensure_topics
+from outbox.database import Database
+from outbox.migrate import migrate
+from outbox.relay import OutboxRelay
+from schemas.codec import CONTENT_TYPE, encode_message
+from schemas.headers import CONTENT_TYPE as CONTENT_TYPE_HEADER
+from schemas.headers import IDEMPOTENCY_KEY
+from schemas.messages import ConversationInbound, UseCase
+from streams.app import StreamsApp
+from streams.runtime import check_schema
+
+__all__ = ["register"]
+
+
+def _fail(exc: BaseException) -> None:
+    print(f"error: {exc}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def register(app: StreamsApp) -> None:
+    """Declare the commands on ``app``."""
+    settings = app.settings
+
+    @app.command()  # type: ignore[untyped-decorator]
+    async def migrate_command(self: Any) -> None:
+        """Apply the SQL migrations to the configured schema."""
+        try:
+            applied = await migrate(settings)
+        except ResilienceError as exc:
+            _fail(exc)
+        if applied:
+            for m in applied:
+                print(f"applied {m.version:04d}_{m.name}")
+        else:
+            print(f"schema {settings.database_schema!r} is up to date")
+
+    migrate_command.__name__ = "migrate"
+
+    @app.command()  # type: ignore[untyped-decorator]
+    async def create_topics(self: Any) -> None:
+        """Create the project's topics (the broker does not auto-create them)."""
+        try:
+            created = await ensure_topics(settings)
+        except ResilienceError as exc:
+            _fail(exc)
+        print("\n".join(f"created {name}" for name in created) or "all topics exist")
+
+    @app.command(  # type: ignore[untyped-decorator]
+        option("--tenant", default="tenant-1", help="Tenant id."),
+        option("--session", default="session-1", help="Session id."),
+        option("--agent", default="agent-1", help="Agent id."),
+        option("--use-case", default="chat", type=str, help="chat, coding or fast."),
+        option("--count", default=1, type=int, help="How many messages to send."),
+        option("--text", default="Hello!", help="The message text."),
+    )
+    async def produce(
+        self: Any, tenant: str, session: str, agent: str, use_case: str, count: int, text: str
+    ) -> None:
+        """Send messages to conversation.inbound; print their ids."""
+        from confluent_kafka import KafkaException, Producer
+
+        try:
+            chosen = UseCase(use_case)
+        except ValueError:
+            _fail(ValueError(f"--use-case must be one of {', '.join(u.value for u in UseCase)}"))
+            return
+        producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "message.timeout.ms": 15000,
+            }
+        )
+        topic = settings.topic(CONVERSATION_INBOUND)
+        errors: list[str] = []
+        ids = []
+        for n in range(count):
+            message = ConversationInbound(
+                message_id=str(uuid.uuid4()),
+                tenant_id=tenant,
+                session_id=session,
+                agent_id=agent,
+                text=text if count == 1 else f"{text} ({n + 1}/{count})",
+                use_case=chosen,
+                created_at=datetime.now(UTC),
+            )
+            producer.produce(
+                topic,
+                key=message.partition_key.encode(),
+                value=encode_message(message),
+                headers=[(IDEMPOTENCY_KEY, message.message_id), (CONTENT_TYPE_HEADER, CONTENT_TYPE)],
+                on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
+            )
+            ids.append(message.message_id)
+        try:
+            remaining = await asyncio.to_thread(producer.flush, 20)
+        except KafkaException as exc:
+            _fail(exc)
+        if remaining or errors:
+            _fail(
+                RuntimeError(
+                    f"Kafka at {settings.kafka_bootstrap_servers} did not acknowledge "
+                    f"{remaining + len(errors)} of {count} messages: {errors[:1]}"
+                )
+            )
+        for message_id in ids:
+            print(message_id)
+
+    @app.command(  # type: ignore[untyped-decorator]
+        option("--once", is_flag=True, default=False, help="Drain the outbox, then exit."),
+    )
+    async def publish_outbox(self: Any, once: bool) -> None:
+        """Publish the PostgreSQL outbox to Kafka (one active relay; others stand by)."""
+        try:
+            await ensure_topics(settings)
+            await check_schema(settings)
+        except ResilienceError as exc:
+            _fail(exc)
+        database = Database(settings)
+        relay = OutboxRelay(settings, database, app.metrics)
+        await database.open()
+        try:
+            if once:
+                published = await relay.drain()
+                print(json.dumps({"published": published}))
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, stop.set)
+            await relay.start()
+            await stop.wait()
+        except ResilienceError as exc:
+            _fail(exc)
+        finally:
+            await relay.stop()
+            await database.close()

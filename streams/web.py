@@ -1,0 +1,35 @@
+"""The worker's HTTP pages: ``/health``, ``/status``, ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.app import StreamsApp
+
+__all__ = ["register"]
+
+
+def register(app: StreamsApp) -> None:
+    """Declare the pages on ``app``."""
+
+    @app.page("/health")  # type: ignore[untyped-decorator]
+    async def health(web: Any, request: Any) -> Any:
+        """Liveness and readiness; a degraded dependency does not fail it."""
+        ready = app.runtime.ready.is_set()
+        return web.json({"status": "ok", "ready": ready}, status=200 if ready else 503)
+
+    @app.page("/status")  # type: ignore[untyped-decorator]
+    async def status(web: Any, request: Any) -> Any:
+        """The degradation status as JSON."""
+        return web.json(
+            {
+                "app_id": app.settings.app_id,
+                "relay_active": app.runtime.relay.active,
+                "in_flight": app.runtime.lanes.in_flight,
+            }
+        )
+
+    @app.page("/metrics")  # type: ignore[untyped-decorator]
+    async def metrics(web: Any, request: Any) -> Any:
+        """Prometheus text from the app's own registry."""
+        return web.bytes(app.metrics.render(), content_type="text/plain; version=0.0.4")

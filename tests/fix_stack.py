@@ -1,0 +1,94 @@
+"""Per-test isolation on the shared services, and factories for workers and clients.
+
+Each test gets its own topic prefix, PostgreSQL schema and consumer group (the
+``stack`` fixture), so tests can run in parallel on one broker and one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka.admin import AdminClient
+from psycopg import sql
+
+from core.settings import Settings
+from core.topics import ensure_topics, project_topics
+from loopback import LLMServer
+from outbox.migrate import migrate
+from tests.fix_services import ServiceEndpoints
+from tests.support.worker import WorkerFactory
+
+
+def make_settings(services: ServiceEndpoints, test_id: str, **overrides: object) -> Settings:
+    """Settings isolated by ``test_id`` (topics, schema, group)."""
+    values: dict[str, object] = {
+        "kafka_bootstrap_servers": services.kafka_bootstrap,
+        "database_url": services.database_url,
+        "redis_url": services.redis_url,
+        "database_schema": test_id,
+        "topic_prefix": f"{test_id}.",
+        "app_id": test_id,
+        "topic_partitions": 4,
+        "responder": "echo",
+        "relay_poll_interval_seconds": 0.2,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def test_id() -> str:
+    """A short unique identifier, valid as a schema name and a topic prefix."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def stack(services: ServiceEndpoints, test_id: str) -> AsyncIterator[Settings]:
+    """Migrated schema and created topics for this test; dropped afterwards."""
+    settings = make_settings(services, test_id)
+    await migrate(settings)
+    await ensure_topics(settings)
+    yield settings
+    await asyncio.to_thread(_delete_topics, settings)
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True
+    ) as conn:
+        await conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(test_id))
+        )
+
+
+def _delete_topics(settings: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    names = [spec.name for spec in project_topics(settings)]
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        try:
+            future.result()
+        except Exception:  # noqa: S110 - a topic that is already gone is fine
+            pass
+
+
+@pytest.fixture
+def llm_server() -> Iterator[LLMServer]:
+    """A loopback server speaking the OpenAI and Anthropic APIs."""
+    server = LLMServer(name="primary")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Starts ``faust -A streams worker`` processes; kills what is left at the end."""
+    factory = WorkerFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.kill_all()

@@ -1,0 +1,121 @@
+"""Kafka clients for tests: produce inbound messages, read what arrived (read_committed)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from core.settings import Settings
+from schemas.codec import encode_message
+from schemas.messages import ConversationInbound
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record read back from a topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+
+def inbound(
+    text: str, *, session: str = "s1", tenant: str = "tenant-a", message_id: str | None = None
+) -> ConversationInbound:
+    """A valid inbound message."""
+    return ConversationInbound(
+        message_id=message_id or str(uuid.uuid4()),
+        tenant_id=tenant,
+        session_id=session,
+        agent_id="agent-1",
+        text=text,
+        created_at=datetime.now(UTC),
+    )
+
+
+def produce_raw(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    """Produce ``(key, value)`` records with an idempotent producer; wait for every ack."""
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+        }
+    )
+    errors: list[KafkaError] = []
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(
+                    topic, key=key, value=value,
+                    on_delivery=lambda err, _m: errors.append(err) if err else None,
+                )
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0, "producer did not flush"
+    assert not errors, errors
+
+
+def produce_inbound(settings: Settings, messages: list[ConversationInbound]) -> None:
+    """Produce inbound messages keyed ``tenant:session``."""
+    produce_raw(
+        settings,
+        settings.topic("conversation.inbound"),
+        [(m.partition_key.encode(), encode_message(m)) for m in messages],
+    )
+
+
+def consume(
+    settings: Settings, topic: str, count: int, *, timeout: float = 90.0, settle: float = 2.0
+) -> list[Record]:
+    """Read ``topic`` from the start until ``count`` records arrived, then ``settle`` seconds
+    more to catch any extra (duplicate) record; read_committed."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"test-reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    metadata = consumer.list_topics(topic, timeout=10)
+    partitions = list(metadata.topics[topic].partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout
+    settle_until: float | None = None
+    try:
+        while True:
+            now = time.monotonic()
+            if settle_until is None and len(records) >= count:
+                settle_until = now + settle
+            if settle_until is not None and now >= settle_until:
+                break
+            if now >= deadline:
+                break
+            message = consumer.poll(0.2)
+            if message is None or message.error():
+                continue
+            records.append(
+                Record(
+                    topic=message.topic(),
+                    partition=message.partition(),
+                    offset=message.offset(),
+                    key=message.key(),
+                    value=message.value(),
+                    headers={k: (v or b"").decode() for k, v in (message.headers() or [])},
+                )
+            )
+    finally:
+        consumer.close()
+    return records
