@@ -20,7 +20,7 @@ def register(app: StreamsApp) -> Any:
         partitions=app.settings.topic_partitions,
     )
 
-    @app.agent(inbound, name="conversation")  # type: ignore[untyped-decorator]
+    @app.agent(inbound, name="conversation")
     async def conversation(stream: Any) -> None:
         async for event in stream.noack().events():
             message = event.message

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from core.errors import InfrastructureUnavailableError
 from core.settings import Settings
@@ -70,7 +71,11 @@ def project_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             settings.topic(OUTBOX_LEDGER),
             1,
-            {"cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"},
+            {
+                "cleanup.policy": "compact",
+                "segment.ms": "600000",
+                "min.cleanable.dirty.ratio": "0.1",
+            },
         )
     )
     return specs
@@ -110,8 +115,30 @@ def _create_missing(settings: Settings, specs: list[TopicSpec], timeout: float) 
         except KafkaException as exc:
             if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
-            raise InfrastructureUnavailableError("kafka", f"could not create topic {name}: {exc}") from exc
+            raise InfrastructureUnavailableError(
+                "kafka", f"could not create topic {name}: {exc}"
+            ) from exc
+    _wait_for_leaders(admin, created, timeout)
     return created
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Wait until every partition of the new topics has a leader (they are usable)."""
+    deadline = time.monotonic() + timeout
+    waiting = set(names)
+    while waiting and time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=timeout).topics
+        for name in list(waiting):
+            meta = topics.get(name)
+            if (
+                meta is not None
+                and meta.error is None
+                and meta.partitions
+                and all(p.leader >= 0 and p.error is None for p in meta.partitions.values())
+            ):
+                waiting.discard(name)
+        if waiting:
+            time.sleep(0.1)
 
 
 async def ensure_topics(

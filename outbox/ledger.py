@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -38,19 +39,42 @@ def _read_blocking(settings: Settings, topic: str, relay_id: str, timeout: float
         }
     )
     key = relay_id.encode()
+    deadline = time.monotonic() + timeout
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout)
-        window = 64
         while True:
-            start = max(low, high - window)
-            last = _scan(consumer, topic, start, key, timeout)
-            if last is not None or start <= low:
-                return last or 0
-            window *= 8
-    except KafkaException as exc:
-        raise InfrastructureUnavailableError("kafka", f"could not read the outbox ledger: {exc}") from exc
+            try:
+                return _read_last(consumer, topic, key, timeout)
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if not _retriable(error) or time.monotonic() >= deadline:
+                    raise InfrastructureUnavailableError(
+                        "kafka", f"could not read the outbox ledger: {error}"
+                    ) from exc
+                time.sleep(0.2)
     finally:
         consumer.close()
+
+
+def _retriable(error: KafkaError) -> bool:
+    return bool(error.retriable()) or error.code() in (
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    )
+
+
+def _read_last(consumer: Consumer, topic: str, key: bytes, timeout: float) -> int:
+    low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout)
+    window = 64
+    while True:
+        start = max(low, high - window)
+        last = _scan(consumer, topic, start, key, timeout)
+        if last is not None or start <= low:
+            return last or 0
+        window *= 8
 
 
 def _scan(consumer: Consumer, topic: str, start: int, key: bytes, timeout: float) -> int | None:
@@ -66,7 +90,7 @@ def _scan(consumer: Consumer, topic: str, start: int, key: bytes, timeout: float
                 return last
             raise KafkaException(error)
         if message.key() == key and message.value():
-            last = int(json.loads(message.value())["seq"])
+            last = int(json.loads(message.value() or b"{}")["seq"])
 
 
 async def read_last_sequence(

@@ -92,9 +92,7 @@ async def migrate(settings: Settings) -> list[Migration]:
                 if migration.version in done:
                     continue
                 async with conn.transaction():
-                    await conn.execute(
-                        sql.SQL("SET LOCAL search_path TO {}").format(schema)
-                    )
+                    await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(schema))
                     try:
                         await conn.execute(migration.text.encode())
                     except psycopg.Error as exc:

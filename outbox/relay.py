@@ -150,7 +150,9 @@ class OutboxRelay:
         deadline = None if wait_seconds is None else loop.time() + wait_seconds
         try:
             conn = await psycopg.AsyncConnection.connect(
-                self.settings.database_url, autocommit=True, connect_timeout=5,
+                self.settings.database_url,
+                autocommit=True,
+                connect_timeout=5,
                 options=f"-c search_path={self.settings.database_schema}",
             )
         except psycopg.OperationalError as exc:
@@ -220,9 +222,7 @@ class OutboxRelay:
                 await self._refresh_backlog_metrics()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), self.settings.relay_poll_interval_seconds
-                )
+                await asyncio.wait_for(self._wake.wait(), self.settings.relay_poll_interval_seconds)
 
     async def _refresh_backlog_metrics(self) -> None:
         async with self.database.connection() as conn:
@@ -248,7 +248,9 @@ class OutboxRelay:
             self.metrics.outbox_batch_size.observe(len(rows))
             return len(rows)
         if result.outcome is BatchOutcome.UNKNOWN:
-            logger.warning("outbox batch %d outcome unknown (%s): re-initialising", seq, result.error)
+            logger.warning(
+                "outbox batch %d outcome unknown (%s): re-initialising", seq, result.error
+            )
             await self._restart_publisher(publisher)
             return -1
         await self._handle_aborted(rows, seq, result)
@@ -260,7 +262,8 @@ class OutboxRelay:
 
     async def _handle_aborted(self, rows: list[ClaimedRow], seq: int, result: BatchResult) -> None:
         row_failures = {
-            row_id: err for row_id, err in result.row_errors.items()
+            row_id: err
+            for row_id, err in result.row_errors.items()
             if err.code() in ROW_SPECIFIC_ERRORS
         }
         by_id = {row.id: row for row in rows}
@@ -284,7 +287,11 @@ class OutboxRelay:
         self, conn: psycopg.AsyncConnection[Any], row: ClaimedRow, error: Exception, attempts: int
     ) -> None:
         headers = dead_letter_headers(
-            error, topic=row.topic, partition=-1, offset=-1, attempts=attempts,
+            error,
+            topic=row.topic,
+            partition=-1,
+            offset=-1,
+            attempts=attempts,
             idempotency_key=row.idempotency_key,
             content_type=row.headers.get("content-type", "application/octet-stream"),
         )
@@ -308,11 +315,13 @@ class OutboxRelay:
                 await self.store.add(
                     conn,
                     OutboxRecord(
-                        topic=dlq(row.topic), value=row.value, key=row.key, headers=headers,
+                        topic=dlq(row.topic),
+                        value=row.value,
+                        key=row.key,
+                        headers=headers,
                         idempotency_key=f"dlq:{row.idempotency_key}",
                     ),
                     self.settings.outbox_max_attempts,
                 )
         self.metrics.dlq_messages_total.labels(topic=dlq(row.topic)).inc()
         logger.error("outbox row %d dead-lettered after %d attempts: %s", row.id, attempts, error)
-

@@ -119,9 +119,7 @@ class OutboxStore:
         )
         return cur.rowcount
 
-    async def release(
-        self, conn: Conn, relay_id: str, seq: int, error: str | None = None
-    ) -> int:
+    async def release(self, conn: Conn, relay_id: str, seq: int, error: str | None = None) -> int:
         """Return batch ``seq`` to pending without counting an attempt (broker-level failure)."""
         cur = await conn.execute(
             "UPDATE outbox_message SET status = 'pending', last_error = coalesce(%s, last_error)"

@@ -152,9 +152,7 @@ class ConversationProcessor:
     ) -> str:
         payload = encode_message(reply)
         async with self.database.connection() as conn, conn.transaction():
-            if not await self.idempotency.put(
-                conn, key, reply.model_dump(mode="json"), self.ttl
-            ):
+            if not await self.idempotency.put(conn, key, reply.model_dump(mode="json"), self.ttl):
                 return Outcome.DUPLICATE
             await self.outbox.add(
                 conn,
@@ -238,5 +236,7 @@ class ConversationProcessor:
         self.metrics.infrastructure_retries_total.labels(service=exc.service).inc()
         delay = min(0.1 * 2**failures, self.settings.infrastructure_retry_max_seconds)
         if failures in (1, 5) or failures % 20 == 0:
-            logger.warning("waiting for %s (retry %d in %.1fs): %s", exc.service, failures, delay, exc)
+            logger.warning(
+                "waiting for %s (retry %d in %.1fs): %s", exc.service, failures, delay, exc
+            )
         await asyncio.sleep(delay)

@@ -15,9 +15,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.errors import PermanentError, ServiceUnavailableError
-from core.settings import Settings
+from core.settings import PROVIDER_KEY_VARIABLES, Settings
 
-__all__ = ["EchoResponder", "LiteLLMResponder", "Responder", "ResponderAnswer", "build_responder"]
+__all__ = [
+    "EchoResponder",
+    "LiteLLMResponder",
+    "ProviderRequestError",
+    "Responder",
+    "ResponderAnswer",
+    "build_responder",
+    "missing_key_notice",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -116,4 +124,21 @@ def build_responder(settings: Settings) -> Responder:
         api_base=settings.llm_api_base,
         api_key=key.get_secret_value() if key is not None else None,
         timeout=settings.llm_timeout_seconds,
+    )
+
+
+def missing_key_notice(settings: Settings) -> str | None:
+    """A plain explanation when the configured model has no key and no endpoint of its own."""
+    if settings.responder != "litellm" or settings.llm_api_base:
+        return None
+    if settings.provider_key(settings.llm_model) is not None:
+        return None
+    provider = settings.llm_model.split("/", 1)[0]
+    variable = PROVIDER_KEY_VARIABLES.get(provider, f"{provider.upper()}_API_KEY")
+    return (
+        f"{variable} is not set, so {settings.llm_model} cannot answer: messages will be "
+        f"retried and then dead-lettered. Either export {variable}=..., or point the model "
+        "at any OpenAI-compatible endpoint with SA01_LLM_MODEL=openai/<model> and "
+        "SA01_LLM_API_BASE=http://<host>:<port>/v1, or answer without an LLM with "
+        "SA01_RESPONDER=echo."
     )

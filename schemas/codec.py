@@ -50,7 +50,7 @@ def decode_message(model: type[M], data: bytes | None) -> M:
         raise MessageValidationError(f"invalid {model.__name__}: {problems}") from exc
 
 
-class ModelCodec(Codec):  # type: ignore[misc]
+class ModelCodec(Codec):
     """A Faust codec for one pydantic model (``value_serializer=ModelCodec(Model)``)."""
 
     def __init__(self, model: type[BaseModel], **kwargs: Any) -> None:

@@ -67,7 +67,7 @@ class CircuitState(StrEnum):
 class _Message(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
 
 
 class Attachment(BaseModel):

@@ -23,7 +23,7 @@ __all__ = ["StreamsApp", "create_app"]
 logger = logging.getLogger(__name__)
 
 
-class StreamsApp(faust.App):  # type: ignore[misc]
+class StreamsApp(faust.App):
     """The Faust app with the project's settings, metrics and runtime attached."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
@@ -39,7 +39,7 @@ class StreamsApp(faust.App):  # type: ignore[misc]
             await self.runtime.start()
         except ResilienceError as exc:
             logger.error("worker cannot start: %s", exc)
-            print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+            print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(1) from exc
 
     async def on_stop(self) -> None:

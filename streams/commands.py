@@ -37,7 +37,7 @@ def register(app: StreamsApp) -> None:
     """Declare the commands on ``app``."""
     settings = app.settings
 
-    @app.command()  # type: ignore[untyped-decorator]
+    @app.command()
     async def migrate_command(self: Any) -> None:
         """Apply the SQL migrations to the configured schema."""
         try:
@@ -52,7 +52,7 @@ def register(app: StreamsApp) -> None:
 
     migrate_command.__name__ = "migrate"
 
-    @app.command()  # type: ignore[untyped-decorator]
+    @app.command()
     async def create_topics(self: Any) -> None:
         """Create the project's topics (the broker does not auto-create them)."""
         try:
@@ -61,7 +61,7 @@ def register(app: StreamsApp) -> None:
             _fail(exc)
         print("\n".join(f"created {name}" for name in created) or "all topics exist")
 
-    @app.command(  # type: ignore[untyped-decorator]
+    @app.command(
         option("--tenant", default="tenant-1", help="Tenant id."),
         option("--session", default="session-1", help="Session id."),
         option("--agent", default="agent-1", help="Agent id."),
@@ -105,7 +105,10 @@ def register(app: StreamsApp) -> None:
                 topic,
                 key=message.partition_key.encode(),
                 value=encode_message(message),
-                headers=[(IDEMPOTENCY_KEY, message.message_id), (CONTENT_TYPE_HEADER, CONTENT_TYPE)],
+                headers=[
+                    (IDEMPOTENCY_KEY, message.message_id),
+                    (CONTENT_TYPE_HEADER, CONTENT_TYPE),
+                ],
                 on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
             )
             ids.append(message.message_id)
@@ -123,7 +126,7 @@ def register(app: StreamsApp) -> None:
         for message_id in ids:
             print(message_id)
 
-    @app.command(  # type: ignore[untyped-decorator]
+    @app.command(
         option("--once", is_flag=True, default=False, help="Drain the outbox, then exit."),
     )
     async def publish_outbox(self: Any, once: bool) -> None:

@@ -20,7 +20,7 @@ from outbox.migrate import applied_versions, available_migrations
 from outbox.relay import OutboxRelay
 from pipeline.conversation import ConversationProcessor, InboundMessage
 from pipeline.ordering import OrderedAcks, SessionLanes
-from providers.responder import build_responder
+from providers.responder import build_responder, missing_key_notice
 
 __all__ = ["Runtime", "check_schema"]
 
@@ -65,8 +65,17 @@ class Runtime:
         await self.database.open()
         if self.settings.relay_enabled_in_worker:
             await self.relay.start()
+        notice = missing_key_notice(self.settings)
+        if notice:
+            logger.warning(notice)
         self.ready.set()
-        logger.info("runtime ready (schema %s)", self.settings.database_schema)
+        logger.info(
+            "worker ready: answering %s on %s; http://%s:%d/health /status /metrics",
+            self.settings.topic("conversation.inbound"),
+            self.settings.topic("conversation.outbound"),
+            self.settings.web_host,
+            self.settings.web_port,
+        )
 
     async def stop(self) -> None:
         """Stop lanes and relay, close the pool; unfinished messages stay unacked."""

@@ -12,13 +12,13 @@ __all__ = ["register"]
 def register(app: StreamsApp) -> None:
     """Declare the pages on ``app``."""
 
-    @app.page("/health")  # type: ignore[untyped-decorator]
+    @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         """Liveness and readiness; a degraded dependency does not fail it."""
         ready = app.runtime.ready.is_set()
         return web.json({"status": "ok", "ready": ready}, status=200 if ready else 503)
 
-    @app.page("/status")  # type: ignore[untyped-decorator]
+    @app.page("/status")
     async def status(web: Any, request: Any) -> Any:
         """The degradation status as JSON."""
         return web.json(
@@ -29,7 +29,7 @@ def register(app: StreamsApp) -> None:
             }
         )
 
-    @app.page("/metrics")  # type: ignore[untyped-decorator]
+    @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         """Prometheus text from the app's own registry."""
         return web.bytes(app.metrics.render(), content_type="text/plain; version=0.0.4")

@@ -72,9 +72,7 @@ def _containers(stack: list[object]) -> ServiceEndpoints:  # pragma: no cover - 
     host = postgres.get_container_host_ip()
     return ServiceEndpoints(
         kafka_bootstrap=kafka.get_bootstrap_server(),
-        database_url=(
-            f"postgresql://sa01:sa01@{host}:{postgres.get_exposed_port(5432)}/sa01"
-        ),
+        database_url=(f"postgresql://sa01:sa01@{host}:{postgres.get_exposed_port(5432)}/sa01"),
         redis_url=f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0",
         native=False,
     )

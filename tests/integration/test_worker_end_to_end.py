@@ -64,8 +64,16 @@ async def test_message_produced_with_kcat_is_answered(
     workers.start(stack)
     message = inbound("sent by kcat")
     subprocess.run(
-        ["kcat", "-P", "-b", stack.kafka_bootstrap_servers, "-t",
-         stack.topic("conversation.inbound"), "-K", "|"],
+        [
+            "kcat",
+            "-P",
+            "-b",
+            stack.kafka_bootstrap_servers,
+            "-t",
+            stack.topic("conversation.inbound"),
+            "-K",
+            "|",
+        ],
         input=message.partition_key.encode() + b"|" + encode_message(message) + b"\n",
         check=True,
         timeout=30,

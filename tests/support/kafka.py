@@ -55,7 +55,9 @@ def produce_raw(settings: Settings, topic: str, records: list[tuple[bytes | None
         while True:
             try:
                 producer.produce(
-                    topic, key=key, value=value,
+                    topic,
+                    key=key,
+                    value=value,
                     on_delivery=lambda err, _m: errors.append(err) if err else None,
                 )
                 break

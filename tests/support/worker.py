@@ -115,13 +115,19 @@ class WorkerFactory:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.started: list[WorkerProcess] = []
+        self._ports: dict[str, int] = {}
 
     def start(
         self, settings: Settings, *, instance: str = "w1", wait: bool = True, **env: str
     ) -> WorkerProcess:
-        """Start a worker with ``settings`` (web port and instance id filled in)."""
+        """Start a worker with ``settings`` (web port and instance id filled in).
+
+        A restarted instance keeps its web port: Faust's static members must keep their
+        URL, or the cached assignment fails its URL check and the consumer stops.
+        """
+        port = self._ports.setdefault(instance, free_port())
         worker_settings = settings.model_copy(
-            update={"web_port": free_port(), "worker_instance_id": f"{settings.app_id}-{instance}"}
+            update={"web_port": port, "worker_instance_id": f"{settings.app_id}-{instance}"}
         )
         log_path = self.directory / f"worker-{instance}-{len(self.started)}.log"
         worker = WorkerProcess(worker_settings, log_path, env)

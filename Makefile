@@ -1,0 +1,66 @@
+# The two commands: `make run` (services, migrations, relay, worker) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_WORKERS ?= 2
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+
+.PHONY: help setup services services-down status migrate topics run test test-unit lint typecheck format schemas bench clean
+
+help:
+	@echo "make run       start services, apply migrations, run the relay and the worker"
+	@echo "make test      lint, type-check and run the whole suite on the real services"
+	@echo "make bench     run the benchmarks (make bench ARGS=--quick)"
+	@echo "make services  start Kafka, PostgreSQL and Redis natively (services-down stops)"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+services:
+	scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
+
+status:
+	@scripts/services.sh status
+
+migrate: setup services
+	$(BIN)/faust -A streams migrate
+
+topics: setup services
+	$(BIN)/faust -A streams create-topics
+
+run: setup services migrate topics
+	scripts/run.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+schemas: setup
+	$(BIN)/python -m schemas.export
+
+test: setup lint typecheck services
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider $(ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest -q tests/unit $(ARGS)
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup services migrate
+	$(BIN)/python -m bench $(ARGS)
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,45 @@
+"""``python -m streams.preflight``: what the worker will use, and what is missing."""
+
+from __future__ import annotations
+
+import sys
+
+import psycopg
+
+from core.settings import Settings
+from providers.responder import missing_key_notice
+
+__all__ = ["main", "summary"]
+
+
+def summary(settings: Settings) -> list[str]:
+    """Readable lines describing the configuration (no secrets)."""
+    database = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+    lines = [
+        f"kafka     {settings.kafka_bootstrap_servers}",
+        f"postgres  {database.get('host')}:{database.get('port', 5432)}/"
+        f"{database.get('dbname')} (schema {settings.database_schema})",
+        f"redis     {settings.redis_url}",
+        f"worker    http://{settings.web_host}:{settings.web_port} (/health /status /metrics)",
+    ]
+    if settings.responder == "echo":
+        lines.append("responder echo (no LLM)")
+    else:
+        endpoint = settings.llm_api_base or "the provider's own API"
+        lines.append(f"responder {settings.llm_model} via {endpoint}")
+    return lines
+
+
+def main() -> int:
+    """Print the summary and any missing key; always succeeds (warnings only)."""
+    settings = Settings()
+    for line in summary(settings):
+        print(f"[run] {line}")
+    notice = missing_key_notice(settings)
+    if notice:
+        print(f"[run] warning: {notice}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

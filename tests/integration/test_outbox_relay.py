@@ -1,0 +1,131 @@
+"""The outbox relay on the real broker and database: once, in order, after crashes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import pytest
+
+from core.errors import ServiceUnavailableError
+from core.metrics import Metrics
+from core.settings import Settings
+from core.topics import OUTBOX_LEDGER
+from outbox.database import Database
+from outbox.ledger import encode_entry, read_last_sequence
+from outbox.relay import OutboxRelay
+from outbox.store import OutboxRecord, OutboxStore
+from outbox.transactions import BatchOutcome, LedgerRecord, TransactionalPublisher
+from tests.support.kafka import consume
+
+pytestmark = pytest.mark.integration
+
+
+async def add_rows(database: Database, settings: Settings, count: int, keys: int = 5) -> None:
+    store = OutboxStore()
+    topic = settings.topic("conversation.outbound")
+    async with database.connection() as conn, conn.transaction():
+        for n in range(count):
+            await store.add(
+                conn,
+                OutboxRecord(
+                    topic=topic,
+                    key=f"key-{n % keys}".encode(),
+                    value=f"{n}".encode(),
+                    idempotency_key=f"row-{n}",
+                    headers={"idempotency-key": f"row-{n}"},
+                ),
+                settings.outbox_max_attempts,
+            )
+
+
+async def statuses(database: Database) -> dict[str, int]:
+    async with database.connection() as conn:
+        cur = await conn.execute("SELECT status, count(*) FROM outbox_message GROUP BY status")
+        return {str(status): int(n) for status, n in await cur.fetchall()}
+
+
+def values_by_key(settings: Settings, count: int) -> dict[bytes, list[int]]:
+    records = consume(settings, settings.topic("conversation.outbound"), count)
+    by_key: dict[bytes, list[int]] = defaultdict(list)
+    for record in records:
+        assert record.key is not None and record.value is not None
+        by_key[record.key].append(int(record.value))
+    return by_key
+
+
+async def test_rows_are_published_once_in_order_per_key_with_their_headers(
+    stack: Settings,
+) -> None:
+    async with Database(stack) as database:
+        await add_rows(database, stack, 300)
+        published = await OutboxRelay(stack, database, Metrics()).drain()
+        assert published == 300
+        assert await statuses(database) == {"published": 300}
+
+    records = consume(stack, stack.topic("conversation.outbound"), 300)
+    assert len(records) == 300
+    assert {r.headers["idempotency-key"] for r in records} == {f"row-{n}" for n in range(300)}
+    by_key = values_by_key(stack, 300)
+    for key, values in by_key.items():
+        assert values == sorted(values), f"{key!r} out of order"
+
+
+async def test_a_batch_committed_before_a_crash_is_not_published_again(stack: Settings) -> None:
+    relay_id = stack.relay_transactional_id
+    store = OutboxStore()
+    async with Database(stack) as database:
+        await add_rows(database, stack, 50)
+        # A relay claims a batch and commits it to Kafka, then dies before marking it.
+        last = await read_last_sequence(stack, stack.topic(OUTBOX_LEDGER), relay_id)
+        async with database.connection() as conn:
+            rows = await store.claim(conn, relay_id, last + 1, 20)
+        publisher = TransactionalPublisher(stack, relay_id)
+        await publisher.start()
+        ledger = LedgerRecord(stack.topic(OUTBOX_LEDGER), relay_id.encode(), encode_entry(last + 1))
+        result = await publisher.publish(rows, ledger)
+        await publisher.close()
+        assert result.outcome is BatchOutcome.COMMITTED
+        assert (await statuses(database))["publishing"] == 20
+
+        published = await OutboxRelay(stack, database, Metrics()).drain()
+
+        assert published == 30
+        assert await statuses(database) == {"published": 50}
+    records = consume(stack, stack.topic("conversation.outbound"), 50, settle=3.0)
+    assert sorted(int(r.value or b"") for r in records) == list(range(50))
+
+
+async def test_a_batch_claimed_but_never_committed_is_published_after_restart(
+    stack: Settings,
+) -> None:
+    relay_id = stack.relay_transactional_id
+    async with Database(stack) as database:
+        await add_rows(database, stack, 40)
+        async with database.connection() as conn:
+            await OutboxStore().claim(conn, relay_id, 999, 25)  # crashed before Kafka saw it
+
+        published = await OutboxRelay(stack, database, Metrics()).drain()
+
+        assert published == 40
+        assert await statuses(database) == {"published": 40}
+    records = consume(stack, stack.topic("conversation.outbound"), 40, settle=3.0)
+    assert sorted(int(r.value or b"") for r in records) == list(range(40))
+
+
+async def test_only_one_relay_is_active_and_the_other_waits(stack: Settings) -> None:
+    async with Database(stack) as database:
+        active = OutboxRelay(stack, database, Metrics())
+        await active.start()
+        try:
+            for _ in range(100):
+                if active.active:
+                    break
+                await asyncio.sleep(0.1)
+            assert active.active
+            standby = OutboxRelay(stack, database, Metrics())
+            with pytest.raises(ServiceUnavailableError, match="another relay holds the lock"):
+                await standby.drain(lock_timeout=1.5)
+            assert not standby.active
+        finally:
+            await active.stop()
