@@ -64,19 +64,25 @@ class SessionLanes:
                     logger.exception("job of lane %r raised; jobs must handle their errors", lane)
                 finally:
                     queue.popleft()
-                    self._in_flight -= 1
-                    self._slots.release()
+                    self._finish_one()
         finally:
+            while queue:  # cancelled: the jobs still queued will never run
+                queue.popleft()
+                self._finish_one()
             del self._lanes[lane]
-            if self._in_flight == 0:
-                self._idle.set()
+
+    def _finish_one(self) -> None:
+        self._in_flight -= 1
+        self._slots.release()
+        if self._in_flight == 0:
+            self._idle.set()
 
     async def wait_idle(self) -> None:
         """Wait until every submitted job has finished."""
         await self._idle.wait()
 
     async def cancel(self) -> None:
-        """Cancel every running lane (at shutdown; unfinished jobs are not acked)."""
+        """Cancel every lane and drop queued jobs (at shutdown; none of them is acked)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -85,7 +91,7 @@ class SessionLanes:
 @dataclass
 class _Entry:
     offset: int
-    ack: Callable[[], object]
+    acks: list[Callable[[], object]]
     done: bool = False
 
 
@@ -97,8 +103,15 @@ class OrderedAcks:
         self._entries: dict[tuple[Hashable, int], _Entry] = {}
 
     def track(self, partition: Hashable, offset: int, ack: Callable[[], object]) -> None:
-        """Register a message taken from ``partition``; ``ack`` is called when it may be."""
-        entry = _Entry(offset, ack)
+        """Register a message taken from ``partition``; ``ack`` is called when it may be.
+
+        A redelivery of an offset still tracked joins the first delivery's entry.
+        """
+        existing = self._entries.get((partition, offset))
+        if existing is not None:
+            existing.acks.append(ack)
+            return
+        entry = _Entry(offset, [ack])
         self._queues.setdefault(partition, deque()).append(entry)
         self._entries[(partition, offset)] = entry
 
@@ -111,7 +124,8 @@ class OrderedAcks:
         queue = self._queues[partition]
         acked = 0
         while queue and queue[0].done:
-            queue.popleft().ack()
+            for ack in queue.popleft().acks:
+                ack()
             acked += 1
         if not queue:
             del self._queues[partition]

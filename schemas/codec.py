@@ -31,9 +31,11 @@ def decode_message(model: type[M], data: bytes | None) -> M:
     if data is None:
         raise MessageDecodeError("message has no value (tombstone)")
     try:
-        document = json.loads(data)
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MessageDecodeError(f"value is not UTF-8: {exc}") from exc
+    try:
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MessageDecodeError(f"value is not JSON: {exc}") from exc
     if not isinstance(document, dict):
@@ -41,7 +43,7 @@ def decode_message(model: type[M], data: bytes | None) -> M:
             f"{model.__name__} must be a JSON object, got {type(document).__name__}"
         )
     try:
-        return model.model_validate_json(data)
+        return model.model_validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
@@ -60,7 +62,7 @@ class ModelCodec(Codec):
     def _dumps(self, obj: Any) -> bytes:
         if isinstance(obj, BaseModel):
             return encode_message(obj)
-        return self.model.model_validate(obj).model_dump_json().encode()
+        return self.model.model_validate(obj, strict=False).model_dump_json().encode()
 
     def _loads(self, s: bytes) -> Any:
         return decode_message(self.model, s)

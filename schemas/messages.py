@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -69,6 +69,15 @@ class _Message(BaseModel):
 
     schema_version: Literal[1] = 1
 
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _known_version(cls, value: object) -> object:
+        if isinstance(value, bool) or value != SCHEMA_VERSION:
+            raise ValueError(
+                f"unsupported schema_version {value!r}: this consumer reads {SCHEMA_VERSION}"
+            )
+        return value
+
 
 class Attachment(BaseModel):
     """A file the user attached, already stored (the message carries only its reference)."""
@@ -90,7 +99,7 @@ class ConversationInbound(_Message):
     agent_id: Identifier
     text: Annotated[str, Field(max_length=100_000)]
     use_case: UseCase = UseCase.CHAT
-    created_at: datetime
+    created_at: AwareDatetime
     voice: bool = False
     attachments: tuple[Attachment, ...] = ()
 
@@ -111,7 +120,7 @@ class ConversationReply(_Message):
     model: Annotated[str, Field(max_length=255)]
     degraded: tuple[str, ...] = ()
     notices: tuple[str, ...] = ()
-    created_at: datetime = Field(default_factory=_now)
+    created_at: AwareDatetime = Field(default_factory=_now)
 
 
 class DegradationEvent(_Message):
@@ -124,5 +133,5 @@ class DegradationEvent(_Message):
     circuit: CircuitState = CircuitState.CLOSED
     reason: Annotated[str, Field(max_length=2000)] = ""
     latency_ms: Annotated[float, Field(ge=0)] | None = None
-    observed_at: datetime = Field(default_factory=_now)
+    observed_at: AwareDatetime = Field(default_factory=_now)
     source: Annotated[str, Field(max_length=255)] = ""
