@@ -42,6 +42,45 @@ class Metrics:
             ["from_provider", "to_provider"],
             registry=r,
         )
+        self.cascading_failures_total = Counter(
+            "cascading_failures",
+            "Services marked degraded because a dependency is down.",
+            ["service", "dependency"],
+            registry=r,
+        )
+        self.degradation_events_total = Counter(
+            "degradation_events",
+            "Health state changes emitted to degradation.events.",
+            ["service", "state"],
+            registry=r,
+        )
+        self.probe_seconds = Histogram(
+            "health_probe_seconds",
+            "Duration of one health probe.",
+            ["service"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        # --- circuit breakers --------------------------------------------------
+        self.circuit_breaker_state = Gauge(
+            "circuit_breaker_state",
+            "Breaker state: 0 closed, 1 open, 2 half_open, 3 forced_open, 4 disabled.",
+            ["name"],
+            registry=r,
+        )
+        self.circuit_breaker_calls_total = Counter(
+            "circuit_breaker_calls",
+            "Calls through a breaker by outcome (success, failure, slow_success, "
+            "slow_failure, ignored, rejected).",
+            ["name", "outcome"],
+            registry=r,
+        )
+        self.circuit_breaker_transitions_total = Counter(
+            "circuit_breaker_transitions",
+            "Breaker state transitions.",
+            ["name", "from_state", "to_state"],
+            registry=r,
+        )
         # --- the conversation agent ------------------------------------------
         self.messages_processed_total = Counter(
             "conversation_messages",

@@ -82,6 +82,26 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(10, ge=1)
     relay_web_port: int = Field(6067, ge=0, le=65535)
 
+    # --- the resilient producer ------------------------------------------------
+    producer_send_timeout_seconds: float = Field(
+        5.0, gt=0, description="How long a send waits for Kafka before using the outbox."
+    )
+    producer_circuit_failures: int = Field(
+        3, ge=1, description="Consecutive Kafka failures that send records to the outbox at once."
+    )
+    producer_circuit_open_seconds: float = Field(5.0, gt=0)
+
+    # --- health monitoring -----------------------------------------------------
+    health_interval_seconds: float = Field(2.0, gt=0, description="Time between two probes.")
+    health_timeout_seconds: float = Field(2.0, gt=0, description="A probe slower fails.")
+    health_probes: str = Field(
+        "postgres,kafka,redis,somabrain",
+        description="Services to probe, comma-separated (add temporal when it runs).",
+    )
+    health_slow_seconds: float = Field(
+        0.5, gt=0, description="A probe slower than this reports the service degraded."
+    )
+
     # --- logging ---------------------------------------------------------------
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"

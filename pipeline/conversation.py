@@ -19,44 +19,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
 from core.errors import InfrastructureUnavailableError, PermanentError
 from core.metrics import Metrics
 from core.settings import Settings
-from core.topics import CONVERSATION_OUTBOUND, dlq
+from core.topics import CONVERSATION_OUTBOUND
 from journeys.conversation import ConversationJourney
 from outbox.database import Database
-from outbox.dead_letters import DeadLetter, DeadLetterStore
 from outbox.idempotency import IdempotencyStore
 from outbox.store import OutboxRecord, OutboxStore
+from pipeline.dead_letters import DeadLetterWriter, InboundMessage
 from schemas.codec import CONTENT_TYPE, decode_message, encode_message
 from schemas.headers import CONTENT_TYPE as CONTENT_TYPE_HEADER
-from schemas.headers import ERRORS_EXCEPTION, IDEMPOTENCY_KEY, dead_letter_headers
+from schemas.headers import IDEMPOTENCY_KEY
 from schemas.messages import ConversationInbound, ConversationReply
 
 __all__ = ["ConversationProcessor", "InboundMessage", "Outcome"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class InboundMessage:
-    """One Kafka record as taken from the inbound topic."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-    @property
-    def position(self) -> str:
-        """``topic:partition:offset``, unique per record."""
-        return f"{self.topic}:{self.partition}:{self.offset}"
 
 
 class Outcome:
@@ -86,7 +69,7 @@ class ConversationProcessor:
         self.outbound_topic = settings.topic(CONVERSATION_OUTBOUND)
         self.outbox = OutboxStore()
         self.idempotency = IdempotencyStore()
-        self.dead_letters = DeadLetterStore()
+        self.dead_letters = DeadLetterWriter(settings, database, metrics)
         self.ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
 
     @staticmethod
@@ -169,53 +152,7 @@ class ConversationProcessor:
         return Outcome.REPLIED
 
     async def _dead_letter(self, message: InboundMessage, error: Exception, attempts: int) -> str:
-        idempotency_key = f"dlq:{message.position}"
-        headers = dead_letter_headers(
-            error,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            attempts=attempts,
-            idempotency_key=idempotency_key,
-        )
-        value = message.value if message.value is not None else b""
-        async with self.database.connection() as conn, conn.transaction():
-            await self.dead_letters.add(
-                conn,
-                DeadLetter(
-                    idempotency_key=idempotency_key,
-                    source="agent",
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    key=message.key,
-                    payload=value,
-                    headers=headers,
-                    error_class=headers[ERRORS_EXCEPTION],
-                    error_message=str(error),
-                    attempts=attempts,
-                ),
-            )
-            inserted = await self.outbox.add(
-                conn,
-                OutboxRecord(
-                    topic=dlq(message.topic),
-                    key=message.key,
-                    value=value,
-                    headers=headers,
-                    idempotency_key=idempotency_key,
-                ),
-                self.settings.outbox_max_attempts,
-            )
-        if inserted:
-            self.metrics.dlq_messages_total.labels(topic=dlq(message.topic)).inc()
-            logger.warning(
-                "dead-lettered %s after %d attempt(s): %s: %s",
-                message.position,
-                attempts,
-                headers[ERRORS_EXCEPTION],
-                error,
-            )
+        await self.dead_letters.write(message, error, attempts)
         self.on_committed()
         return Outcome.DEAD_LETTERED
 

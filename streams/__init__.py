@@ -6,7 +6,9 @@ slow.
 """
 
 from agents import conversation as _conversation_agent
+from agents import degradation as _degradation_agent
 from streams import commands as _commands
+from streams import timers as _timers
 from streams import web as _web
 from streams.app import StreamsApp, create_app
 
@@ -14,5 +16,7 @@ __all__ = ["StreamsApp", "app", "create_app"]
 
 app: StreamsApp = create_app()
 _conversation_agent.register(app)
+_degradation_agent.register(app)
+_timers.register(app)
 _web.register(app)
 _commands.register(app)

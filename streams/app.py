@@ -14,9 +14,12 @@ from typing import Any
 import faust
 
 from core.errors import ResilienceError
+from core.logging import quiet_noisy_loggers
 from core.metrics import Metrics
 from core.settings import Settings
+from resilience.health import ServiceHealth
 from streams.runtime import Runtime
+from tables import service_health
 
 __all__ = ["StreamsApp", "create_app"]
 
@@ -30,11 +33,23 @@ class StreamsApp(faust.App):
         super().__init__(settings.app_id, **kwargs)
         self.settings = settings
         self.metrics = Metrics()
-        self.runtime = Runtime(settings, self.metrics)
+        self.service_health = service_health.declare(self, settings.topic_partitions)
+        self.runtime = Runtime(
+            settings, self.metrics, is_leader=self.is_leader, table_rows=self.health_rows
+        )
+
+    def health_rows(self) -> dict[str, ServiceHealth]:
+        """The service_health table as ServiceHealth values."""
+        return {
+            str(name): service_health.health_from_row(row)
+            for name, row in list(self.service_health.items())
+            if row
+        }
 
     async def on_first_start(self) -> None:
         """Prepare topics, schema and pool before the consumer subscribes."""
         await super().on_first_start()
+        quiet_noisy_loggers()
         try:
             await self.runtime.start()
         except ResilienceError as exc:
@@ -61,7 +76,6 @@ def create_app(settings: Settings | None = None) -> StreamsApp:
         web_port=settings.web_port,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
-        topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),

@@ -1,26 +1,38 @@
 """What the worker builds at start-up and tears down at stop.
 
-The pieces (database pool, relay, processor, lanes) are plain objects from the
-Faust-agnostic packages; the app holds one :class:`Runtime` and the agents use it.
+The pieces (database pool, relay, resilient producer, monitor, processor, lanes) are
+plain objects from the Faust-agnostic packages; the app holds one :class:`Runtime`
+and the agents, pages and timers use it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.errors import ConfigurationError
 from core.metrics import Metrics
 from core.settings import Settings
-from core.topics import ensure_topics
+from core.topics import DEGRADATION_EVENTS, ensure_topics
 from journeys.conversation import ConversationJourney
 from outbox.database import Database
 from outbox.migrate import applied_versions, available_migrations
+from outbox.producer import ResilientProducer
 from outbox.relay import OutboxRelay
-from pipeline.conversation import ConversationProcessor, InboundMessage
+from outbox.store import OutboxRecord
+from pipeline.conversation import ConversationProcessor
+from pipeline.dead_letters import DeadLetterWriter, InboundMessage
 from pipeline.ordering import OrderedAcks, SessionLanes
 from providers.responder import build_responder, missing_key_notice
+from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
+from resilience.monitor import DegradationMonitor
+from resilience.probes import default_probes
+from schemas.codec import CONTENT_TYPE, encode_message
+from schemas.headers import CONTENT_TYPE as CONTENT_TYPE_HEADER
+from schemas.headers import IDEMPOTENCY_KEY
+from schemas.messages import DegradationEvent
 
 __all__ = ["Runtime", "check_schema"]
 
@@ -42,27 +54,48 @@ async def check_schema(settings: Settings) -> None:
 class Runtime:
     """The worker's resources; constructing it does no I/O."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        is_leader: Callable[[], bool] = lambda: True,
+        table_rows: Callable[[], Mapping[str, ServiceHealth]] = dict,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.table_rows = table_rows
         self.database = Database(settings)
         self.relay = OutboxRelay(settings, self.database, metrics)
+        self.producer = ResilientProducer(settings, self.database, metrics)
+        self.producer.on_outbox_write = self.relay.wake
+        self.monitor = DegradationMonitor(
+            default_probes(settings),
+            DEFAULT_SERVICES,
+            metrics,
+            publish=self.publish_degradation,
+            should_publish=is_leader,
+            source=settings.worker_instance_id or settings.app_id,
+        )
+        self.dead_letters = DeadLetterWriter(settings, self.database, metrics)
         self.processor = ConversationProcessor(
             settings,
             self.database,
-            ConversationJourney(build_responder(settings)),
+            ConversationJourney(build_responder(settings), self.status),
             metrics,
             on_committed=self.relay.wake,
         )
         self.lanes = SessionLanes(settings.max_in_flight)
         self.acks = OrderedAcks()
         self.ready = asyncio.Event()
+        self.status_ready = asyncio.Event()
 
     async def start(self) -> None:
-        """Create topics, check the schema, open the pool, start the relay."""
+        """Create topics, check the schema, open the pool, start relay and producer."""
         await ensure_topics(self.settings)
         await check_schema(self.settings)
         await self.database.open()
+        await self.producer.start()
         if self.settings.relay_enabled_in_worker:
             await self.relay.start()
         notice = missing_key_notice(self.settings)
@@ -77,12 +110,41 @@ class Runtime:
             self.settings.web_port,
         )
 
+    async def start_monitor(self) -> None:
+        """Seed the monitor from the recovered table and start probing."""
+        self.monitor.seed(self.table_rows())
+        await self.monitor.start()
+        self.status_ready.set()
+
     async def stop(self) -> None:
-        """Stop lanes and relay, close the pool; unfinished messages stay unacked."""
+        """Stop lanes, monitor, relay and producer; close the pool."""
         self.ready.clear()
         await self.lanes.cancel()
+        await self.monitor.stop()
         await self.relay.stop()
+        await self.producer.stop()
         await self.database.close()
+
+    def status(self) -> DegradationStatus:
+        """The table's cluster view overlaid with this worker's newer observations."""
+        merged = dict(self.table_rows())
+        for name, health in self.monitor.observed().items():
+            known = merged.get(name)
+            if known is None or health.since >= known.since:
+                merged[name] = health
+        return DegradationStatus(merged, self.monitor.specs)
+
+    async def publish_degradation(self, event: DegradationEvent) -> None:
+        """Emit ``event`` through the resilient producer (Kafka, else the outbox)."""
+        await self.producer.send(
+            OutboxRecord(
+                topic=self.settings.topic(DEGRADATION_EVENTS),
+                key=event.service.encode(),
+                value=encode_message(event),
+                idempotency_key=f"degradation:{event.event_id}",
+                headers={IDEMPOTENCY_KEY: event.event_id, CONTENT_TYPE_HEADER: CONTENT_TYPE},
+            )
+        )
 
     async def submit(self, message: InboundMessage, partition: Any, ack: Any) -> None:
         """Track ``message`` for in-order acking and queue it on its session's lane."""

@@ -20,14 +20,18 @@ def register(app: StreamsApp) -> None:
 
     @app.page("/status")
     async def status(web: Any, request: Any) -> Any:
-        """The degradation status as JSON."""
-        return web.json(
-            {
-                "app_id": app.settings.app_id,
-                "relay_active": app.runtime.relay.active,
-                "in_flight": app.runtime.lanes.in_flight,
-            }
-        )
+        """The degradation status as JSON; 503 until the table is recovered."""
+        if not app.runtime.status_ready.is_set():
+            return web.json({"status": "recovering"}, status=503)
+        document = app.runtime.status().as_json()
+        document["worker"] = {
+            "app_id": app.settings.app_id,
+            "instance": app.settings.worker_instance_id,
+            "leader": app.is_leader(),
+            "relay_active": app.runtime.relay.active,
+            "in_flight": app.runtime.lanes.in_flight,
+        }
+        return web.json(document)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

@@ -198,3 +198,27 @@ async def test_a_duplicated_message_id_is_answered_once(
     received = outbound(stack, 2)
 
     assert [r.in_reply_to for r in received] == [message.message_id, sentinel.message_id]
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+async def test_compressed_input_is_answered_and_does_not_crash_the_consumer(
+    stack: Settings, workers: WorkerFactory, codec: str
+) -> None:
+    from confluent_kafka import Producer
+
+    worker = workers.start(stack)
+    message = inbound(f"compressed with {codec}")
+    producer = Producer(
+        {"bootstrap.servers": stack.kafka_bootstrap_servers, "compression.type": codec}
+    )
+    producer.produce(
+        stack.topic("conversation.inbound"),
+        key=message.partition_key.encode(),
+        value=encode_message(message),
+    )
+    assert producer.flush(30) == 0
+
+    [reply] = outbound(stack, 1)
+
+    assert reply.in_reply_to == message.message_id
+    assert worker.alive

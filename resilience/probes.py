@@ -1,0 +1,247 @@
+"""Health probes of the monitored services.
+
+Each probe answers one question — is the service healthy, degraded or unavailable —
+within its timeout (the monitor enforces it, so a hung service is detected by the
+timeout, not waited on). A probe may raise: the monitor reports the exception as
+``unavailable`` with its text as the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+import psycopg
+import redis.asyncio as aioredis
+from confluent_kafka.admin import AdminClient
+
+from core.settings import Settings
+from schemas.messages import CircuitState, ServiceState
+
+__all__ = [
+    "BreakerProbe",
+    "KafkaProbe",
+    "PostgresProbe",
+    "Probe",
+    "ProbeResult",
+    "RedisProbe",
+    "SomaBrainProbe",
+    "TemporalProbe",
+    "default_probes",
+]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One observation of a service."""
+
+    state: ServiceState
+    reason: str = ""
+    circuit: CircuitState = CircuitState.CLOSED
+    latency_ms: float | None = None
+
+
+class Probe(Protocol):
+    """Checks one service; ``interval`` and ``timeout`` are in seconds."""
+
+    service: str
+    interval: float
+    timeout: float
+
+    async def check(self) -> ProbeResult:
+        """Observe the service once (may raise: the monitor reports it unavailable)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class _TimedProbe:
+    """Shared timing: a healthy answer slower than ``slow`` is reported degraded."""
+
+    service = ""
+
+    def __init__(self, settings: Settings) -> None:
+        self.interval = settings.health_interval_seconds
+        self.timeout = settings.health_timeout_seconds
+        self.slow = settings.health_slow_seconds
+
+    def _judge(self, started: float, reason: str = "") -> ProbeResult:
+        latency = (time.monotonic() - started) * 1000
+        if latency > self.slow * 1000:
+            return ProbeResult(ServiceState.DEGRADED, f"slow: {latency:.0f} ms", latency_ms=latency)
+        return ProbeResult(ServiceState.HEALTHY, reason, latency_ms=latency)
+
+    async def close(self) -> None:
+        """Nothing to release by default."""
+
+
+class PostgresProbe(_TimedProbe):
+    """``SELECT 1`` on a fresh connection (independent of the application's pool)."""
+
+    service = "postgres"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.url = settings.database_url
+
+    async def check(self) -> ProbeResult:
+        """Connect and run ``SELECT 1``."""
+        started = time.monotonic()
+        conn = await psycopg.AsyncConnection.connect(
+            self.url, connect_timeout=max(1, int(self.timeout)), autocommit=True
+        )
+        async with conn:
+            await conn.execute("SELECT 1")
+        return self._judge(started)
+
+
+class RedisProbe(_TimedProbe):
+    """``PING``."""
+
+    service = "redis"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.client = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry_on_timeout=False,
+        )
+
+    async def check(self) -> ProbeResult:
+        """Send ``PING``."""
+        started = time.monotonic()
+        await self.client.ping()
+        return self._judge(started)
+
+    async def close(self) -> None:
+        """Close the client."""
+        await self.client.aclose()
+
+
+class KafkaProbe(_TimedProbe):
+    """A metadata round trip through the admin client (run in a thread)."""
+
+    service = "kafka"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.bootstrap = settings.kafka_bootstrap_servers
+        self._admin: AdminClient | None = None
+
+    def _metadata(self) -> int:
+        if self._admin is None:
+            self._admin = AdminClient(
+                {"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000}
+            )
+        metadata = self._admin.list_topics(timeout=self.timeout)
+        return len(metadata.brokers)
+
+    async def check(self) -> ProbeResult:
+        """Ask a broker for cluster metadata."""
+        started = time.monotonic()
+        brokers = await asyncio.to_thread(self._metadata)
+        if brokers == 0:
+            return ProbeResult(ServiceState.UNAVAILABLE, "no broker in the metadata")
+        return self._judge(started)
+
+
+class SomaBrainProbe(_TimedProbe):
+    """``GET /health``: always 200 when up; the body tells the truth."""
+
+    service = "somabrain"
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+        super().__init__(settings)
+        self.url = settings.somabrain_url.rstrip("/") + "/health"
+        self.client = client or httpx.AsyncClient(timeout=self.timeout)
+
+    async def check(self) -> ProbeResult:
+        """Read ``status``, ``ready`` and ``memory_circuit_open`` from the body."""
+        started = time.monotonic()
+        response = await self.client.get(self.url)
+        if response.status_code != 200:
+            return ProbeResult(ServiceState.UNAVAILABLE, f"/health answered {response.status_code}")
+        body: Mapping[str, Any] = response.json()
+        status = str(body.get("status", "")).lower()
+        circuit = CircuitState.OPEN if body.get("memory_circuit_open") else CircuitState.CLOSED
+        latency = (time.monotonic() - started) * 1000
+        if status == "critical" or body.get("ready") is False:
+            return ProbeResult(
+                ServiceState.UNAVAILABLE,
+                f"status {status or '?'}, ready {body.get('ready')}",
+                circuit,
+                latency,
+            )
+        if status == "degraded" or circuit is CircuitState.OPEN:
+            reason = "memory circuit open" if circuit is CircuitState.OPEN else "status degraded"
+            return ProbeResult(ServiceState.DEGRADED, reason, circuit, latency)
+        return self._judge(started)
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        await self.client.aclose()
+
+
+class TemporalProbe(_TimedProbe):
+    """A TCP connect to the frontend (no gRPC dependency is justified for a liveness check)."""
+
+    service = "temporal"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        host, _, port = settings.temporal_host.rpartition(":")
+        self.host = host or "127.0.0.1"
+        self.port = int(port or 7233)
+
+    async def check(self) -> ProbeResult:
+        """Open and close a TCP connection."""
+        started = time.monotonic()
+        _, writer = await asyncio.open_connection(self.host, self.port)
+        writer.close()
+        await writer.wait_closed()
+        return self._judge(started)
+
+
+class BreakerProbe(_TimedProbe):
+    """The health of a provider chain, read from its breakers' states."""
+
+    def __init__(
+        self, settings: Settings, service: str, states: Callable[[], Mapping[str, str]]
+    ) -> None:
+        super().__init__(settings)
+        self.service = service
+        self.states = states
+
+    async def check(self) -> ProbeResult:
+        """All circuits open: unavailable; some: degraded; none: healthy."""
+        states = self.states()
+        open_ = sorted(name for name, state in states.items() if state in ("open", "forced_open"))
+        if states and len(open_) == len(states):
+            return ProbeResult(ServiceState.UNAVAILABLE, "every circuit is open", CircuitState.OPEN)
+        if open_:
+            return ProbeResult(ServiceState.DEGRADED, f"open: {', '.join(open_)}")
+        return ProbeResult(ServiceState.HEALTHY)
+
+
+def default_probes(settings: Settings) -> list[Probe]:
+    """The probes named in ``settings.health_probes``."""
+    factories: dict[str, Callable[[Settings], Probe]] = {
+        "postgres": PostgresProbe,
+        "redis": RedisProbe,
+        "kafka": KafkaProbe,
+        "somabrain": SomaBrainProbe,
+        "temporal": TemporalProbe,
+    }
+    names = [n.strip() for n in settings.health_probes.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(factories))
+    if unknown:
+        raise ValueError(f"unknown health probes {unknown}; known: {sorted(factories)}")
+    return [factories[name](settings) for name in names]

@@ -1,0 +1,56 @@
+"""``service_health``: a changelog-backed GlobalTable, the fold of ``degradation.events``.
+
+Keyed by service name; the value is the JSON of the service's latest health. Every
+worker holds the whole table and a restarted worker recovers it from the changelog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from resilience.health import ServiceHealth
+from schemas.messages import CircuitState, DegradationEvent, ServiceState
+
+__all__ = ["TABLE_NAME", "declare", "fold", "health_from_row"]
+
+TABLE_NAME = "service_health"
+
+
+def declare(app: Any, partitions: int) -> Any:
+    """Declare the table on a Faust app."""
+    return app.GlobalTable(
+        TABLE_NAME,
+        default=None,
+        partitions=partitions,
+        key_type=str,
+        value_type=dict,
+        help="Health of every monitored service (fold of degradation.events).",
+    )
+
+
+def fold(current: Mapping[str, Any] | None, event: DegradationEvent) -> dict[str, Any] | None:
+    """The new row for ``event``'s service, or None when the event is older than the row."""
+    if current is not None:
+        known = datetime.fromisoformat(str(current["since"]))
+        if event.observed_at < known:
+            return None
+        if current.get("event_id") == event.event_id:
+            return None
+    row = ServiceHealth.from_event(event).as_json()
+    row["event_id"] = event.event_id
+    return row
+
+
+def health_from_row(row: Mapping[str, Any]) -> ServiceHealth:
+    """The ServiceHealth stored in a table row."""
+    return ServiceHealth(
+        service=str(row["service"]),
+        state=ServiceState(row["state"]),
+        circuit=CircuitState(row.get("circuit", "closed")),
+        since=datetime.fromisoformat(str(row["since"])),
+        reason=str(row.get("reason", "")),
+        latency_ms=row.get("latency_ms"),
+        source=str(row.get("source", "")),
+    )
