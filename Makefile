@@ -50,7 +50,8 @@ schemas: setup
 	$(BIN)/python -m schemas.export
 
 test: setup lint typecheck services
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider $(ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider -m "not stops_services" $(ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider -m stops_services $(ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit $(ARGS)

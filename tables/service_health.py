@@ -25,7 +25,6 @@ def declare(app: Any, partitions: int) -> Any:
         default=None,
         partitions=partitions,
         key_type=str,
-        value_type=dict,
         help="Health of every monitored service (fold of degradation.events).",
     )
 

@@ -89,6 +89,11 @@ class WorkerProcess:
         """GET one of the worker's pages."""
         return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5.0)
 
+    def close_log(self) -> None:
+        """Close the log file handle (idempotent)."""
+        if not self._log.closed:
+            self._log.close()
+
     def kill(self) -> None:
         """``kill -9`` the worker (no shutdown code runs)."""
         if self.alive:
@@ -141,3 +146,4 @@ class WorkerFactory:
         for worker in self.started:
             if worker.alive:
                 worker.kill()
+            worker.close_log()

@@ -1,0 +1,1125 @@
+"""A controllable fake SomaBrain memory service speaking its real HTTP API.
+
+The real service is ``somatechlat/somabrain`` (Django Ninja); the API this fake speaks, and where
+it was read from, is written down in ``docs/somabrain-api.md``. Like :mod:`loopback.llm_server`,
+the server runs an aiohttp application on its own event loop in a background thread and is
+switched into a :class:`~loopback.llm_server.FailureMode` at run time.
+
+Endpoints (``/api/...`` aliases exist for the memory routes, as in the real service):
+
+* ``POST /memory/remember``: stores ``value`` under ``(tenant, namespace, key)``; the key is the
+  idempotency key, so a replayed remember is stored once (the last write wins, in place).
+* ``POST /memory/recall``: the tenant comes from ``X-Tenant-ID`` (default ``standalone``);
+  memories of that tenant whose text shares words with ``query`` are returned, best first,
+  at most ``top_k``.
+* ``GET /health`` (also ``/health/``): always 200; ``status``, ``ok``, ``ready`` and
+  ``memory_circuit_open`` in the body reflect the mode.
+* ``GET /healthz``: liveness, always 200 while the port is open (HANG and SLOW do not touch it).
+* ``GET /_loopback/mode``, ``POST /_loopback/mode``: control endpoints for out-of-process use
+  (``python -m loopback.somabrain_server``).
+
+Modes: OK; ERROR_500 (the memory routes answer 500, ``/health`` reports ``critical`` and not
+ready, as the real service does when its memory backend is down); HANG (memory routes and
+``/health`` never answer until the mode changes); SLOW (they answer after ``delay_seconds``);
+REFUSE (the port is closed; any other mode re-opens the same port). Independently,
+:meth:`SomaBrainServer.set_queue_for_replay` opens the memory circuit: remember answers 200 with
+the ``memory-backend-unavailable:queued-for-replay`` warning and keeps the memory in a replay
+queue, which is replayed into the store when the circuit closes again.
+
+Run one in the foreground with ``python -m loopback.somabrain_server --port 9696``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import dataclasses
+import datetime
+import hashlib
+import ipaddress
+import json
+import logging
+import re
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Sequence
+from types import FrameType, TracebackType
+from typing import Any, Final, Self, TypeVar
+
+import pydantic
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from loopback.llm_server import FailureMode, RecordedRequest
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "QUEUED_FOR_REPLAY_WARNING",
+    "SUPPORTED_MODES",
+    "SomaBrainServer",
+    "StoredMemory",
+]
+
+QUEUED_FOR_REPLAY_WARNING: Final = "memory-backend-unavailable:queued-for-replay"
+"""The warning the real ``/memory/remember`` returns while its memory circuit is open."""
+
+SUPPORTED_MODES: Final = frozenset(
+    {
+        FailureMode.OK,
+        FailureMode.ERROR_500,
+        FailureMode.HANG,
+        FailureMode.SLOW,
+        FailureMode.REFUSE,
+    }
+)
+"""The failure modes this server implements (the others are LLM-specific)."""
+
+_DEFAULT_HOST: Final = "127.0.0.1"
+_DEFAULT_TENANT: Final = "standalone"
+_DEFAULT_NAMESPACE: Final = "default"
+_START_TIMEOUT_SECONDS: Final = 10.0
+_SHUTDOWN_TIMEOUT_SECONDS: Final = 2.0
+_CIRCUIT_OPEN_MESSAGE: Final = "Memory service unavailable (circuit open)"
+_BACKEND_ERROR: Final = "memory backend error: 500"
+_WORD: Final = re.compile(r"\w+")
+_M = TypeVar("_M", bound=BaseModel)
+
+
+# ---------------------------------------------------------------------- request models
+# The shapes of the real request bodies (somabrain/api/memory/models.py and the RecallRequest in
+# somabrain/api/endpoints/memory.py); validating with pydantic gives the real 422 error items.
+
+
+class _Attachment(BaseModel):
+    kind: str
+    uri: str | None = None
+    content_type: str | None = None
+    checksum: str | None = None
+    data: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+class _Link(BaseModel):
+    rel: str
+    target: str
+    weight: float | None = Field(None, ge=0.0)
+    meta: dict[str, Any] | None = None
+
+
+class _Signals(BaseModel):
+    importance: float | None = Field(None, ge=0.0)
+    novelty: float | None = Field(None, ge=0.0)
+    ttl_seconds: int | None = Field(None, ge=0)
+    reinforcement: str | None = None
+    recall_bias: str | None = None
+
+
+class _WriteRequest(BaseModel):
+    tenant: str = Field(min_length=1)
+    namespace: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    value: dict[str, Any]
+    meta: dict[str, Any] | None = None
+    universe: str | None = None
+    ttl_seconds: int | None = Field(None, ge=0)
+    tags: list[str] = Field(default_factory=list)
+    policy_tags: list[str] = Field(default_factory=list)
+    attachments: list[_Attachment] = Field(default_factory=list)
+    links: list[_Link] = Field(default_factory=list)
+    signals: _Signals | None = None
+    importance: float | None = Field(None, ge=0.0)
+    novelty: float | None = Field(None, ge=0.0)
+    trace_id: str | None = None
+
+
+class _RecallRequest(BaseModel):
+    query: str
+    top_k: int = 10
+    layer: str = "both"
+    tenant: str | None = None
+    namespace: str | None = None
+    universe: str | None = None
+
+
+# ---------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredMemory:
+    """One memory as the server holds it (one per ``(tenant, namespace, key)``)."""
+
+    tenant: str
+    namespace: str
+    key: str
+    value: dict[str, Any]
+    """The ``value`` of the remember request, as sent."""
+    meta: dict[str, Any] | None
+    tags: list[str]
+    policy_tags: list[str]
+    universe: str | None
+    trace_id: str | None
+    request_id: str
+    """``X-Request-ID`` of the request that wrote it (a fresh UUID when absent)."""
+    payload: dict[str, Any]
+    """The stored payload (``value`` plus tenant, namespace, key, tags, ...), returned by recall."""
+    coordinate: list[float]
+    """The coordinate derived from ``key`` (and ``universe``)."""
+    stored_at: float
+    """``time.time()`` of the last write."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Settings:
+    mode: FailureMode = FailureMode.OK
+    delay_seconds: float = 0.0
+
+
+class _BadRequest(Exception):
+    """An answer other than 200, raised while reading a request."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class SomaBrainServer:
+    """A fake SomaBrain HTTP server on a background thread with switchable failures.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`::
+
+        with SomaBrainServer(token="secret") as brain:
+            brain.set_mode(FailureMode.ERROR_500)
+            ...  # point clients at brain.base_url
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        name: str = "somabrain",
+        *,
+        host: str = _DEFAULT_HOST,
+        token: str | None = None,
+    ) -> None:
+        """Create a stopped server; ``port=0`` picks a free port on :meth:`start`.
+
+        With ``token`` the memory routes require ``Authorization: Bearer <token>`` and answer
+        401 ``{"detail": "Unauthorized"}`` otherwise; ``/health`` and ``/healthz`` never do.
+        """
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port out of range: {port}")
+        if token is not None and not token.strip():
+            raise ValueError("token must not be blank")
+        self._host: Final = host
+        self._port = port
+        self._name: Final = name
+        self._token: Final = token
+        # State shared with callers on other threads.
+        self._lock = threading.Lock()
+        self._requests_changed = threading.Condition(self._lock)
+        self._settings = _Settings()
+        self._queue_for_replay = False
+        self._store: dict[tuple[str, str, str], StoredMemory] = {}
+        self._queued: list[StoredMemory] = []
+        self._requests: list[RecordedRequest] = []
+        self._remember_count = 0
+        # Lifecycle, guarded by _lifecycle.
+        self._lifecycle = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        # Owned by the server's event loop.
+        self._runner: web.AppRunner | None = None
+        self._site: web.SockSite | None = None
+        self._listener_lock: asyncio.Lock | None = None
+        self._changed: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+        self._revert: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start serving; returns once the port is bound (and listening unless in REFUSE)."""
+        with self._lifecycle:
+            if self._thread is not None:
+                raise RuntimeError(f"SomaBrainServer {self._name!r} is already running")
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=self._run_loop,
+                args=(loop,),
+                name=f"SomaBrainServer-{self._name}",
+                daemon=True,
+            )
+            thread.start()
+            self._loop, self._thread = loop, thread
+            try:
+                asyncio.run_coroutine_threadsafe(self._astart(), loop).result(
+                    _START_TIMEOUT_SECONDS
+                )
+            except BaseException:
+                self._shutdown_thread()
+                raise
+        logger.info("SomaBrain server %r listening on %s", self._name, self.base_url)
+
+    def stop(self) -> None:
+        """Stop serving, drop hanging requests and join the background thread (idempotent).
+
+        Stored memories, the replay queue and the request log survive a stop and a restart.
+        """
+        with self._lifecycle:
+            loop = self._loop
+            if loop is None:
+                return
+            if threading.current_thread() is self._thread:
+                raise RuntimeError("SomaBrainServer.stop() cannot be called from the server thread")
+            try:
+                asyncio.run_coroutine_threadsafe(self._astop(), loop).result(
+                    _SHUTDOWN_TIMEOUT_SECONDS + _START_TIMEOUT_SECONDS
+                )
+            finally:
+                self._shutdown_thread()
+        logger.info("SomaBrain server %r stopped", self._name)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _shutdown_thread(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(_START_TIMEOUT_SECONDS)
+        self._loop = self._thread = None
+
+    @staticmethod
+    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _astart(self) -> None:
+        self._stopping = False
+        self._listener_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._stopped = asyncio.Event()
+        runner = web.AppRunner(self._make_app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS)
+        await runner.setup()
+        try:
+            # Bind even in REFUSE so that a port of 0 is resolved and kept for re-opening.
+            site = web.SockSite(runner, self._bind_socket())
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._site = runner, site
+        await self._sync_listener()
+
+    async def _astop(self) -> None:
+        self._stopping = True
+        if self._revert is not None:
+            self._revert.cancel()
+            self._revert = None
+        if self._stopped is not None:
+            self._stopped.set()
+        self._wake()
+        runner, self._runner, self._site = self._runner, None, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def _bind_socket(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self._host, self._port))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._port = int(sock.getsockname()[1])
+        return sock
+
+    async def _sync_listener(self) -> None:
+        """Open or close the listening socket to match the current mode."""
+        assert self._listener_lock is not None
+        async with self._listener_lock:
+            runner = self._runner
+            if runner is None:
+                return
+            listen = not self._stopping and self._current().mode is not FailureMode.REFUSE
+            if listen and self._site is None:
+                site = web.SockSite(runner, self._bind_socket())
+                await site.start()
+                self._site = site
+                logger.info("SomaBrain server %r re-opened port %d", self._name, self._port)
+            elif not listen and self._site is not None:
+                site, self._site = self._site, None
+                # Responses carry "Connection: close", so no kept-alive connection survives.
+                await site.stop()
+                logger.info("SomaBrain server %r closed port %d (refusing)", self._name, self._port)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def name(self) -> str:
+        """The server's name (thread name and logs)."""
+        return self._name
+
+    @property
+    def token(self) -> str | None:
+        """The bearer token the memory routes require, or None when they require none."""
+        return self._token
+
+    @property
+    def port(self) -> int:
+        """The TCP port; known after :meth:`start` when constructed with 0."""
+        if self._port == 0:
+            raise RuntimeError("the port is chosen on start(); start the server first")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT``, the value for ``SA01_SOMABRAIN_URL``."""
+        host = self._host
+        with contextlib.suppress(ValueError):
+            address = ipaddress.ip_address(host)
+            if address.is_unspecified:  # bound to all interfaces: connect via loopback
+                host = "::1" if address.version == 6 else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def mode(self) -> FailureMode:
+        """The current failure mode."""
+        return self._current().mode
+
+    @property
+    def delay_seconds(self) -> float:
+        """The SLOW delay in force."""
+        return self._current().delay_seconds
+
+    def set_mode(
+        self,
+        mode: FailureMode,
+        *,
+        delay_seconds: float = 0.0,
+        revert_after_seconds: float | None = None,
+    ) -> None:
+        """Switch the failure mode (thread-safe); in effect when this returns.
+
+        ``delay_seconds`` applies to SLOW. With ``revert_after_seconds`` the server goes back to
+        OK on its own after that long. Requests hanging in HANG are answered according to the
+        new mode. Raises ValueError for a mode outside :data:`SUPPORTED_MODES`.
+        """
+        settings = _Settings(FailureMode(mode), float(delay_seconds))
+        if settings.mode not in SUPPORTED_MODES:
+            raise ValueError(f"SomaBrainServer does not implement {settings.mode}")
+        if settings.delay_seconds < 0:
+            raise ValueError("delay_seconds must not be negative")
+        if revert_after_seconds is not None and revert_after_seconds < 0:
+            raise ValueError("revert_after_seconds must not be negative")
+        if threading.current_thread() is self._thread:  # called from a handler on our loop
+            self._spawn(self._apply(settings, revert_after_seconds))
+            return
+        with self._lifecycle:
+            loop = self._loop
+            if loop is None:
+                if revert_after_seconds is not None:
+                    raise RuntimeError("revert_after_seconds needs a running server")
+                with self._lock:
+                    self._settings = settings
+                return
+            asyncio.run_coroutine_threadsafe(
+                self._apply(settings, revert_after_seconds), loop
+            ).result(_START_TIMEOUT_SECONDS)
+
+    @property
+    def queue_for_replay(self) -> bool:
+        """True while the memory circuit is open (remember queues for replay)."""
+        with self._lock:
+            return self._queue_for_replay
+
+    def set_queue_for_replay(self, enabled: bool) -> None:
+        """Open (True) or close (False) the memory circuit (thread-safe).
+
+        While open, remember answers 200 with :data:`QUEUED_FOR_REPLAY_WARNING` and
+        ``persisted_to_ltm: false`` and keeps the memory in :meth:`queued`; recall answers
+        ``degraded`` from working memory (``layer: "ltm"`` gets 503); ``/health`` reports
+        ``memory_circuit_open: true`` and ``ready: false``. Closing the circuit replays the
+        queue into the store, idempotently by key.
+        """
+        with self._lock:
+            self._queue_for_replay = bool(enabled)
+            if enabled:
+                return
+            replayed, self._queued = self._queued, []
+            for memory in replayed:
+                self._put(memory)
+        if replayed:
+            logger.info("SomaBrain server %r replayed %d memories", self._name, len(replayed))
+
+    def memories(self, tenant: str | None = None) -> list[StoredMemory]:
+        """The stored memories (of ``tenant`` when given), in first-insertion order."""
+        with self._lock:
+            return [m for m in self._store.values() if tenant is None or m.tenant == tenant]
+
+    def queued(self, tenant: str | None = None) -> list[StoredMemory]:
+        """Memories remembered while the circuit was open and not yet replayed, oldest first."""
+        with self._lock:
+            return [m for m in self._queued if tenant is None or m.tenant == tenant]
+
+    def clear_memories(self) -> None:
+        """Forget the stored and queued memories."""
+        with self._lock:
+            self._store.clear()
+            self._queued.clear()
+
+    @property
+    def remember_count(self) -> int:
+        """How many ``POST /memory/remember`` requests arrived, duplicates and failures included."""
+        with self._lock:
+            return self._remember_count
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A copy of the requests received so far (control endpoints excluded), oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def request_count(self) -> int:
+        """How many requests were received (control endpoints excluded)."""
+        with self._lock:
+            return len(self._requests)
+
+    def reset_requests(self) -> None:
+        """Forget the recorded requests and reset :attr:`remember_count`."""
+        with self._lock:
+            self._requests.clear()
+            self._remember_count = 0
+
+    def wait_for_requests(self, count: int, timeout: float = 5.0) -> bool:
+        """Block until at least ``count`` requests were received; False on timeout."""
+        with self._requests_changed:
+            return self._requests_changed.wait_for(lambda: len(self._requests) >= count, timeout)
+
+    # ------------------------------------------------------------------ mode handling
+
+    def _current(self) -> _Settings:
+        with self._lock:
+            return self._settings
+
+    async def _apply(self, settings: _Settings, revert_after: float | None) -> None:
+        with self._lock:
+            self._settings = settings
+        if self._revert is not None:
+            self._revert.cancel()
+            self._revert = None
+        if revert_after is not None:
+            self._revert = asyncio.get_running_loop().call_later(revert_after, self._revert_now)
+        logger.info(
+            "SomaBrain server %r mode=%s delay=%ss",
+            self._name,
+            settings.mode,
+            settings.delay_seconds,
+        )
+        self._wake()
+        await self._sync_listener()
+
+    def _revert_now(self) -> None:
+        self._revert = None
+        self._spawn(self._apply(_Settings(), None))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _wake(self) -> None:
+        """Wake everything waiting for a mode change (runs on the server loop)."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def _settle(self) -> _Settings | None:
+        """Wait out HANG and SLOW; None when the request must be dropped."""
+        while not self._stopping:
+            settings = self._current()
+            if settings.mode is FailureMode.HANG:
+                assert self._changed is not None
+                await self._changed.wait()
+                continue
+            if settings.mode is FailureMode.REFUSE:
+                return None
+            if settings.mode is FailureMode.SLOW and await self._sleep(settings.delay_seconds):
+                return None
+            return settings
+        return None
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep; True if the server started stopping meanwhile."""
+        assert self._stopped is not None
+        try:
+            await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ store
+
+    def _put(self, memory: StoredMemory) -> None:
+        """Insert or overwrite in place (caller holds the lock)."""
+        self._store[(memory.tenant, memory.namespace, memory.key)] = memory
+
+    def _search(
+        self, tenant: str, namespace: str | None, query: str, *, include_queued: bool
+    ) -> list[tuple[float, StoredMemory]]:
+        words = set(_WORD.findall(query.lower()))
+        with self._lock:
+            candidates = list(self._store.values())
+            if include_queued:
+                candidates += self._queued
+        seen: set[tuple[str, str, str]] = set()
+        hits: list[tuple[float, StoredMemory]] = []
+        for memory in reversed(candidates):  # the newest copy of a key wins
+            ident = (memory.tenant, memory.namespace, memory.key)
+            if ident in seen or memory.tenant != tenant:
+                continue
+            seen.add(ident)
+            if namespace is not None and memory.namespace != namespace:
+                continue
+            score = _score(words, memory)
+            if score > 0:
+                hits.append((score, memory))
+        hits.reverse()  # back to insertion order, so equal scores keep it (stable sort)
+        hits.sort(key=lambda hit: hit[0], reverse=True)
+        return hits
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.on_response_prepare.append(_close_after_response)
+        for prefix in ("", "/api"):
+            app.router.add_post(f"{prefix}/memory/remember", self._handle_remember)
+            app.router.add_post(f"{prefix}/memory/recall", self._handle_recall)
+        app.router.add_get("/health", self._handle_health)
+        app.router.add_get("/health/", self._handle_health)
+        app.router.add_get("/healthz", self._handle_healthz)
+        app.router.add_get("/_loopback/mode", self._handle_get_mode)
+        app.router.add_post("/_loopback/mode", self._handle_set_mode)
+        return app
+
+    async def _record(self, request: web.Request) -> bytes:
+        raw = await request.read()
+        body: dict[str, Any] | None = None
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(raw) if raw else None
+            body = parsed if isinstance(parsed, dict) else None
+        record = RecordedRequest(
+            path=request.path,
+            body=body,
+            headers={key.lower(): value for key, value in request.headers.items()},
+            received_at=time.monotonic(),
+            mode=self._current().mode,
+        )
+        with self._requests_changed:
+            self._requests.append(record)
+            if request.path.endswith("/memory/remember"):
+                self._remember_count += 1
+            self._requests_changed.notify_all()
+        logger.debug("SomaBrain server %r got %s in mode %s", self._name, record.path, record.mode)
+        return raw
+
+    def _authorized(self, request: web.Request) -> bool:
+        """Django Ninja's HttpBearer: scheme ``Bearer`` (any case), the rest is the token."""
+        if self._token is None:
+            return True
+        value = request.headers.get("Authorization")
+        if not value:
+            return False
+        scheme, _, token = value.partition(" ")
+        return scheme.lower() == "bearer" and token == self._token
+
+    async def _handle_remember(self, request: web.Request) -> web.Response:
+        raw = await self._record(request)
+        settings = await self._settle()
+        if settings is None:
+            return _drop(request)
+        if not self._authorized(request):
+            return _unauthorized()
+        try:
+            if raw.lstrip().removeprefix(b"\xef\xbb\xbf")[:1] == b"[":
+                raise _BadRequest(_array_body_rejected())
+            payload = _validate(_WriteRequest, raw)
+        except _BadRequest as exc:
+            return exc.response
+        request_id = request.headers.get("X-Request-ID") or str(uuid.uuid4())
+        actor = request.headers.get("X-Actor") or "memory-api"
+        memory, signal_data = _compose(payload, request_id, actor)
+        with self._lock:
+            queued = self._queue_for_replay
+            if queued:
+                self._queued.append(memory)
+        if not queued and settings.mode is FailureMode.ERROR_500:
+            return _detail(500, f"store failed: {_BACKEND_ERROR}")
+        if not queued:
+            with self._lock:
+                self._put(memory)
+        feedback = {
+            "importance": signal_data.get("importance"),
+            "novelty": signal_data.get("novelty"),
+            "ttl_seconds": signal_data.get("ttl_seconds"),
+            "reinforcement": signal_data.get("reinforcement"),
+            "recall_bias": signal_data.get("recall_bias"),
+            "promoted_to_wm": True,
+            "persisted_to_ltm": not queued,
+        }
+        return web.json_response(
+            {
+                "ok": True,
+                "tenant": payload.tenant,
+                "namespace": payload.namespace,
+                "key": payload.key,
+                "coordinate": None if queued else memory.coordinate,
+                "promoted_to_wm": True,
+                "persisted_to_ltm": not queued,
+                "queued_for_ltm": False,
+                "deduplicated": False,
+                "importance": feedback["importance"],
+                "novelty": feedback["novelty"],
+                "ttl_applied": feedback["ttl_seconds"],
+                "trace_id": payload.trace_id,
+                "request_id": request_id,
+                "warnings": [QUEUED_FOR_REPLAY_WARNING] if queued else [],
+                "signals": feedback,
+            }
+        )
+
+    async def _handle_recall(self, request: web.Request) -> web.Response:
+        raw = await self._record(request)
+        started = time.perf_counter()
+        settings = await self._settle()
+        if settings is None:
+            return _drop(request)
+        if not self._authorized(request):
+            return _unauthorized()
+        try:
+            payload = _validate(_RecallRequest, raw)
+        except _BadRequest as exc:
+            return exc.response
+        tenant = request.headers.get("X-Tenant-ID") or _DEFAULT_TENANT
+        namespace = payload.namespace or request.headers.get("X-Namespace") or None
+        top_k = max(1, payload.top_k)
+        layer = payload.layer or "both"
+        circuit_open = self.queue_for_replay
+        degraded_reasons: list[str] = []
+        if circuit_open:
+            if layer == "ltm":
+                return _detail(503, _CIRCUIT_OPEN_MESSAGE)
+            if layer == "both":
+                degraded_reasons.append(f"ltm: {_CIRCUIT_OPEN_MESSAGE}")
+            layer = "wm" if layer == "both" else layer
+        elif settings.mode is FailureMode.ERROR_500:
+            return _detail(500, f"ltm recall unavailable: {_BACKEND_ERROR}")
+        results: list[dict[str, Any]] = []
+        hits: list[tuple[float, StoredMemory]] = []
+        if layer in ("ltm", "both", "wm"):
+            hits = self._search(tenant, namespace, payload.query, include_queued=circuit_open)
+        for score, memory in hits[:top_k]:
+            content = copy.deepcopy(memory.payload)
+            if layer == "wm":
+                results.append({"content": content, "layer": "wm", "score": 1.0})
+            else:
+                results.append(
+                    {
+                        "content": content,
+                        "layer": "ltm",
+                        "score": score,
+                        "coordinate": list(memory.coordinate),
+                    }
+                )
+        return web.json_response(
+            {
+                "tenant": tenant,
+                "namespace": namespace or _DEFAULT_NAMESPACE,
+                "results": results,
+                "wm_hits": len(hits) if layer == "wm" else 0,
+                "ltm_hits": len(hits) if layer != "wm" else 0,
+                "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
+                "total_results": len(results),
+                "degraded": bool(degraded_reasons),
+                "degraded_reasons": degraded_reasons,
+            }
+        )
+
+    async def _handle_health(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        settings = await self._settle()
+        if settings is None:
+            return _drop(request)
+        return web.json_response(
+            _health_body(
+                backend_down=settings.mode is FailureMode.ERROR_500,
+                circuit_open=self.queue_for_replay,
+                trace_id=request.headers.get("X-Request-ID"),
+            )
+        )
+
+    async def _handle_healthz(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({"status": "healthy", "timestamp": _now_iso()})
+
+    async def _handle_get_mode(self, request: web.Request) -> web.Response:
+        return web.json_response(self._describe())
+
+    async def _handle_set_mode(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read())
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            settings = self._current()
+            if "mode" in body:
+                settings = _Settings(
+                    FailureMode(body["mode"]), float(body.get("delay_seconds", 0.0))
+                )
+            revert = body.get("revert_after_seconds")
+            revert_after = None if revert is None else float(revert)
+            queue = body.get("queue_for_replay")
+            if settings.mode not in SUPPORTED_MODES:
+                raise ValueError(f"unsupported mode {settings.mode}")
+            if min(settings.delay_seconds, revert_after or 0.0) < 0:
+                raise ValueError("durations must not be negative")
+            if queue is not None and not isinstance(queue, bool):
+                raise ValueError("queue_for_replay must be a boolean")
+        except (KeyError, TypeError, ValueError) as exc:
+            return web.json_response({"error": f"bad mode request: {exc}"}, status=400)
+        if queue is not None:
+            self.set_queue_for_replay(queue)
+        # REFUSE closes only the listening socket, so this connection can still answer.
+        await self._apply(settings, revert_after)
+        return web.json_response(self._describe())
+
+    def _describe(self) -> dict[str, Any]:
+        settings = self._current()
+        with self._lock:
+            return {
+                "name": self._name,
+                "mode": settings.mode.value,
+                "delay_seconds": settings.delay_seconds,
+                "queue_for_replay": self._queue_for_replay,
+                "memories": len(self._store),
+                "queued": len(self._queued),
+                "remember_count": self._remember_count,
+                "request_count": len(self._requests),
+            }
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _validate(model: type[_M], raw: bytes) -> _M:
+    """Parse and validate a body like Django Ninja does for a body parameter named payload."""
+    data: Any = None
+    if raw:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise _BadRequest(_detail(400, "Cannot parse request body")) from None
+    if data is None:
+        missing = {"type": "missing", "loc": ["body", "payload"], "msg": "Field required"}
+        raise _BadRequest(_detail(422, [missing]))
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _BadRequest(_detail(422, _ninja_errors(exc))) from None
+
+
+def _ninja_errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        item: dict[str, Any] = dict(error)
+        item["loc"] = ["body", "payload", *error["loc"]]
+        ctx = item.get("ctx")
+        if isinstance(ctx, dict):
+            item["ctx"] = {k: str(v) if isinstance(v, Exception) else v for k, v in ctx.items()}
+        errors.append(item)
+    return errors
+
+
+def _compose(
+    payload: _WriteRequest, request_id: str, actor: str
+) -> tuple[StoredMemory, dict[str, Any]]:
+    """Build the stored payload the way the real service describes it."""
+    stored: dict[str, Any] = copy.deepcopy(payload.value)
+    stored.setdefault("task", stored.get("text") or payload.key)
+    for field, default in (
+        ("tenant_id", payload.tenant),
+        ("namespace", payload.namespace),
+        ("tenant", payload.tenant),
+        ("key", payload.key),
+        ("memory_type", "episodic"),
+    ):
+        stored.setdefault(field, default)
+    if payload.meta:
+        existing = stored.get("meta")
+        merged = dict(existing) if isinstance(existing, dict) else {}
+        merged.update(copy.deepcopy(payload.meta))
+        stored["meta"] = merged
+    stored["tags"] = list(dict.fromkeys(payload.tags))
+    stored["policy_tags"] = list(dict.fromkeys(payload.policy_tags))
+    if payload.attachments:
+        stored["attachments"] = [a.model_dump(exclude_none=True) for a in payload.attachments]
+    if payload.links:
+        stored["links"] = [link.model_dump(exclude_none=True) for link in payload.links]
+    if payload.universe:
+        stored["universe"] = payload.universe
+    else:
+        stored.setdefault("universe", "real")
+    stored.setdefault("_actor", actor)
+    if payload.trace_id:
+        stored["trace_id"] = payload.trace_id
+    signal_data: dict[str, Any] = {}
+    if payload.signals is not None:
+        signal_data.update(payload.signals.model_dump(exclude_none=True))
+    if payload.importance is not None:
+        signal_data["importance"] = payload.importance
+    if payload.novelty is not None:
+        signal_data["novelty"] = payload.novelty
+    if payload.ttl_seconds is not None:
+        stored["ttl_seconds"] = payload.ttl_seconds
+        signal_data.setdefault("ttl_seconds", payload.ttl_seconds)
+    if signal_data:
+        stored["signals"] = dict(signal_data)
+    coordinate = _coordinate(payload.key, payload.universe)
+    stored["coordinate"] = list(coordinate)
+    memory = StoredMemory(
+        tenant=payload.tenant,
+        namespace=payload.namespace,
+        key=payload.key,
+        value=copy.deepcopy(payload.value),
+        meta=copy.deepcopy(payload.meta),
+        tags=list(payload.tags),
+        policy_tags=list(payload.policy_tags),
+        universe=payload.universe,
+        trace_id=payload.trace_id,
+        request_id=request_id,
+        payload=stored,
+        coordinate=coordinate,
+        stored_at=time.time(),
+    )
+    return memory, signal_data
+
+
+def _coordinate(key: str, universe: str | None) -> list[float]:
+    """A stable 3-D coordinate in [-1, 1) derived from the key, like the real key->coord map."""
+    digest = hashlib.sha256(f"{universe or 'real'}:{key}".encode()).digest()
+    return [round(int.from_bytes(digest[i : i + 8], "big") / 2**63 - 1.0, 6) for i in (0, 8, 16)]
+
+
+def _texts(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _texts(item)]
+    if isinstance(value, list | tuple):
+        return [text for item in value for text in _texts(item)]
+    return []
+
+
+def _score(words: set[str], memory: StoredMemory) -> float:
+    """The share of the query's words found in the memory's value, key and tags."""
+    if not words:
+        return 0.0
+    haystack = " ".join([*_texts(memory.value), memory.key, *memory.tags]).lower()
+    found = words & set(_WORD.findall(haystack))
+    return round(len(found) / len(words), 6)
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+def _check(name: str, ok: bool, details: dict[str, Any]) -> dict[str, Any]:
+    if ok:
+        return {"name": name, "status": "healthy", "response_time_ms": 1, "details": details}
+    return {
+        "name": name,
+        "status": "unhealthy",
+        "response_time_ms": 1,
+        "error": "ConnectError: memory backend unreachable",
+    }
+
+
+def _health_body(*, backend_down: bool, circuit_open: bool, trace_id: str | None) -> dict[str, Any]:
+    """The body of the real root ``GET /health`` (somabrain/config/urls.py ``health_view``)."""
+    infrastructure = {
+        "postgresql": _check("PostgreSQL", True, {"version": "PostgreSQL 16"}),
+        "redis": _check("Redis", True, {"connected": True}),
+        "kafka": _check("Kafka", True, {"broker": "127.0.0.1:9094", "connected": True}),
+        "opa": _check("OPA", True, {"healthy": True}),
+    }
+    internal_services = {
+        "soma_fractal_memory": _check("SomaFractalMemory", not backend_down, {"healthy": True}),
+        "cognitive": _check(
+            "Cognitive", True, {"planner_loaded": True, "option_manager_loaded": True}
+        ),
+        "embedder": _check("Embedder", True, {"loaded": True}),
+    }
+    checks = [*infrastructure.values(), *internal_services.values()]
+    unhealthy = sum(1 for c in checks if c["status"] == "unhealthy")
+    degraded = sum(1 for c in checks if c["status"] in ("degraded", "unavailable"))
+    healthy = sum(1 for c in checks if c["status"] == "healthy")
+    if unhealthy:
+        status = "critical"
+    elif degraded > 2:
+        status = "degraded"
+    else:
+        status = "healthy"
+    memory_ok = not backend_down
+    memory_degraded = circuit_open or not memory_ok
+    ready = memory_ok and not circuit_open
+    return {
+        "status": status,
+        "version": "1.0.0",
+        "timestamp": _now_iso(),
+        "infrastructure": infrastructure,
+        "internal_services": internal_services,
+        "healthy_count": healthy,
+        "degraded_count": degraded,
+        "unhealthy_count": unhealthy,
+        "ok": status != "critical",
+        "ready": ready,
+        "namespace": _DEFAULT_NAMESPACE,
+        "trace_id": trace_id,
+        "postgres_ok": True,
+        "kafka_ok": True,
+        "memory_ok": memory_ok,
+        "opa_ok": True,
+        "opa_required": False,
+        "memory_circuit_open": circuit_open,
+        "memory_should_reset": False,
+        "memory_degraded": memory_degraded,
+        "predictor_ok": True,
+        "embedder_ok": True,
+        "metrics_ready": memory_ok,
+        "metrics_required": ["postgres", "kafka", "memory"],
+        "milvus_metrics": {},
+        "components": {
+            "memory": {
+                "healthy": memory_ok,
+                "circuit_open": circuit_open,
+                "should_reset": False,
+                "degraded": memory_degraded,
+            },
+            "postgres": {"ok": True},
+            "kafka": {"ok": True},
+            "milvus": {},
+            "opa": {"ok": True},
+            "outbox": {"pending": 0, "last_pending_created_at": None},
+        },
+    }
+
+
+def _detail(status: int, detail: object) -> web.Response:
+    """Django Ninja's error shape: ``{"detail": ...}``."""
+    return web.json_response({"detail": detail}, status=status)
+
+
+def _unauthorized() -> web.Response:
+    return _detail(401, "Unauthorized")
+
+
+def _array_body_rejected() -> web.Response:
+    """The real ControlsMiddleware's answer to a JSON array posted to /memory/remember."""
+    return web.json_response(
+        {
+            "error": "Invalid body for /memory/remember: expected JSON object, received array",
+            "hint": {"expected": "a JSON object with tenant, namespace, key and value"},
+        },
+        status=400,
+    )
+
+
+async def _close_after_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Disable keep-alive: a pooled connection would otherwise bypass REFUSE."""
+    response.force_close()
+    response.headers["Connection"] = "close"
+
+
+def _drop(request: web.Request) -> web.Response:
+    """Close the connection without an answer (the returned response is never sent)."""
+    request.protocol.force_close()
+    return web.Response(status=444)  # nginx-style "closed without response", for the log
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one server in the foreground until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m loopback.somabrain_server",
+        description="Fake SomaBrain memory service; control it via POST /_loopback/mode.",
+    )
+    parser.add_argument("--port", type=int, default=9696)
+    parser.add_argument("--name", default="somabrain")
+    parser.add_argument("--host", default=_DEFAULT_HOST)
+    parser.add_argument("--token", default=None, help="bearer token the memory routes require")
+    parser.add_argument(
+        "--mode",
+        type=FailureMode,
+        default=FailureMode.OK,
+        choices=sorted(SUPPORTED_MODES, key=lambda mode: mode.value),
+    )
+    parser.add_argument("--delay", type=float, default=0.0, help="SLOW delay in seconds")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    server = SomaBrainServer(args.port, args.name, host=args.host, token=args.token)
+    server.set_mode(args.mode, delay_seconds=args.delay)
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    server.start()
+    print(f"{args.name}: SomaBrain at {server.base_url}, mode={server.mode}", flush=True)
+    try:
+        while not stop_requested.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    print(f"{args.name}: stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
