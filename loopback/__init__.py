@@ -7,17 +7,38 @@ Names are resolved lazily so that ``python -m loopback.llm_server`` does not imp
 twice.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from loopback.llm_server import FailureMode, LLMServer, RecordedRequest
+    from loopback.somabrain_server import (
+        QUEUED_FOR_REPLAY_WARNING,
+        SomaBrainServer,
+        StoredMemory,
+    )
 
-__all__ = ["FailureMode", "LLMServer", "RecordedRequest"]
+_MODULE_OF = {
+    "FailureMode": "loopback.llm_server",
+    "LLMServer": "loopback.llm_server",
+    "RecordedRequest": "loopback.llm_server",
+    "QUEUED_FOR_REPLAY_WARNING": "loopback.somabrain_server",
+    "SomaBrainServer": "loopback.somabrain_server",
+    "StoredMemory": "loopback.somabrain_server",
+}
+
+__all__ = [
+    "QUEUED_FOR_REPLAY_WARNING",
+    "FailureMode",
+    "LLMServer",
+    "RecordedRequest",
+    "SomaBrainServer",
+    "StoredMemory",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from loopback import llm_server
-
-        return getattr(llm_server, name)
+    module = _MODULE_OF.get(name)
+    if module is not None:
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -173,16 +173,18 @@ class SomaBrainProbe(_TimedProbe):
         status = str(body.get("status", "")).lower()
         circuit = CircuitState.OPEN if body.get("memory_circuit_open") else CircuitState.CLOSED
         latency = (time.monotonic() - started) * 1000
-        if status == "critical" or body.get("ready") is False:
+        if status == "critical":
+            return ProbeResult(ServiceState.UNAVAILABLE, "status critical", circuit, latency)
+        if circuit is CircuitState.OPEN:
+            # SomaBrain still accepts memories and queues them for replay.
+            return ProbeResult(ServiceState.DEGRADED, "memory circuit open", circuit, latency)
+        if status == "degraded" or body.get("ready") is False:
             return ProbeResult(
-                ServiceState.UNAVAILABLE,
+                ServiceState.DEGRADED,
                 f"status {status or '?'}, ready {body.get('ready')}",
                 circuit,
                 latency,
             )
-        if status == "degraded" or circuit is CircuitState.OPEN:
-            reason = "memory circuit open" if circuit is CircuitState.OPEN else "status degraded"
-            return ProbeResult(ServiceState.DEGRADED, reason, circuit, latency)
         return self._judge(started)
 
     async def close(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from faust.cli import option
 
 from core.errors import ResilienceError
-from core.topics import CONVERSATION_INBOUND, ensure_topics
+from core.topics import CONVERSATION_INBOUND, DEGRADATION_EVENTS, ensure_topics
 from outbox.database import Database
 from outbox.migrate import migrate
 from outbox.relay import OutboxRelay
@@ -23,9 +23,10 @@ from schemas.headers import CONTENT_TYPE as CONTENT_TYPE_HEADER
 from schemas.headers import IDEMPOTENCY_KEY
 from schemas.messages import ConversationInbound, UseCase
 from streams.app import StreamsApp
+from streams.console import Console, dump_json, format_status
 from streams.runtime import check_schema
 
-__all__ = ["register"]
+__all__ = ["register", "register_operator_commands"]
 
 
 def _fail(exc: BaseException) -> None:
@@ -156,3 +157,59 @@ def register(app: StreamsApp) -> None:
         finally:
             await relay.stop()
             await database.close()
+
+
+def register_operator_commands(app: StreamsApp) -> None:
+    """``tail`` and ``status``."""
+    settings = app.settings
+
+    @app.command(
+        option("--json", "as_json", is_flag=True, default=False, help="One JSON value per line."),
+        option("--from-beginning", is_flag=True, default=False, help="Start at the oldest."),
+        option("--max", "max_records", default=0, type=int, help="Stop after N (0: follow)."),
+        option("--idle-exit", default=0.0, type=float, help="Stop after S idle seconds."),
+    )
+    async def tail(
+        self: Any,
+        *topics: str,
+        as_json: bool,
+        from_beginning: bool,
+        max_records: int,
+        idle_exit: float,
+    ) -> None:
+        """Follow a topic (default degradation.events): one readable line per record."""
+        from streams.tailing import follow
+
+        name = topics[0] if topics else DEGRADATION_EVENTS
+        try:
+            await follow(
+                settings,
+                settings.topic(name) if not name.startswith(settings.topic_prefix) else name,
+                as_json=as_json,
+                from_beginning=from_beginning,
+                max_records=max_records,
+                idle_exit=idle_exit,
+            )
+        except ResilienceError as exc:
+            _fail(exc)
+
+    @app.command(
+        option("--json", "as_json", is_flag=True, default=False, help="Print the JSON document."),
+        option("--url", default="", help="The worker's base URL (default from settings)."),
+    )
+    async def status(self: Any, as_json: bool, url: str) -> None:
+        """The degradation status: a table of services (from the worker, else the topic)."""
+        from streams.tailing import status_document
+
+        try:
+            document, origin = await status_document(settings, url or None)
+        except ResilienceError as exc:
+            _fail(exc)
+            return
+        console = Console()
+        if as_json:
+            console.line(dump_json(document))
+            return
+        console.line(f"({origin})")
+        for line in format_status(document, console):
+            console.line(line)

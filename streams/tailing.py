@@ -1,0 +1,144 @@
+"""Reading topics for operators: ``tail`` and the fallback of ``status``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from core.errors import InfrastructureUnavailableError, MessageDecodeError, PermanentError
+from core.settings import Settings
+from core.topics import DEGRADATION_EVENTS
+from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
+from schemas.codec import decode_message
+from schemas.messages import DegradationEvent
+from streams.console import Console, dump_json, format_event
+
+__all__ = ["follow", "status_document"]
+
+
+def _consumer(settings: Settings, topic: str, from_beginning: bool) -> Consumer:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"sa01-tail-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "socket.timeout.ms": 5000,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=5)
+    except KafkaException as exc:
+        consumer.close()
+        raise InfrastructureUnavailableError(
+            "kafka", f"Kafka at {settings.kafka_bootstrap_servers} is not reachable ({exc})"
+        ) from exc
+    meta = metadata.topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        consumer.close()
+        raise InfrastructureUnavailableError("kafka", f"topic {topic} does not exist")
+    offset = -2 if from_beginning else -1  # OFFSET_BEGINNING / OFFSET_END
+    consumer.assign([TopicPartition(topic, p, offset) for p in meta.partitions])
+    return consumer
+
+
+def _render(message: Any, topic: str, as_json: bool, console: Console) -> str:
+    value = message.value()
+    if topic.endswith(DEGRADATION_EVENTS):
+        try:
+            event = decode_message(DegradationEvent, value)
+        except PermanentError as exc:
+            return f"<undecodable record at offset {message.offset()}: {exc}>"
+        return dump_json(event.model_dump(mode="json")) if as_json else format_event(event, console)
+    key = (message.key() or b"").decode(errors="replace")
+    text = (value or b"").decode(errors="replace")
+    if as_json:
+        return dump_json(
+            {
+                "key": key,
+                "value": text,
+                "partition": message.partition(),
+                "offset": message.offset(),
+            }
+        )
+    return f"{key} | {text}"
+
+
+async def follow(
+    settings: Settings,
+    topic: str,
+    *,
+    as_json: bool,
+    from_beginning: bool,
+    max_records: int = 0,
+    idle_exit: float = 0.0,
+) -> int:
+    """Print records of ``topic`` as they arrive; return how many were printed."""
+    console = Console()
+    consumer = await asyncio.to_thread(_consumer, settings, topic, from_beginning)
+    printed = 0
+    last_record = time.monotonic()
+    try:
+        while not max_records or printed < max_records:
+            message = await asyncio.to_thread(consumer.poll, 0.5)
+            if message is None or message.error():
+                if idle_exit and time.monotonic() - last_record >= idle_exit:
+                    break
+                continue
+            last_record = time.monotonic()
+            console.line(_render(message, topic, as_json, console))
+            printed += 1
+    finally:
+        await asyncio.to_thread(consumer.close)
+    return printed
+
+
+def _fold_topic(settings: Settings) -> dict[str, ServiceHealth]:
+    topic = settings.topic(DEGRADATION_EVENTS)
+    consumer = _consumer(settings, topic, from_beginning=True)
+    latest: dict[str, ServiceHealth] = {}
+    try:
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < 2.0:
+            message = consumer.poll(0.3)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    idle_since = time.monotonic()
+                continue
+            idle_since = time.monotonic()
+            try:
+                event = decode_message(DegradationEvent, message.value())
+            except (MessageDecodeError, PermanentError):
+                continue
+            known = latest.get(event.service)
+            if known is None or event.observed_at >= known.since:
+                latest[event.service] = ServiceHealth.from_event(event)
+    finally:
+        consumer.close()
+    return latest
+
+
+async def status_document(settings: Settings, url: str | None) -> tuple[dict[str, Any], str]:
+    """The worker's ``/status``, or the fold of degradation.events when it is not reachable."""
+    base = url or f"http://{settings.web_host}:{settings.web_port}"
+    try:
+        async with httpx.AsyncClient(timeout=3.0) as client:
+            response = await client.get(f"{base}/status")
+        if response.status_code == 200:
+            return response.json(), f"from the worker at {base}"
+        reason = f"answered {response.status_code}"
+    except httpx.HTTPError as exc:
+        reason = f"is not reachable ({type(exc).__name__})"
+    rows = await asyncio.to_thread(_fold_topic, settings)
+    specs = {spec.name: spec for spec in DEFAULT_SERVICES}
+    document = DegradationStatus(rows, specs).as_json()
+    return document, f"from {settings.topic(DEGRADATION_EVENTS)}: the worker at {base} {reason}"

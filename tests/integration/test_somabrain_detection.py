@@ -1,0 +1,48 @@
+"""SomaBrain hanging or failing is detected by its probe: one event each way."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from core.settings import Settings
+from loopback import FailureMode, SomaBrainServer
+from tests.support.status import degradation_events, state_of, transitions, wait_status
+from tests.support.worker import WorkerFactory
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def somabrain() -> Iterator[SomaBrainServer]:
+    server = SomaBrainServer(name="somabrain")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("mode", [FailureMode.HANG, FailureMode.ERROR_500])
+async def test_somabrain_hanging_or_failing_yields_one_unavailable_then_one_healthy_event(
+    stack: Settings, workers: WorkerFactory, somabrain: SomaBrainServer, mode: FailureMode
+) -> None:
+    settings = stack.model_copy(
+        update={"somabrain_url": somabrain.base_url, "health_probes": "somabrain"}
+    )
+    worker = workers.start(settings)
+    wait_status(worker, state_of("somabrain", "healthy"))
+    budget = settings.health_interval_seconds + settings.health_timeout_seconds
+
+    somabrain.set_mode(mode)
+    status, detected_in = wait_status(worker, state_of("somabrain", "unavailable"))
+    somabrain.set_mode(FailureMode.OK)
+    _, recovered_in = wait_status(worker, state_of("somabrain", "healthy"))
+    print(f"\nsomabrain {mode}: detected in {detected_in:.2f}s, recovered in {recovered_in:.2f}s")
+
+    assert detected_in <= budget + 2.0
+    expected_reason = "no answer within" if mode is FailureMode.HANG else "critical"
+    assert expected_reason in status["services"]["somabrain"]["reason"]
+    events = degradation_events(settings, 3)
+    assert transitions(events, "somabrain") == ["healthy", "unavailable", "healthy"]
