@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
+from psycopg import sql
 
-__all__ = ["DeadLetter", "DeadLetterStore"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetterAdmin",
+    "DeadLetterFilter",
+    "DeadLetterStore",
+    "StoredDeadLetter",
+]
 
 Conn = psycopg.AsyncConnection[Any]
 Source = Literal["agent", "relay", "memory", "upload"]
@@ -56,3 +64,115 @@ class DeadLetterStore:
             ),
         )
         return cur.rowcount == 1
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters an admin command acts on."""
+
+    ids: tuple[int, ...] = ()
+    topic: str | None = None
+    error: str | None = None
+    since_seconds: float | None = None
+    include_replayed: bool = False
+
+
+@dataclass(frozen=True)
+class StoredDeadLetter:
+    """A row of ``dead_letter_message``."""
+
+    id: int
+    source: str
+    topic: str
+    partition: int | None
+    offset: int | None
+    key: bytes | None
+    payload: bytes
+    headers: dict[str, str]
+    error_class: str
+    error_message: str
+    attempts: int
+    replayed_at: datetime | None
+    created_at: datetime
+
+
+def _where(selection: DeadLetterFilter) -> tuple[sql.Composable, list[Any]]:
+    clauses: list[sql.Composable] = []
+    params: list[Any] = []
+    if selection.ids:
+        clauses.append(sql.SQL("id = ANY(%s)"))
+        params.append(list(selection.ids))
+    if selection.topic:
+        clauses.append(sql.SQL("topic = %s"))
+        params.append(selection.topic)
+    if selection.error:
+        clauses.append(sql.SQL("error_class ILIKE %s"))
+        params.append(f"%{selection.error}%")
+    if selection.since_seconds is not None:
+        clauses.append(sql.SQL("created_at >= now() - %s * interval '1 second'"))
+        params.append(selection.since_seconds)
+    if not selection.include_replayed:
+        clauses.append(sql.SQL("replayed_at IS NULL"))
+    if not clauses:
+        return sql.SQL("TRUE"), params
+    return sql.SQL(" AND ").join(clauses), params
+
+
+class DeadLetterAdmin:
+    """Queries and changes behind ``faust -A streams dlq``."""
+
+    async def select(
+        self, conn: Conn, selection: DeadLetterFilter, limit: int | None = None
+    ) -> list[StoredDeadLetter]:
+        """Dead letters matching ``selection``, oldest first."""
+        where, params = _where(selection)
+        query = sql.SQL(
+            'SELECT id, source, topic, partition, "offset", message_key, payload, headers,'
+            " error_class, error_message, attempts, replayed_at, created_at"
+            " FROM dead_letter_message WHERE {} ORDER BY id"
+        ).format(where)
+        if limit is not None:
+            query = query + sql.SQL(" LIMIT %s")
+            params.append(limit)
+        cur = await conn.execute(query, params)
+        return [
+            StoredDeadLetter(
+                id=r[0],
+                source=r[1],
+                topic=r[2],
+                partition=r[3],
+                offset=r[4],
+                key=bytes(r[5]) if r[5] is not None else None,
+                payload=bytes(r[6]),
+                headers=dict(r[7]),
+                error_class=r[8],
+                error_message=r[9],
+                attempts=r[10],
+                replayed_at=r[11],
+                created_at=r[12],
+            )
+            for r in await cur.fetchall()
+        ]
+
+    async def count(self, conn: Conn, selection: DeadLetterFilter) -> int:
+        """How many dead letters match."""
+        where, params = _where(selection)
+        cur = await conn.execute(
+            sql.SQL("SELECT count(*) FROM dead_letter_message WHERE {}").format(where), params
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def mark_replayed(self, conn: Conn, letter_id: int) -> None:
+        """Record that a dead letter was sent back to its topic."""
+        await conn.execute(
+            "UPDATE dead_letter_message SET replayed_at = now() WHERE id = %s", (letter_id,)
+        )
+
+    async def purge(self, conn: Conn, selection: DeadLetterFilter) -> int:
+        """Delete matching dead letters; return how many."""
+        where, params = _where(selection)
+        cur = await conn.execute(
+            sql.SQL("DELETE FROM dead_letter_message WHERE {}").format(where), params
+        )
+        return cur.rowcount
