@@ -80,7 +80,15 @@ class Settings(BaseSettings):
     relay_lock_retry_seconds: float = Field(1.0, gt=0)
     relay_transaction_timeout_seconds: float = Field(30.0, gt=0)
     outbox_max_attempts: int = Field(10, ge=1)
-    relay_web_port: int = Field(6067, ge=0, le=65535)
+    relay_web_port: int = Field(
+        6067, ge=0, le=65535, description="Port of the standalone relay's /metrics (0: none)."
+    )
+    outbox_retention_seconds: int = Field(
+        7 * 24 * 3600, ge=0, description="Published outbox rows are deleted after this."
+    )
+    relay_cleanup_interval_seconds: float = Field(
+        300.0, gt=0, description="How often the active relay deletes old rows and records."
+    )
 
     # --- the resilient producer ------------------------------------------------
     producer_send_timeout_seconds: float = Field(

@@ -32,6 +32,7 @@ from core.settings import Settings
 from core.topics import OUTBOX_LEDGER, dlq
 from outbox.database import Database, database_unavailable
 from outbox.dead_letters import DeadLetter, DeadLetterStore
+from outbox.idempotency import IdempotencyStore
 from outbox.ledger import encode_entry, read_last_sequence
 from outbox.store import ClaimedRow, OutboxRecord, OutboxStore
 from outbox.transactions import (
@@ -71,6 +72,8 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._seq = 0
+        self._last_cleanup = 0.0
+        self.idempotency = IdempotencyStore()
         self.active = False
 
     # ------------------------------------------------------------------ control
@@ -220,9 +223,27 @@ class OutboxRelay:
             if idle_checks % 10 == 0:
                 await lock_conn.execute("SELECT 1")  # the lock lives as long as this session
                 await self._refresh_backlog_metrics()
+                await self._cleanup_if_due()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.relay_poll_interval_seconds)
+
+    async def _cleanup_if_due(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_cleanup < self.settings.relay_cleanup_interval_seconds:
+            return
+        self._last_cleanup = now
+        await self.cleanup()
+
+    async def cleanup(self, batch: int = 10_000) -> tuple[int, int]:
+        """Delete published rows past retention and expired idempotency records."""
+        retention = timedelta(seconds=self.settings.outbox_retention_seconds)
+        async with self.database.connection() as conn:
+            rows = await self.store.delete_published(conn, retention, batch)
+            records = await self.idempotency.purge_expired(conn, batch)
+        if rows or records:
+            logger.info("cleanup: %d published rows, %d expired idempotency records", rows, records)
+        return rows, records
 
     async def _refresh_backlog_metrics(self) -> None:
         async with self.database.connection() as conn:
@@ -254,7 +275,11 @@ class OutboxRelay:
             await self._restart_publisher(publisher)
             return -1
         await self._handle_aborted(rows, seq, result)
-        return -1 if not result.row_errors else 0
+        if result.row_errors:
+            # librdkafka caches "unknown topic" and the like: start from fresh metadata.
+            await self._restart_publisher(publisher)
+            return 0
+        return -1
 
     async def _restart_publisher(self, publisher: TransactionalPublisher) -> None:
         await publisher.restart()

@@ -168,6 +168,16 @@ class OutboxStore:
             (error, row_id),
         )
 
+    async def delete_published(self, conn: Conn, older_than: timedelta, limit: int) -> int:
+        """Delete up to ``limit`` rows published more than ``older_than`` ago."""
+        cur = await conn.execute(
+            "DELETE FROM outbox_message WHERE id IN ("
+            " SELECT id FROM outbox_message WHERE status = 'published'"
+            " AND published_at < now() - %s LIMIT %s)",
+            (older_than, limit),
+        )
+        return cur.rowcount
+
     async def pending_count(self, conn: Conn) -> tuple[int, float]:
         """(rows not yet published, age in seconds of the oldest of them)."""
         cur = await conn.execute(

@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,9 @@ from core.errors import ResilienceError
 from core.topics import CONVERSATION_INBOUND, DEGRADATION_EVENTS, ensure_topics
 from outbox.database import Database
 from outbox.migrate import migrate
+from outbox.producer import ResilientProducer
 from outbox.relay import OutboxRelay
+from outbox.store import OutboxRecord
 from schemas.codec import CONTENT_TYPE, encode_message
 from schemas.headers import CONTENT_TYPE as CONTENT_TYPE_HEADER
 from schemas.headers import IDEMPOTENCY_KEY
@@ -74,59 +77,53 @@ def register(app: StreamsApp) -> None:
     async def produce(
         self: Any, tenant: str, session: str, agent: str, use_case: str, count: int, text: str
     ) -> None:
-        """Send messages to conversation.inbound; print their ids."""
-        from confluent_kafka import KafkaException, Producer
-
+        """Send messages to conversation.inbound (Kafka, else the outbox); print their ids."""
         try:
             chosen = UseCase(use_case)
         except ValueError:
             _fail(ValueError(f"--use-case must be one of {', '.join(u.value for u in UseCase)}"))
             return
-        producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap_servers,
-                "enable.idempotence": True,
-                "acks": "all",
-                "message.timeout.ms": 15000,
-            }
-        )
+        database = Database(settings)
+        producer = ResilientProducer(settings, database, app.metrics)
+        await database.open()
+        await producer.start()
         topic = settings.topic(CONVERSATION_INBOUND)
-        errors: list[str] = []
-        ids = []
-        for n in range(count):
-            message = ConversationInbound(
-                message_id=str(uuid.uuid4()),
-                tenant_id=tenant,
-                session_id=session,
-                agent_id=agent,
-                text=text if count == 1 else f"{text} ({n + 1}/{count})",
-                use_case=chosen,
-                created_at=datetime.now(UTC),
-            )
-            producer.produce(
-                topic,
-                key=message.partition_key.encode(),
-                value=encode_message(message),
-                headers=[
-                    (IDEMPOTENCY_KEY, message.message_id),
-                    (CONTENT_TYPE_HEADER, CONTENT_TYPE),
-                ],
-                on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
-            )
-            ids.append(message.message_id)
+        paths: Counter[str] = Counter()
         try:
-            remaining = await asyncio.to_thread(producer.flush, 20)
-        except KafkaException as exc:
-            _fail(exc)
-        if remaining or errors:
-            _fail(
-                RuntimeError(
-                    f"Kafka at {settings.kafka_bootstrap_servers} did not acknowledge "
-                    f"{remaining + len(errors)} of {count} messages: {errors[:1]}"
+            for n in range(count):
+                message = ConversationInbound(
+                    message_id=str(uuid.uuid4()),
+                    tenant_id=tenant,
+                    session_id=session,
+                    agent_id=agent,
+                    text=text if count == 1 else f"{text} ({n + 1}/{count})",
+                    use_case=chosen,
+                    created_at=datetime.now(UTC),
                 )
-            )
-        for message_id in ids:
-            print(message_id)
+                result = await producer.send(
+                    OutboxRecord(
+                        topic=topic,
+                        key=message.partition_key.encode(),
+                        value=encode_message(message),
+                        idempotency_key=f"{topic}:{message.message_id}",
+                        headers={
+                            IDEMPOTENCY_KEY: message.message_id,
+                            CONTENT_TYPE_HEADER: CONTENT_TYPE,
+                        },
+                    )
+                )
+                paths[result.path.value] += 1
+                print(message.message_id)
+        except ResilienceError as exc:
+            _fail(exc)
+        finally:
+            await producer.stop()
+            await database.close()
+        print(
+            f"sent {count}: {paths['kafka']} acknowledged by Kafka, {paths['outbox']} kept in "
+            "the outbox (the relay publishes them)",
+            file=sys.stderr,
+        )
 
     @app.command(
         option("--once", is_flag=True, default=False, help="Drain the outbox, then exit."),
@@ -141,6 +138,11 @@ def register(app: StreamsApp) -> None:
         database = Database(settings)
         relay = OutboxRelay(settings, database, app.metrics)
         await database.open()
+        if settings.relay_web_port and not once:
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.relay_web_port, settings.web_host, app.metrics.registry)
+            print(f"relay metrics on http://{settings.web_host}:{settings.relay_web_port}/metrics")
         try:
             if once:
                 published = await relay.drain()

@@ -42,7 +42,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """One worker process with its own web port and log file."""
 
-    def __init__(self, settings: Settings, log_path: Path, extra_env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        extra_env: dict[str, str],
+        command: tuple[str, ...] = ("worker", "-l", "info"),
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
         self.port = settings.web_port
@@ -52,7 +58,7 @@ class WorkerProcess:
         env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [FAUST, "-A", "streams", "worker", "-l", "info"],
+            [FAUST, "-A", "streams", *command],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -140,6 +146,14 @@ class WorkerFactory:
         if wait:
             worker.wait_ready()
         return worker
+
+    def start_relay(self, settings: Settings, *, name: str = "relay") -> WorkerProcess:
+        """Start ``faust -A streams publish-outbox`` (no metrics port)."""
+        relay_settings = settings.model_copy(update={"relay_web_port": 0})
+        log_path = self.directory / f"{name}-{len(self.started)}.log"
+        relay = WorkerProcess(relay_settings, log_path, {}, command=("publish-outbox",))
+        self.started.append(relay)
+        return relay
 
     def kill_all(self) -> None:
         """Kill every worker still running."""
