@@ -67,6 +67,16 @@ def project_topics(settings: Settings) -> list[TopicSpec]:
     specs += [TopicSpec(settings.topic(dlq(name)), parts) for name in data_topics]
     specs.append(TopicSpec(settings.topic(DEGRADATION_EVENTS), parts))
     specs.append(TopicSpec(settings.topic(dlq(DEGRADATION_EVENTS)), parts))
+    # Faust's own topics, created here so that the consumer never subscribes before
+    # they exist (a missing changelog leaves the GlobalTable unrecovered).
+    specs.append(
+        TopicSpec(
+            f"{settings.app_id}-service_health-changelog",
+            parts,
+            {"cleanup.policy": "compact"},
+        )
+    )
+    specs.append(TopicSpec(f"{settings.app_id}-__assignor-__leader", 1))
     specs.append(
         TopicSpec(
             settings.topic(OUTBOX_LEDGER),

@@ -1,11 +1,11 @@
 """One fallback chain for every kind of provider (LLM, TTS, STT, storage, ...).
 
 A chain tries its links in order. A link whose breaker refuses the call is skipped
-without touching the provider; a tried link runs under its breaker and its own
-timeout (an expired timeout is recorded on the breaker as a failure whatever its
-exception filters say). The first answer wins. An exception the caller says not to
-fail over on (``should_fail_over(exc)`` is false: a request every provider would
-refuse) is re-raised at once. When no link answers the chain raises
+without touching the provider (the breaker counts it ``rejected``); a tried link runs
+under its breaker and its own timeout (an expired timeout is recorded on the breaker
+as a failure whatever its exception filters say). The first answer wins. An
+exception the caller says not to fail over on (``should_fail_over(exc)`` is false: a
+request every provider would refuse) is re-raised at once. When no link answers the chain raises
 :class:`FallbackExhaustedError`: it never hands back the primary as a last resort.
 """
 

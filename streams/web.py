@@ -24,6 +24,7 @@ def register(app: StreamsApp) -> None:
         if not app.runtime.status_ready.is_set():
             return web.json({"status": "recovering"}, status=503)
         document = app.runtime.status().as_json()
+        document["table"] = {name: h.state.value for name, h in app.health_rows().items()}
         document["worker"] = {
             "app_id": app.settings.app_id,
             "instance": app.settings.worker_instance_id,

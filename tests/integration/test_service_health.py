@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.settings import Settings
-from tests.support.status import degradation_events, state_of, transitions, wait_status
+from tests.support.status import degradation_events, transitions, wait_status
 from tests.support.worker import WorkerFactory
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,9 @@ async def test_a_restarted_worker_has_service_health_back_before_it_serves_statu
         update={"somabrain_url": "http://127.0.0.1:9", "health_probes": "postgres,somabrain"}
     )
     worker = workers.start(settings, instance="w1")
-    before, _ = wait_status(worker, state_of("somabrain", "unavailable"))
+    before, _ = wait_status(
+        worker, lambda doc: doc.get("table", {}).get("somabrain") == "unavailable"
+    )
     worker.kill()
     # Restarted with probes that cannot run yet: what /status shows comes from the table.
     slow = settings.model_copy(update={"health_interval_seconds": 3600.0})

@@ -523,6 +523,13 @@ async def test_run_passes_arguments_and_records() -> None:
     assert await r.breaker.run(add, 1, 2, c=3) == 6
     assert r.breaker.snapshot().calls_in_window == 1
 
+    async def slow() -> None:
+        r.clock.advance(1.0)
+
+    await r.breaker.run(slow)
+    snap = r.breaker.snapshot()
+    assert (snap.calls_in_window, snap.slow_calls, snap.failed_calls) == (2, 1, 0)
+
     async def broken() -> None:
         raise Boom("x")
 

@@ -1,0 +1,39 @@
+"""``python -m bench [--quick] [--only NAME ...]``: run the benchmarks and print the tables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+BENCHES = ("breaker", "relay_drain", "producer_latency")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="smaller workloads, one run each")
+    parser.add_argument("--only", nargs="*", choices=BENCHES, help="run only these")
+    args = parser.parse_args()
+    chosen = args.only or list(BENCHES)
+    for name in chosen:
+        print(f"\n== {name} ==", flush=True)
+        if name == "breaker":
+            from bench import breaker_overhead
+
+            breaker_overhead.main()
+        elif name == "relay_drain":
+            from bench import relay_drain
+
+            asyncio.run(relay_drain.run(args.quick))
+        elif name == "producer_latency":
+            from bench import producer_latency
+
+            asyncio.run(producer_latency.run(args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
