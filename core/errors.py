@@ -8,11 +8,11 @@
      │    ├── ServiceUnavailableError    a dependency (a provider, SomaBrain, ...) is down
      │    │    └── InfrastructureUnavailableError  the pipeline's own store (PostgreSQL,
      │    │                                        Kafka) is down: wait, never dead-letter
-     │    └── CircuitOpenError           a breaker refused the call without trying it
+     │    ├── CircuitOpenError           a breaker refused the call without trying it
+     │    └── FallbackExhaustedError     every provider of a chain failed or was skipped
      └── PermanentError              retrying the same input will fail the same way
           ├── MessageDecodeError         bytes that are not JSON / not UTF-8
-          ├── MessageValidationError     JSON that does not match the schema
-          └── FallbackExhaustedError     every provider of a chain failed
+          └── MessageValidationError     JSON that does not match the schema
 
 Routing (retry, pause, dead-letter) is decided by class, never by message text.
 Third-party errors are translated at the boundary with ``raise ... from``.
@@ -79,5 +79,5 @@ class MessageValidationError(PermanentError):
     """The JSON of a message does not satisfy its schema."""
 
 
-class FallbackExhaustedError(PermanentError):
+class FallbackExhaustedError(TransientError):
     """Every provider of a fallback chain failed or was skipped."""

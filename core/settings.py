@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     llm_model: str = "openai/gpt-4o"
     llm_api_base: str | None = None
     llm_timeout_seconds: float = Field(30.0, gt=0)
+    llm_fallback_models: str = Field(
+        "", description="Models tried after SA01_LLM_MODEL, comma-separated (same API base)."
+    )
+    llm_breaker_consecutive_failures: int = Field(
+        5, ge=1, description="Consecutive failures that open a model's circuit."
+    )
+    llm_breaker_wait_seconds: float = Field(
+        30.0, gt=0, description="How long an open model circuit waits before a trial call."
+    )
     openai_api_key: SecretStr | None = Field(None, validation_alias="OPENAI_API_KEY")
     anthropic_api_key: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
     openrouter_api_key: SecretStr | None = Field(None, validation_alias="OPENROUTER_API_KEY")

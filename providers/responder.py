@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.errors import PermanentError, ServiceUnavailableError
+from core.metrics import Metrics
 from core.settings import PROVIDER_KEY_VARIABLES, Settings
 
 __all__ = [
@@ -114,17 +115,13 @@ def _import_litellm() -> Any:
     return litellm
 
 
-def build_responder(settings: Settings) -> Responder:
-    """The responder the settings ask for."""
+def build_responder(settings: Settings, metrics: Metrics) -> Responder:
+    """The responder the settings ask for: ``echo``, or the LLM fallback chain."""
     if settings.responder == "echo":
         return EchoResponder()
-    key = settings.provider_key(settings.llm_model)
-    return LiteLLMResponder(
-        settings.llm_model,
-        api_base=settings.llm_api_base,
-        api_key=key.get_secret_value() if key is not None else None,
-        timeout=settings.llm_timeout_seconds,
-    )
+    from providers.llm_chain import build_chain_responder
+
+    return build_chain_responder(settings, metrics)
 
 
 def missing_key_notice(settings: Settings) -> str | None:

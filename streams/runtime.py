@@ -28,7 +28,7 @@ from pipeline.ordering import OrderedAcks, SessionLanes
 from providers.responder import build_responder, missing_key_notice
 from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
 from resilience.monitor import DegradationMonitor
-from resilience.probes import default_probes
+from resilience.probes import BreakerProbe, default_probes
 from schemas.codec import CONTENT_TYPE, encode_message
 from schemas.headers import CONTENT_TYPE as CONTENT_TYPE_HEADER
 from schemas.headers import IDEMPOTENCY_KEY
@@ -69,8 +69,13 @@ class Runtime:
         self.relay = OutboxRelay(settings, self.database, metrics)
         self.producer = ResilientProducer(settings, self.database, metrics)
         self.producer.on_outbox_write = self.relay.wake
+        responder = build_responder(settings, metrics)
+        probes = default_probes(settings)
+        states = getattr(responder, "states", None)
+        if states is not None:
+            probes.append(BreakerProbe(settings, "llm", states))
         self.monitor = DegradationMonitor(
-            default_probes(settings),
+            probes,
             DEFAULT_SERVICES,
             metrics,
             publish=self.publish_degradation,
@@ -81,7 +86,7 @@ class Runtime:
         self.processor = ConversationProcessor(
             settings,
             self.database,
-            ConversationJourney(build_responder(settings), self.status),
+            ConversationJourney(responder, self.status),
             metrics,
             on_committed=self.relay.wake,
         )

@@ -165,7 +165,8 @@ async def test_processing_that_keeps_failing_is_dead_lettered_after_bounded_retr
 
     assert decode_message(ConversationInbound, dead.value) == failing
     assert dead.headers["dlq.attempts"] == str(settings.processing_max_attempts)
-    assert dead.headers["__streams.errors.exception"] == "core.errors.ServiceUnavailableError"
+    assert dead.headers["__streams.errors.exception"] == "core.errors.FallbackExhaustedError"
+    assert "ServiceUnavailableError" in dead.headers["__streams.errors.stacktrace"]
     assert reply.in_reply_to == later.message_id
     assert llm_server.request_count == settings.processing_max_attempts + 1
 
@@ -222,3 +223,31 @@ async def test_compressed_input_is_answered_and_does_not_crash_the_consumer(
 
     assert reply.in_reply_to == message.message_id
     assert worker.alive
+
+
+async def test_an_open_llm_circuit_is_not_called_and_shows_in_metrics_and_status(
+    stack: Settings, workers: WorkerFactory, llm_server: LLMServer
+) -> None:
+    from tests.support.status import state_of, wait_status
+
+    settings = with_llm(
+        stack,
+        llm_server,
+        llm_breaker_consecutive_failures=2,
+        llm_breaker_wait_seconds=600.0,
+        processing_retry_backoff_seconds=0.05,
+        health_probes="postgres",
+    )
+    llm_server.set_mode(FailureMode.ERROR_500)
+    worker = workers.start(settings)
+    produce_inbound(settings, [inbound("the model is down")])
+
+    [dead] = consume(settings, settings.topic("conversation.inbound.dlq"), 1)
+    status, _ = wait_status(worker, state_of("llm", "unavailable"))
+    metrics = worker.get("/metrics").text
+
+    assert llm_server.request_count == 2, "the open circuit let a call through"
+    assert dead.headers["dlq.attempts"] == str(settings.processing_max_attempts)
+    assert status["services"]["llm"]["circuit"] == "open"
+    assert 'circuit_breaker_state{name="llm:openai/gpt-4o"} 1.0' in metrics
+    assert 'circuit_breaker_calls_total{name="llm:openai/gpt-4o",outcome="rejected"}' in metrics

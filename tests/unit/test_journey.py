@@ -8,6 +8,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from datetime import UTC, datetime
 
+from core.metrics import Metrics
 from core.settings import Settings
 from journeys.conversation import ConversationJourney
 from providers.responder import EchoResponder, ResponderAnswer, build_responder
@@ -61,4 +62,4 @@ async def test_answer_passes_the_partition_key_to_the_responder() -> None:
 
 
 def test_build_responder_echo() -> None:
-    assert isinstance(build_responder(Settings(responder="echo")), EchoResponder)
+    assert isinstance(build_responder(Settings(responder="echo"), Metrics()), EchoResponder)
