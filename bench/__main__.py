@@ -23,7 +23,7 @@ def main() -> int:
         if name == "breaker":
             from bench import breaker_overhead
 
-            breaker_overhead.main()
+            breaker_overhead.main(["--iterations", "50000" if args.quick else "200000"])
         elif name == "relay_drain":
             from bench import relay_drain
 

@@ -107,7 +107,8 @@ class ResilientProducer:
                 "bootstrap.servers": self.settings.kafka_bootstrap_servers,
                 "enable.idempotence": True,
                 "acks": "all",
-                "linger.ms": 2,
+                # No linger: a send waits for its own ack; concurrent sends still batch.
+                "linger.ms": 0,
                 "message.timeout.ms": int(self.settings.producer_send_timeout_seconds * 1000),
                 "socket.timeout.ms": 5000,
                 "reconnect.backoff.max.ms": 1000,
