@@ -23,7 +23,9 @@ def llm_breaker_config(settings: Settings) -> BreakerConfig:
         window_size=20,
         minimum_calls=10,
         failure_rate_threshold=50.0,
-        slow_call_duration=settings.llm_timeout_seconds,
+        # A call slower than the chain's timeout is cut and counted as a failure, so
+        # only failures open the circuit: a loaded machine must not read as an outage.
+        slow_call_duration=settings.llm_timeout_seconds + 1.0,
         consecutive_failures_threshold=settings.llm_breaker_consecutive_failures,
         permitted_calls_in_half_open=1,
         wait_in_open=settings.llm_breaker_wait_seconds,

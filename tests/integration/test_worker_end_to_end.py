@@ -27,7 +27,8 @@ def with_llm(settings: Settings, server: LLMServer, **extra: object) -> Settings
             "llm_model": "openai/gpt-4o",
             "llm_api_base": server.openai_base_url,
             "openai_api_key": SecretStr("sk-test"),
-            "llm_timeout_seconds": 5.0,
+            # Generous: correctness tests must not depend on this machine's speed.
+            "llm_timeout_seconds": 30.0,
             **extra,
         }
     )
