@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     database_pool_max_size: int = Field(10, ge=1)
     redis_url: str = "redis://127.0.0.1:6379/0"
     somabrain_url: str = "http://127.0.0.1:9696"
+    somabrain_token: SecretStr | None = Field(None, description="Bearer token for SomaBrain.")
+    somabrain_timeout_seconds: float = Field(5.0, gt=0)
+    memory_enabled: bool = Field(True, description="Recall and remember through SomaBrain.")
+    memory_sync_batch_size: int = Field(200, ge=1)
+    memory_sync_interval_seconds: float = Field(5.0, gt=0)
+    session_context_turns: int = Field(20, ge=1, description="Turns kept per session in Redis.")
+    session_context_ttl_seconds: int = Field(86_400, ge=60)
     temporal_host: str = "127.0.0.1:7233"
 
     # --- the stream processor --------------------------------------------------
@@ -153,6 +160,11 @@ class Settings(BaseSettings):
     def relay_lock_key(self) -> int:
         """The advisory lock key that elects the active relay for this schema."""
         return _stable_hash(f"outbox-relay:{self.database_schema}")
+
+    @property
+    def memory_sync_lock_key(self) -> int:
+        """The advisory lock key that elects the one memory syncer for this schema."""
+        return _stable_hash(f"memory-sync:{self.database_schema}")
 
 
 def _stable_hash(text: str) -> int:

@@ -1,14 +1,34 @@
-"""The conversation journey: answer one inbound message."""
+"""The conversation journey: answer one inbound message (the seed's reusable pattern).
+
+1. Read the degradation status.
+2. Context: with SomaBrain available, recall memories; otherwise (or when the recall
+   fails) use the session's recent turns from Redis, and say ``degraded: ["somabrain"]``.
+3. Ask the responder (the LLM fallback chain).
+4. The memory of the exchange is returned by :meth:`memory_for`; the processor stores it
+   with the reply, in one transaction, for the memory agent.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
+from core.errors import TransientError
+from journeys.session_context import SessionContext
 from providers.responder import Responder
+from providers.somabrain import SomaBrainClient
 from resilience.health import DegradationStatus
-from schemas.messages import ConversationInbound, ConversationReply, ServiceState, reply_id_for
+from schemas.messages import (
+    ConversationInbound,
+    ConversationReply,
+    MemoryRecord,
+    ServiceState,
+    reply_id_for,
+)
 
 __all__ = ["ConversationJourney"]
+
+logger = logging.getLogger(__name__)
 
 
 class ConversationJourney:
@@ -18,28 +38,59 @@ class ConversationJourney:
     DEPENDENCIES = ("llm", "somabrain", "kafka", "redis")
 
     def __init__(
-        self, responder: Responder, status: Callable[[], DegradationStatus] | None = None
+        self,
+        responder: Responder,
+        status: Callable[[], DegradationStatus] | None = None,
+        *,
+        memory: SomaBrainClient | None = None,
+        session: SessionContext | None = None,
     ) -> None:
         self.responder = responder
         self.status = status
+        self.memory = memory
+        self.session = session
 
-    def degraded_services(self) -> tuple[str, ...]:
+    def degraded_services(self) -> list[str]:
         """The journey's dependencies that are not healthy right now."""
         if self.status is None:
-            return ()
+            return []
         status = self.status()
-        return tuple(
+        return [
             name for name in self.DEPENDENCIES if status.state(name) is not ServiceState.HEALTHY
-        )
+        ]
+
+    async def _context(self, inbound: ConversationInbound, degraded: list[str]) -> list[str]:
+        if self.memory is not None and "somabrain" not in degraded:
+            try:
+                recalled = await self.memory.recall(inbound.tenant_id, inbound.text)
+                return [m.content for m in recalled]
+            except TransientError as exc:
+                logger.info("recall failed, using session context: %s", exc)
+                degraded.append("somabrain")
+        if self.session is None:
+            return []
+        try:
+            return await self.session.recent(inbound.partition_key)
+        except TransientError:
+            if "redis" not in degraded:
+                degraded.append("redis")
+            return []
 
     async def answer(self, inbound: ConversationInbound) -> ConversationReply:
-        """The reply to ``inbound``; its id is derived from the inbound id.
-
-        Reads the degradation status first (the seed's reusable pattern) and reports
-        the dependencies in fallback in the reply's ``degraded``.
-        """
+        """The reply to ``inbound``; its id is derived from the inbound id."""
         degraded = self.degraded_services()
-        answer = await self.responder.respond(inbound.text, session_key=inbound.partition_key)
+        context = await self._context(inbound, degraded)
+        answer = await self.responder.respond(
+            inbound.text, session_key=inbound.partition_key, context=context
+        )
+        if self.session is not None:
+            try:
+                await self.session.append(
+                    inbound.partition_key, f"user: {inbound.text}", f"assistant: {answer.text}"
+                )
+            except TransientError:
+                if "redis" not in degraded:
+                    degraded.append("redis")
         return ConversationReply(
             message_id=reply_id_for(inbound.message_id),
             in_reply_to=inbound.message_id,
@@ -47,5 +98,22 @@ class ConversationJourney:
             session_id=inbound.session_id,
             text=answer.text,
             model=answer.model,
-            degraded=degraded,
+            degraded=tuple(sorted(set(degraded))),
+        )
+
+    @staticmethod
+    def memory_for(inbound: ConversationInbound, reply: ConversationReply) -> MemoryRecord:
+        """The memory of one exchange (its id is the inbound message id)."""
+        return MemoryRecord(
+            memory_id=inbound.message_id,
+            tenant_id=inbound.tenant_id,
+            agent_id=inbound.agent_id,
+            session_id=inbound.session_id,
+            content=f"user: {inbound.text}\nassistant: {reply.text}",
+            metadata={
+                "message_id": inbound.message_id,
+                "reply_id": reply.message_id,
+                "model": reply.model,
+            },
+            created_at=inbound.created_at,
         )

@@ -25,7 +25,7 @@ from typing import TypeVar
 from core.errors import InfrastructureUnavailableError, PermanentError
 from core.metrics import Metrics
 from core.settings import Settings
-from core.topics import CONVERSATION_OUTBOUND
+from core.topics import CONVERSATION_OUTBOUND, MEMORY_REMEMBER
 from journeys.conversation import ConversationJourney
 from outbox.database import Database
 from outbox.idempotency import IdempotencyStore
@@ -67,6 +67,7 @@ class ConversationProcessor:
         self.metrics = metrics
         self.on_committed = on_committed
         self.outbound_topic = settings.topic(CONVERSATION_OUTBOUND)
+        self.memory_topic = settings.topic(MEMORY_REMEMBER)
         self.outbox = OutboxStore()
         self.idempotency = IdempotencyStore()
         self.dead_letters = DeadLetterWriter(settings, database, metrics)
@@ -148,6 +149,22 @@ class ConversationProcessor:
                 ),
                 self.settings.outbox_max_attempts,
             )
+            if self.settings.memory_enabled:
+                memory = self.journey.memory_for(inbound, reply)
+                await self.outbox.add(
+                    conn,
+                    OutboxRecord(
+                        topic=self.memory_topic,
+                        key=memory.partition_key.encode(),
+                        value=encode_message(memory),
+                        idempotency_key=f"{self.memory_topic}:{memory.memory_id}",
+                        headers={
+                            IDEMPOTENCY_KEY: memory.memory_id,
+                            CONTENT_TYPE_HEADER: CONTENT_TYPE,
+                        },
+                    ),
+                    self.settings.outbox_max_attempts,
+                )
         self.on_committed()
         return Outcome.REPLIED
 

@@ -7,6 +7,8 @@ over: it is a clear error for the user.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from core.metrics import Metrics
 from core.settings import Settings
 from providers.responder import LiteLLMResponder, ProviderRequestError, ResponderAnswer
@@ -39,10 +41,12 @@ class ChainResponder:
     def __init__(self, chain: FallbackChain[LiteLLMResponder]) -> None:
         self.chain = chain
 
-    async def respond(self, text: str, *, session_key: str) -> ResponderAnswer:
+    async def respond(
+        self, text: str, *, session_key: str, context: Sequence[str] = ()
+    ) -> ResponderAnswer:
         """Ask the chain; raises FallbackExhaustedError when no model answered."""
         result = await self.chain.run(
-            lambda provider: provider.respond(text, session_key=session_key),
+            lambda provider: provider.respond(text, session_key=session_key, context=context),
             should_fail_over=lambda exc: not isinstance(exc, ProviderRequestError),
         )
         return result.value

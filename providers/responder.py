@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,8 +43,10 @@ class ResponderAnswer:
 class Responder(Protocol):
     """Anything that can answer a user's message."""
 
-    async def respond(self, text: str, *, session_key: str) -> ResponderAnswer:
-        """Answer ``text`` written in the session ``session_key``."""
+    async def respond(
+        self, text: str, *, session_key: str, context: Sequence[str] = ()
+    ) -> ResponderAnswer:
+        """Answer ``text`` written in the session ``session_key``, given ``context``."""
         ...
 
 
@@ -52,7 +55,9 @@ class EchoResponder:
 
     model = "echo"
 
-    async def respond(self, text: str, *, session_key: str) -> ResponderAnswer:
+    async def respond(
+        self, text: str, *, session_key: str, context: Sequence[str] = ()
+    ) -> ResponderAnswer:
         """Echo ``text``."""
         return ResponderAnswer(text=f"echo: {text}", model=self.model)
 
@@ -79,13 +84,19 @@ class LiteLLMResponder:
                 self._litellm = await asyncio.to_thread(_import_litellm)
         return self._litellm
 
-    async def respond(self, text: str, *, session_key: str) -> ResponderAnswer:
+    async def respond(
+        self, text: str, *, session_key: str, context: Sequence[str] = ()
+    ) -> ResponderAnswer:
         """Ask the model; provider outages become :class:`ServiceUnavailableError`."""
         litellm = await self._module()
+        messages = []
+        if context:
+            messages.append({"role": "system", "content": "Context:\n" + "\n".join(context)})
+        messages.append({"role": "user", "content": text})
         try:
             response = await litellm.acompletion(
                 model=self.model,
-                messages=[{"role": "user", "content": text}],
+                messages=messages,
                 api_base=self.api_base,
                 api_key=self.api_key,
                 timeout=self.timeout,

@@ -8,6 +8,7 @@ from schemas.messages import (
     ConversationInbound,
     ConversationReply,
     DegradationEvent,
+    MemoryRecord,
     ServiceState,
     UseCase,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "ConversationInbound",
     "ConversationReply",
     "DegradationEvent",
+    "MemoryRecord",
     "ModelCodec",
     "ServiceState",
     "UseCase",

@@ -11,7 +11,12 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas.messages import ConversationInbound, ConversationReply, DegradationEvent
+from schemas.messages import (
+    ConversationInbound,
+    ConversationReply,
+    DegradationEvent,
+    MemoryRecord,
+)
 
 __all__ = ["EXPORTED_MODELS", "SCHEMA_DIR", "render_schema", "write_schemas"]
 
@@ -20,6 +25,7 @@ EXPORTED_MODELS: tuple[type[BaseModel], ...] = (
     ConversationInbound,
     ConversationReply,
     DegradationEvent,
+    MemoryRecord,
 )
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "ConversationInbound",
     "ConversationReply",
     "DegradationEvent",
+    "MemoryRecord",
     "ServiceState",
     "UseCase",
     "reply_id_for",
@@ -135,3 +136,25 @@ class DegradationEvent(_Message):
     latency_ms: Annotated[float, Field(ge=0)] | None = None
     observed_at: AwareDatetime = Field(default_factory=_now)
     source: Annotated[str, Field(max_length=255)] = ""
+
+
+class MemoryRecord(_Message):
+    """A memory to store in SomaBrain, on ``somabrain.memory.remember`` (key ``tenant:agent``).
+
+    ``memory_id`` is the idempotency key and SomaBrain's ``key``: a replayed memory is
+    stored once.
+    """
+
+    memory_id: Identifier
+    tenant_id: Identifier
+    agent_id: Identifier
+    session_id: Identifier
+    namespace: Identifier = "conversation"
+    content: Annotated[str, Field(max_length=200_000)]
+    metadata: dict[str, str] = Field(default_factory=dict)
+    created_at: AwareDatetime = Field(default_factory=_now)
+
+    @property
+    def partition_key(self) -> str:
+        """Memories of one tenant and agent stay in order on one partition."""
+        return f"{self.tenant_id}:{self.agent_id}"

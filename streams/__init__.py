@@ -7,6 +7,7 @@ slow.
 
 from agents import conversation as _conversation_agent
 from agents import degradation as _degradation_agent
+from agents import memory as _memory_agent
 from streams import commands as _commands
 from streams import timers as _timers
 from streams import web as _web
@@ -17,8 +18,10 @@ __all__ = ["StreamsApp", "app", "create_app"]
 app: StreamsApp = create_app()
 _conversation_agent.register(app)
 _degradation_agent.register(app)
+_memory_agent.register(app)
 _timers.register(app)
 _web.register(app)
 _commands.register(app)
 _commands.register_operator_commands(app)
 _commands.register_dlq_command(app)
+_commands.register_memory_command(app)

@@ -30,7 +30,12 @@ from streams.app import StreamsApp
 from streams.console import Console, dump_json, format_status
 from streams.runtime import check_schema
 
-__all__ = ["register", "register_dlq_command", "register_operator_commands"]
+__all__ = [
+    "register",
+    "register_dlq_command",
+    "register_memory_command",
+    "register_operator_commands",
+]
 
 
 def _fail(exc: BaseException) -> None:
@@ -264,3 +269,49 @@ def register_dlq_command(app: StreamsApp) -> None:
             )
         except ResilienceError as exc:
             _fail(exc)
+
+
+def register_memory_command(app: StreamsApp) -> None:
+    """``sync-memories [--once]``."""
+    settings = app.settings
+
+    @app.command(
+        option("--once", is_flag=True, default=False, help="Sync what can be synced, then exit."),
+    )
+    async def sync_memories(self: Any, once: bool) -> None:
+        """Replay pending memories into SomaBrain, in order per tenant and agent, each once."""
+        from pipeline.memory import MemorySync
+        from providers.somabrain import SomaBrainClient
+
+        client = SomaBrainClient(settings, app.metrics)
+        database = Database(settings)
+        sync = MemorySync(settings, database, client)
+        try:
+            if once:
+                total = 0
+                while True:
+                    synced, waiting = await sync.sync_once()
+                    total += synced
+                    if not waiting or not synced:
+                        break
+                print(json.dumps({"synced": total, "waiting": waiting}))
+                if waiting:
+                    _fail(
+                        RuntimeError(
+                            f"{waiting} memories still wait: SomaBrain at {settings.somabrain_url} "
+                            "did not take them (see `faust -A streams status`)"
+                        )
+                    )
+                return
+            await sync.start()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        except ResilienceError as exc:
+            _fail(exc)
+        finally:
+            await sync.stop()
+            await client.close()

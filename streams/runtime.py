@@ -12,20 +12,23 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, InfrastructureUnavailableError
 from core.metrics import Metrics
 from core.settings import Settings
 from core.topics import DEGRADATION_EVENTS, ensure_topics
 from journeys.conversation import ConversationJourney
+from journeys.session_context import SessionContext
 from outbox.database import Database
 from outbox.migrate import applied_versions, available_migrations
 from outbox.producer import ResilientProducer
 from outbox.relay import OutboxRelay
-from outbox.store import OutboxRecord
+from outbox.store import OutboxRecord, OutboxStore
 from pipeline.conversation import ConversationProcessor
 from pipeline.dead_letters import DeadLetterWriter, InboundMessage
+from pipeline.memory import MemoryProcessor, MemorySync
 from pipeline.ordering import OrderedAcks, SessionLanes
 from providers.responder import build_responder, missing_key_notice
+from providers.somabrain import SomaBrainClient
 from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
 from resilience.monitor import DegradationMonitor
 from resilience.probes import BreakerProbe, default_probes
@@ -83,13 +86,22 @@ class Runtime:
             source=settings.worker_instance_id or settings.app_id,
         )
         self.dead_letters = DeadLetterWriter(settings, self.database, metrics)
-        self.processor = ConversationProcessor(
-            settings,
-            self.database,
-            ConversationJourney(responder, self.status),
-            metrics,
-            on_committed=self.relay.wake,
+        self.outbox = OutboxStore()
+        self.somabrain = SomaBrainClient(settings, metrics)
+        self.session_context = SessionContext(settings)
+        journey = ConversationJourney(
+            responder,
+            self.status,
+            memory=self.somabrain if settings.memory_enabled else None,
+            session=self.session_context,
         )
+        self.processor = ConversationProcessor(
+            settings, self.database, journey, metrics, on_committed=self.relay.wake
+        )
+        self.memory_processor = MemoryProcessor(
+            settings, self.database, self.somabrain, self.dead_letters, metrics
+        )
+        self.memory_sync = MemorySync(settings, self.database, self.somabrain)
         self.lanes = SessionLanes(settings.max_in_flight)
         self.acks = OrderedAcks()
         self.ready = asyncio.Event()
@@ -103,6 +115,8 @@ class Runtime:
         await self.producer.start()
         if self.settings.relay_enabled_in_worker:
             await self.relay.start()
+        if self.settings.memory_enabled:
+            await self.memory_sync.start()
         notice = missing_key_notice(self.settings)
         if notice:
             logger.warning(notice)
@@ -126,9 +140,12 @@ class Runtime:
         self.ready.clear()
         await self.lanes.cancel()
         await self.monitor.stop()
+        await self.memory_sync.stop()
         await self.relay.stop()
         await self.producer.stop()
         await self.database.close()
+        await self.somabrain.close()
+        await self.session_context.close()
 
     def status(self) -> DegradationStatus:
         """The table's cluster view overlaid with this worker's newer observations."""
@@ -140,16 +157,21 @@ class Runtime:
         return DegradationStatus(merged, self.monitor.specs)
 
     async def publish_degradation(self, event: DegradationEvent) -> None:
-        """Emit ``event`` through the resilient producer (Kafka, else the outbox)."""
-        await self.producer.send(
-            OutboxRecord(
-                topic=self.settings.topic(DEGRADATION_EVENTS),
-                key=event.service.encode(),
-                value=encode_message(event),
-                idempotency_key=f"degradation:{event.event_id}",
-                headers={IDEMPOTENCY_KEY: event.event_id, CONTENT_TYPE_HEADER: CONTENT_TYPE},
-            )
+        """Emit ``event`` exactly once: through the outbox and the relay while PostgreSQL
+        answers, else straight to Kafka through the resilient producer."""
+        record = OutboxRecord(
+            topic=self.settings.topic(DEGRADATION_EVENTS),
+            key=event.service.encode(),
+            value=encode_message(event),
+            idempotency_key=f"degradation:{event.event_id}",
+            headers={IDEMPOTENCY_KEY: event.event_id, CONTENT_TYPE_HEADER: CONTENT_TYPE},
         )
+        try:
+            async with self.database.connection() as conn:
+                await self.outbox.add(conn, record, self.settings.outbox_max_attempts)
+            self.relay.wake()
+        except InfrastructureUnavailableError:
+            await self.producer.send(record)
 
     async def submit(self, message: InboundMessage, partition: Any, ack: Any) -> None:
         """Track ``message`` for in-order acking and queue it on its session's lane."""

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from core.settings import Settings
-from tests.support.status import state_of, wait_status
+from tests.support.status import wait_status
 from tests.support.worker import FAUST, ROOT, WorkerFactory, settings_env
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,8 @@ async def monitored(stack: Settings, workers: WorkerFactory) -> Settings:
         update={"somabrain_url": "http://127.0.0.1:9", "health_probes": "postgres,somabrain"}
     )
     worker = workers.start(settings)
-    wait_status(worker, state_of("somabrain", "unavailable"))
+    # Wait for the table: the event is then on the topic, not only in this worker's view.
+    wait_status(worker, lambda doc: doc.get("table", {}).get("somabrain") == "unavailable")
     return settings.model_copy(update={"web_port": worker.port})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -53,7 +54,9 @@ async def test_answer_passes_the_partition_key_to_the_responder() -> None:
     seen: list[tuple[str, str]] = []
 
     class Recording(EchoResponder):
-        async def respond(self, text: str, *, session_key: str) -> ResponderAnswer:
+        async def respond(
+            self, text: str, *, session_key: str, context: Sequence[str] = ()
+        ) -> ResponderAnswer:
             seen.append((text, session_key))
             return await super().respond(text, session_key=session_key)
 

@@ -22,6 +22,7 @@ from schemas.messages import (
     ConversationInbound,
     ConversationReply,
     DegradationEvent,
+    MemoryRecord,
     ServiceState,
     UseCase,
     reply_id_for,
@@ -486,7 +487,12 @@ def test_encode_decode_round_trip(message: BaseModel) -> None:
 
 
 def test_every_model_is_exported() -> None:
-    assert set(EXPORTED_MODELS) == {ConversationInbound, ConversationReply, DegradationEvent}
+    assert set(EXPORTED_MODELS) == {
+        ConversationInbound,
+        ConversationReply,
+        DegradationEvent,
+        MemoryRecord,
+    }
     stored = {path.name for path in SCHEMA_DIR.glob("*.schema.json")}
     assert stored == {f"{model.__name__}.schema.json" for model in EXPORTED_MODELS}
 
