@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     llm_breaker_consecutive_failures: int = Field(
         5, ge=1, description="Consecutive failures that open a model's circuit."
     )
+    llm_degraded_reply: bool = Field(
+        True,
+        description="With every model down, reply at once (degraded) and answer later.",
+    )
+    deferred_answer_interval_seconds: float = Field(
+        5.0, gt=0, description="How often owed answers are retried."
+    )
     llm_breaker_wait_seconds: float = Field(
         30.0, gt=0, description="How long an open model circuit waits before a trial call."
     )
@@ -160,6 +167,11 @@ class Settings(BaseSettings):
     def relay_lock_key(self) -> int:
         """The advisory lock key that elects the active relay for this schema."""
         return _stable_hash(f"outbox-relay:{self.database_schema}")
+
+    @property
+    def deferred_answer_lock_key(self) -> int:
+        """The advisory lock key that elects the one deferred answerer for this schema."""
+        return _stable_hash(f"deferred-answer:{self.database_schema}")
 
     @property
     def memory_sync_lock_key(self) -> int:

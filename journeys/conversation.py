@@ -76,8 +76,10 @@ class ConversationJourney:
                 degraded.append("redis")
             return []
 
-    async def answer(self, inbound: ConversationInbound) -> ConversationReply:
-        """The reply to ``inbound``; its id is derived from the inbound id."""
+    async def answer(
+        self, inbound: ConversationInbound, *, reply_id: str | None = None
+    ) -> ConversationReply:
+        """The reply to ``inbound``; its id is derived from the inbound id by default."""
         degraded = self.degraded_services()
         context = await self._context(inbound, degraded)
         answer = await self.responder.respond(
@@ -92,13 +94,33 @@ class ConversationJourney:
                 if "redis" not in degraded:
                     degraded.append("redis")
         return ConversationReply(
-            message_id=reply_id_for(inbound.message_id),
+            message_id=reply_id or reply_id_for(inbound.message_id),
             in_reply_to=inbound.message_id,
             tenant_id=inbound.tenant_id,
             session_id=inbound.session_id,
             text=answer.text,
             model=answer.model,
             degraded=tuple(sorted(set(degraded))),
+        )
+
+    DEGRADED_TEXT = (
+        "Sorry, I cannot reach a language model right now. "
+        "I will send you the full answer as soon as one is back."
+    )
+    DEGRADED_NOTICE = "Answer delayed: language models unavailable"
+
+    def degraded_reply(self, inbound: ConversationInbound) -> ConversationReply:
+        """The immediate reply when every model is down (the real answer follows later)."""
+        degraded = {"llm", *self.degraded_services()}
+        return ConversationReply(
+            message_id=reply_id_for(inbound.message_id),
+            in_reply_to=inbound.message_id,
+            tenant_id=inbound.tenant_id,
+            session_id=inbound.session_id,
+            text=self.DEGRADED_TEXT,
+            model="none",
+            degraded=tuple(sorted(degraded)),
+            notices=(self.DEGRADED_NOTICE,),
         )
 
     @staticmethod

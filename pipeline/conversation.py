@@ -22,12 +22,13 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 
-from core.errors import InfrastructureUnavailableError, PermanentError
+from core.errors import FallbackExhaustedError, InfrastructureUnavailableError, PermanentError
 from core.metrics import Metrics
 from core.settings import Settings
 from core.topics import CONVERSATION_OUTBOUND, MEMORY_REMEMBER
 from journeys.conversation import ConversationJourney
 from outbox.database import Database
+from outbox.deferred import DeferredAnswerStore
 from outbox.idempotency import IdempotencyStore
 from outbox.store import OutboxRecord, OutboxStore
 from pipeline.dead_letters import DeadLetterWriter, InboundMessage
@@ -48,6 +49,7 @@ class Outcome:
     REPLIED = "replied"
     DUPLICATE = "duplicate"
     DEAD_LETTERED = "dead_lettered"
+    DEGRADED = "degraded"
 
 
 class ConversationProcessor:
@@ -72,6 +74,7 @@ class ConversationProcessor:
         self.idempotency = IdempotencyStore()
         self.dead_letters = DeadLetterWriter(settings, database, metrics)
         self.ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
+        self.deferred = DeferredAnswerStore()
 
     @staticmethod
     def decode(message: InboundMessage) -> ConversationInbound:
@@ -112,6 +115,18 @@ class ConversationProcessor:
             except InfrastructureUnavailableError as exc:
                 attempts -= 1
                 await self._pause(exc)
+            except FallbackExhaustedError as exc:
+                if not self.settings.llm_degraded_reply:
+                    if attempts >= self.settings.processing_max_attempts:
+                        return await self._retry_infrastructure(
+                            self._dead_letter, message, exc, attempts
+                        )
+                    await asyncio.sleep(
+                        self.settings.processing_retry_backoff_seconds * 2 ** (attempts - 1)
+                    )
+                    continue
+                logger.warning("every model is down: degraded reply to %s", inbound.message_id)
+                return await self._retry_infrastructure(self._commit_degraded, key, inbound)
             except Exception as exc:
                 permanent = isinstance(exc, PermanentError)
                 if permanent or attempts >= self.settings.processing_max_attempts:
@@ -167,6 +182,26 @@ class ConversationProcessor:
                 )
         self.on_committed()
         return Outcome.REPLIED
+
+    async def _commit_degraded(self, key: str, inbound: ConversationInbound) -> str:
+        reply = self.journey.degraded_reply(inbound)
+        async with self.database.connection() as conn, conn.transaction():
+            if not await self.idempotency.put(conn, key, reply.model_dump(mode="json"), self.ttl):
+                return Outcome.DUPLICATE
+            await self.outbox.add(
+                conn,
+                OutboxRecord(
+                    topic=self.outbound_topic,
+                    key=inbound.partition_key.encode(),
+                    value=encode_message(reply),
+                    idempotency_key=f"{self.outbound_topic}:{reply.message_id}",
+                    headers={IDEMPOTENCY_KEY: reply.message_id, CONTENT_TYPE_HEADER: CONTENT_TYPE},
+                ),
+                self.settings.outbox_max_attempts,
+            )
+            await self.deferred.add(conn, inbound)
+        self.on_committed()
+        return Outcome.DEGRADED
 
     async def _dead_letter(self, message: InboundMessage, error: Exception, attempts: int) -> str:
         await self.dead_letters.write(message, error, attempts)

@@ -25,6 +25,7 @@ from outbox.relay import OutboxRelay
 from outbox.store import OutboxRecord, OutboxStore
 from pipeline.conversation import ConversationProcessor
 from pipeline.dead_letters import DeadLetterWriter, InboundMessage
+from pipeline.deferred import DeferredAnswerer
 from pipeline.memory import MemoryProcessor, MemorySync
 from pipeline.ordering import OrderedAcks, SessionLanes
 from providers.responder import build_responder, missing_key_notice
@@ -102,6 +103,9 @@ class Runtime:
             settings, self.database, self.somabrain, self.dead_letters, metrics
         )
         self.memory_sync = MemorySync(settings, self.database, self.somabrain)
+        self.deferred_answers = DeferredAnswerer(
+            settings, self.database, journey, on_committed=self.relay.wake
+        )
         self.lanes = SessionLanes(settings.max_in_flight)
         self.acks = OrderedAcks()
         self.ready = asyncio.Event()
@@ -117,6 +121,8 @@ class Runtime:
             await self.relay.start()
         if self.settings.memory_enabled:
             await self.memory_sync.start()
+        if self.settings.llm_degraded_reply:
+            await self.deferred_answers.start()
         notice = missing_key_notice(self.settings)
         if notice:
             logger.warning(notice)
@@ -141,6 +147,7 @@ class Runtime:
         await self.lanes.cancel()
         await self.monitor.stop()
         await self.memory_sync.stop()
+        await self.deferred_answers.stop()
         await self.relay.stop()
         await self.producer.stop()
         await self.database.close()

@@ -152,7 +152,9 @@ async def test_each_poison_kind_is_dead_lettered_with_headers_while_good_message
 async def test_processing_that_keeps_failing_is_dead_lettered_after_bounded_retries(
     stack: Settings, workers: WorkerFactory, llm_server: LLMServer
 ) -> None:
-    settings = with_llm(stack, llm_server, processing_retry_backoff_seconds=0.05)
+    settings = with_llm(
+        stack, llm_server, processing_retry_backoff_seconds=0.05, llm_degraded_reply=False
+    )
     llm_server.set_mode(FailureMode.ERROR_500)
     workers.start(settings)
     failing = inbound("the provider fails for this one", session="s-fail")
@@ -237,6 +239,7 @@ async def test_an_open_llm_circuit_is_not_called_and_shows_in_metrics_and_status
         llm_breaker_consecutive_failures=2,
         llm_breaker_wait_seconds=600.0,
         processing_retry_backoff_seconds=0.05,
+        llm_degraded_reply=False,
         health_probes="postgres",
     )
     llm_server.set_mode(FailureMode.ERROR_500)
