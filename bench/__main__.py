@@ -9,7 +9,7 @@ import sys
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-BENCHES = ("breaker", "relay_drain", "producer_latency")
+BENCHES = ("breaker", "failover", "relay_drain", "producer_latency")
 
 
 def main() -> int:
@@ -24,6 +24,10 @@ def main() -> int:
             from bench import breaker_overhead
 
             breaker_overhead.main(["--iterations", "50000" if args.quick else "200000"])
+        elif name == "failover":
+            from bench import failover
+
+            asyncio.run(failover.run(args.quick))
         elif name == "relay_drain":
             from bench import relay_drain
 

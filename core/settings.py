@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="Prefix of every topic name (tests isolate by it).")
     topic_partitions: int = Field(6, ge=1)
     topic_replication_factor: int = Field(1, ge=1)
+    data_dir: str = Field(
+        ".run/faust", description="Where Faust keeps its per-app data directories."
+    )
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
     worker_instance_id: str | None = Field(
@@ -73,6 +76,9 @@ class Settings(BaseSettings):
     llm_model: str = "openai/gpt-4o"
     llm_api_base: str | None = None
     llm_timeout_seconds: float = Field(30.0, gt=0)
+    llm_chains_file: str | None = Field(
+        None, description="TOML file with the LLM chains per use case (default: the seed's)."
+    )
     llm_fallback_models: str = Field(
         "", description="Models tried after SA01_LLM_MODEL, comma-separated (same API base)."
     )

@@ -83,7 +83,10 @@ class ConversationJourney:
         degraded = self.degraded_services()
         context = await self._context(inbound, degraded)
         answer = await self.responder.respond(
-            inbound.text, session_key=inbound.partition_key, context=context
+            inbound.text,
+            session_key=inbound.partition_key,
+            context=context,
+            use_case=inbound.use_case.value,
         )
         if self.session is not None:
             try:

@@ -19,71 +19,38 @@ Run one in the foreground with ``python -m loopback.llm_server --port 8001 --nam
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import dataclasses
-import enum
-import ipaddress
 import json
 import logging
 import re
-import signal
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
-from types import FrameType, TracebackType
-from typing import Any, Final, Literal, Self
+from collections.abc import Sequence
+from typing import Any, ClassVar, Final, Literal
 
 from aiohttp import web
+
+from loopback._server import (
+    DEFAULT_HOST,
+    LoopbackServer,
+    add_mode_arguments,
+    cli_parser,
+    drop,
+    parse_cli_args,
+    read_json_object,
+    revert_after_of,
+    serve_until_signalled,
+)
+from loopback._server import FailureMode as FailureMode
+from loopback._server import RecordedRequest as RecordedRequest
 
 logger = logging.getLogger(__name__)
 
 _Api = Literal["openai", "anthropic"]
 
-_DEFAULT_HOST: Final = "127.0.0.1"
-_START_TIMEOUT_SECONDS: Final = 10.0
-_SHUTDOWN_TIMEOUT_SECONDS: Final = 2.0
 _STREAM_CHUNKS: Final = 4
 _OPENAI_CONTEXT_WINDOW: Final = 128_000
 _ANTHROPIC_CONTEXT_WINDOW: Final = 200_000
-
-
-class FailureMode(enum.StrEnum):
-    """How the server answers LLM calls."""
-
-    OK = "ok"
-    """Answer normally."""
-    ERROR_500 = "error_500"
-    """500 with the API's server-error body."""
-    RATE_LIMITED = "rate_limited"
-    """429 with ``Retry-After`` (``retry_after_seconds``)."""
-    HANG = "hang"
-    """Read the request, then never answer until the mode changes or the server stops."""
-    SLOW = "slow"
-    """Answer normally after ``delay_seconds``."""
-    REFUSE = "refuse"
-    """Close the listening socket (connections are refused); other modes re-open the port."""
-    BAD_REQUEST = "bad_request"
-    """400 saying the context is too long (OpenAI code ``context_length_exceeded``)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RecordedRequest:
-    """One LLM call received by the server (control and health endpoints are not recorded)."""
-
-    path: str
-    """The request path, e.g. ``/v1/chat/completions``."""
-    body: dict[str, Any] | None
-    """The JSON body, or None when it was not a JSON object."""
-    headers: dict[str, str]
-    """Request headers with lower-cased names."""
-    received_at: float
-    """``time.monotonic()`` when the request arrived."""
-    mode: FailureMode
-    """The failure mode in force when the request arrived."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,8 +59,13 @@ class _Settings:
     delay_seconds: float = 0.0
     retry_after_seconds: float = 1.0
 
+    def __str__(self) -> str:
+        return (
+            f"mode={self.mode} delay={self.delay_seconds}s retry_after={self.retry_after_seconds}s"
+        )
 
-class LLMServer:
+
+class LLMServer(LoopbackServer[_Settings]):
     """A fake OpenAI + Anthropic HTTP server on a background thread with switchable failures.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`::
@@ -101,202 +73,28 @@ class LLMServer:
         with LLMServer(name="primary") as server:
             server.set_mode(FailureMode.RATE_LIMITED, retry_after_seconds=2)
             ...  # point clients at server.openai_base_url / server.base_url
+
+    Its :attr:`name` starts the default reply (``[name] ...``). Only LLM calls are recorded in
+    :attr:`requests`; ``/v1/models`` and ``/health`` are not. Anthropic clients take
+    :attr:`base_url` and append ``/v1/messages``.
     """
 
-    def __init__(self, port: int = 0, name: str = "llm", *, host: str = _DEFAULT_HOST) -> None:
+    _title: ClassVar[str] = "LLMServer"
+    _label: ClassVar[str] = "LLM server"
+    _logger: ClassVar[logging.Logger] = logger
+    _client_max_size: ClassVar[int] = 64 * 1024 * 1024
+
+    def __init__(self, port: int = 0, name: str = "llm", *, host: str = DEFAULT_HOST) -> None:
         """Create a stopped server; ``port=0`` picks a free port on :meth:`start`."""
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port out of range: {port}")
-        self._host: Final = host
-        self._port = port
-        self._name: Final = name
-        # State shared with callers on other threads.
-        self._lock = threading.Lock()
-        self._requests_changed = threading.Condition(self._lock)
-        self._settings = _Settings()
+        super().__init__(port, name, host=host, default_settings=_Settings())
         self._reply: str | None = None
-        self._requests: list[RecordedRequest] = []
-        # Lifecycle, guarded by _lifecycle.
-        self._lifecycle = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        # Owned by the server's event loop.
-        self._runner: web.AppRunner | None = None
-        self._site: web.SockSite | None = None
-        self._listener_lock: asyncio.Lock | None = None
-        self._changed: asyncio.Event | None = None
-        self._stopped: asyncio.Event | None = None
-        self._revert: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        self._stopping = False
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> None:
-        """Start serving; returns once the port is bound (and listening unless in REFUSE)."""
-        with self._lifecycle:
-            if self._thread is not None:
-                raise RuntimeError(f"LLMServer {self._name!r} is already running")
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(
-                target=self._run_loop, args=(loop,), name=f"LLMServer-{self._name}", daemon=True
-            )
-            thread.start()
-            self._loop, self._thread = loop, thread
-            try:
-                asyncio.run_coroutine_threadsafe(self._astart(), loop).result(
-                    _START_TIMEOUT_SECONDS
-                )
-            except BaseException:
-                self._shutdown_thread()
-                raise
-        logger.info("LLM server %r listening on %s", self._name, self.base_url)
-
-    def stop(self) -> None:
-        """Stop serving, drop hanging requests and join the background thread (idempotent)."""
-        with self._lifecycle:
-            loop = self._loop
-            if loop is None:
-                return
-            if threading.current_thread() is self._thread:
-                raise RuntimeError("LLMServer.stop() cannot be called from the server thread")
-            try:
-                asyncio.run_coroutine_threadsafe(self._astop(), loop).result(
-                    _SHUTDOWN_TIMEOUT_SECONDS + _START_TIMEOUT_SECONDS
-                )
-            finally:
-                self._shutdown_thread()
-        logger.info("LLM server %r stopped", self._name)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _shutdown_thread(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(_START_TIMEOUT_SECONDS)
-        self._loop = self._thread = None
-
-    @staticmethod
-    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _astart(self) -> None:
-        self._stopping = False
-        self._listener_lock = asyncio.Lock()
-        self._changed = asyncio.Event()
-        self._stopped = asyncio.Event()
-        runner = web.AppRunner(self._make_app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS)
-        await runner.setup()
-        try:
-            # Bind even in REFUSE so that a port of 0 is resolved and kept for re-opening.
-            site = web.SockSite(runner, self._bind_socket())
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner, self._site = runner, site
-        await self._sync_listener()
-
-    async def _astop(self) -> None:
-        self._stopping = True
-        if self._revert is not None:
-            self._revert.cancel()
-            self._revert = None
-        if self._stopped is not None:
-            self._stopped.set()
-        self._wake()
-        runner, self._runner, self._site = self._runner, None, None
-        if runner is not None:
-            await runner.cleanup()
-
-    def _bind_socket(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self._host, self._port))
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        self._port = int(sock.getsockname()[1])
-        return sock
-
-    async def _sync_listener(self) -> None:
-        """Open or close the listening socket to match the current mode."""
-        assert self._listener_lock is not None
-        async with self._listener_lock:
-            runner = self._runner
-            if runner is None:
-                return
-            listen = not self._stopping and self._current().mode is not FailureMode.REFUSE
-            if listen and self._site is None:
-                site = web.SockSite(runner, self._bind_socket())
-                await site.start()
-                self._site = site
-                logger.info("LLM server %r re-opened port %d", self._name, self._port)
-            elif not listen and self._site is not None:
-                site, self._site = self._site, None
-                # Responses are sent with "Connection: close", so no idle kept-alive connection
-                # survives this; requests still in flight finish according to the new mode.
-                await site.stop()
-                logger.info("LLM server %r closed port %d (refusing)", self._name, self._port)
 
     # ------------------------------------------------------------------ public API
-
-    @property
-    def name(self) -> str:
-        """The name used in the default reply (``[name] ...``)."""
-        return self._name
-
-    @property
-    def port(self) -> int:
-        """The TCP port; known after :meth:`start` when constructed with 0."""
-        if self._port == 0:
-            raise RuntimeError("the port is chosen on start(); start the server first")
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        """``http://HOST:PORT`` (Anthropic clients append ``/v1/messages``)."""
-        host = self._host
-        with contextlib.suppress(ValueError):
-            address = ipaddress.ip_address(host)
-            if address.is_unspecified:  # bound to all interfaces: connect via loopback
-                host = "::1" if address.version == 6 else "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
 
     @property
     def openai_base_url(self) -> str:
         """``base_url + "/v1"``, the ``api_base`` OpenAI clients expect."""
         return self.base_url + "/v1"
-
-    @property
-    def mode(self) -> FailureMode:
-        """The current failure mode."""
-        return self._current().mode
 
     def set_mode(
         self,
@@ -315,123 +113,23 @@ class LLMServer:
         settings = _Settings(FailureMode(mode), float(delay_seconds), float(retry_after_seconds))
         if settings.delay_seconds < 0 or settings.retry_after_seconds < 0:
             raise ValueError("delay_seconds and retry_after_seconds must not be negative")
-        if revert_after_seconds is not None and revert_after_seconds < 0:
-            raise ValueError("revert_after_seconds must not be negative")
-        if threading.current_thread() is self._thread:  # called from a handler on our loop
-            self._spawn(self._apply(settings, revert_after_seconds))
-            return
-        with self._lifecycle:
-            loop = self._loop
-            if loop is None:
-                if revert_after_seconds is not None:
-                    raise RuntimeError("revert_after_seconds needs a running server")
-                with self._lock:
-                    self._settings = settings
-                return
-            asyncio.run_coroutine_threadsafe(
-                self._apply(settings, revert_after_seconds), loop
-            ).result(_START_TIMEOUT_SECONDS)
+        self._change_mode(settings, revert_after_seconds)
 
     def set_reply(self, text: str | None) -> None:
         """Fix the reply text; None restores the default ``[name] <last user message>``."""
         with self._lock:
             self._reply = text
 
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """A copy of the LLM calls received so far, oldest first."""
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def request_count(self) -> int:
-        """How many LLM calls were received."""
-        with self._lock:
-            return len(self._requests)
-
-    def reset_requests(self) -> None:
-        """Forget the recorded requests."""
-        with self._lock:
-            self._requests.clear()
-
-    def wait_for_requests(self, count: int, timeout: float = 5.0) -> bool:
-        """Block until at least ``count`` LLM calls were received; False on timeout."""
-        with self._requests_changed:
-            return self._requests_changed.wait_for(lambda: len(self._requests) >= count, timeout)
-
-    # ------------------------------------------------------------------ mode handling
-
-    def _current(self) -> _Settings:
-        with self._lock:
-            return self._settings
-
-    async def _apply(self, settings: _Settings, revert_after: float | None) -> None:
-        with self._lock:
-            self._settings = settings
-        if self._revert is not None:
-            self._revert.cancel()
-            self._revert = None
-        if revert_after is not None:
-            self._revert = asyncio.get_running_loop().call_later(revert_after, self._revert_now)
-        logger.info(
-            "LLM server %r mode=%s delay=%ss retry_after=%ss",
-            self._name,
-            settings.mode,
-            settings.delay_seconds,
-            settings.retry_after_seconds,
-        )
-        self._wake()
-        await self._sync_listener()
-
-    def _revert_now(self) -> None:
-        self._revert = None
-        self._spawn(self._apply(_Settings(), None))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _wake(self) -> None:
-        """Wake everything waiting for a mode change (runs on the server loop)."""
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = asyncio.Event()
-
-    async def _settle(self) -> _Settings | None:
-        """Wait while the mode is HANG; None once the server is stopping."""
-        while not self._stopping:
-            settings = self._current()
-            if settings.mode is not FailureMode.HANG:
-                return settings
-            assert self._changed is not None
-            await self._changed.wait()
-        return None
-
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep; True if the server started stopping meanwhile."""
-        assert self._stopped is not None
-        try:
-            await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
-
     # ------------------------------------------------------------------ HTTP
 
-    def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.on_response_prepare.append(_close_after_response)
-        app.router.add_post("/v1/chat/completions", self._handle_openai)
-        app.router.add_post("/chat/completions", self._handle_openai)
-        app.router.add_post("/v1/messages", self._handle_anthropic)
-        app.router.add_post("/messages", self._handle_anthropic)
-        app.router.add_get("/v1/models", self._handle_models)
-        app.router.add_get("/health", self._handle_health)
-        app.router.add_get("/_loopback/mode", self._handle_get_mode)
-        app.router.add_post("/_loopback/mode", self._handle_set_mode)
-        app.router.add_post("/_loopback/reply", self._handle_set_reply)
-        return app
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/chat/completions", self._handle_openai)
+        router.add_post("/chat/completions", self._handle_openai)
+        router.add_post("/v1/messages", self._handle_anthropic)
+        router.add_post("/messages", self._handle_anthropic)
+        router.add_get("/v1/models", self._handle_models)
+        router.add_get("/health", self._handle_health)
+        router.add_post("/_loopback/reply", self._handle_set_reply)
 
     async def _handle_openai(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "openai")
@@ -440,11 +138,10 @@ class LLMServer:
         return await self._serve(request, "anthropic")
 
     async def _serve(self, request: web.Request, api: _Api) -> web.StreamResponse:
-        body = await _read_json_object(request)
-        self._record(request, body)
+        _, body = await self._receive(request)
         settings = await self._settle()
         if settings is None or settings.mode is FailureMode.REFUSE:
-            return _drop(request)
+            return drop(request)
         if body is None:
             return _error(api, 400, "invalid_request", "The request body must be a JSON object.")
         match settings.mode:
@@ -459,7 +156,7 @@ class LLMServer:
                 return _error(api, 400, "context_length")
             case FailureMode.SLOW:
                 if await self._sleep(settings.delay_seconds):
-                    return _drop(request)
+                    return drop(request)
             case _:
                 pass
         with self._lock:
@@ -478,19 +175,6 @@ class LLMServer:
             return _json(api, 200, _openai_completion(model, text, prompt_tokens))
         return _json(api, 200, _anthropic_message(model, text, prompt_tokens))
 
-    def _record(self, request: web.Request, body: dict[str, Any] | None) -> None:
-        record = RecordedRequest(
-            path=request.path,
-            body=body,
-            headers={key.lower(): value for key, value in request.headers.items()},
-            received_at=time.monotonic(),
-            mode=self._current().mode,
-        )
-        with self._requests_changed:
-            self._requests.append(record)
-            self._requests_changed.notify_all()
-        logger.debug("LLM server %r got %s in mode %s", self._name, record.path, record.mode)
-
     async def _handle_models(self, request: web.Request) -> web.Response:
         model = {"id": "loopback", "object": "model", "created": 0, "owned_by": self._name}
         return web.json_response({"object": "list", "data": [model]})
@@ -498,31 +182,22 @@ class LLMServer:
     async def _handle_health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "name": self._name})
 
-    async def _handle_get_mode(self, request: web.Request) -> web.Response:
-        return web.json_response(self._describe())
-
-    async def _handle_set_mode(self, request: web.Request) -> web.Response:
-        body = await _read_json_object(request)
-        try:
-            if body is None:
-                raise ValueError("expected a JSON object")
-            revert = body.get("revert_after_seconds")
-            settings = _Settings(
-                FailureMode(body["mode"]),
-                float(body.get("delay_seconds", 0.0)),
-                float(body.get("retry_after_seconds", 1.0)),
-            )
-            revert_after = None if revert is None else float(revert)
-            if min(settings.delay_seconds, settings.retry_after_seconds, revert_after or 0) < 0:
-                raise ValueError("durations must not be negative")
-        except (KeyError, TypeError, ValueError) as exc:
-            return web.json_response({"error": f"bad mode request: {exc}"}, status=400)
-        # REFUSE closes only the listening socket, so this connection can still answer.
-        await self._apply(settings, revert_after)
-        return web.json_response(self._describe())
+    async def _read_mode_request(self, request: web.Request) -> tuple[_Settings, float | None]:
+        body = await read_json_object(request)
+        if body is None:
+            raise ValueError("expected a JSON object")
+        settings = _Settings(
+            FailureMode(body["mode"]),
+            float(body.get("delay_seconds", 0.0)),
+            float(body.get("retry_after_seconds", 1.0)),
+        )
+        revert_after = revert_after_of(body)
+        if min(settings.delay_seconds, settings.retry_after_seconds, revert_after or 0) < 0:
+            raise ValueError("durations must not be negative")
+        return settings, revert_after
 
     async def _handle_set_reply(self, request: web.Request) -> web.Response:
-        body = await _read_json_object(request)
+        body = await read_json_object(request)
         text = None if body is None else body.get("text")
         if body is None or not (text is None or isinstance(text, str)):
             return web.json_response({"error": "expected {'text': str | null}"}, status=400)
@@ -541,27 +216,6 @@ class LLMServer:
 
 
 # ---------------------------------------------------------------------- wire helpers
-
-
-async def _read_json_object(request: web.Request) -> dict[str, Any] | None:
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
-async def _close_after_response(request: web.Request, response: web.StreamResponse) -> None:
-    """Disable keep-alive: a pooled connection would otherwise bypass REFUSE."""
-    response.force_close()
-    response.headers["Connection"] = "close"
-
-
-def _drop(request: web.Request) -> web.Response:
-    """Close the connection without an answer (the returned response is never sent)."""
-    request.protocol.force_close()
-    return web.Response(status=444)  # nginx-style "closed without response", for the log
 
 
 def _request_id(api: _Api) -> str:
@@ -806,48 +460,28 @@ async def _send_events(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one server in the foreground until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m loopback.llm_server",
-        description="Fake OpenAI/Anthropic server; control it via POST /_loopback/mode.",
+    parser = cli_parser(
+        "python -m loopback.llm_server",
+        "Fake OpenAI/Anthropic server; control it via POST /_loopback/mode.",
+        port=8001,
+        name="llm",
     )
-    parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--name", default="llm")
-    parser.add_argument("--host", default=_DEFAULT_HOST)
-    parser.add_argument(
-        "--mode", type=FailureMode, default=FailureMode.OK, choices=list(FailureMode)
-    )
-    parser.add_argument("--delay", type=float, default=0.0, help="SLOW delay in seconds")
+    add_mode_arguments(parser, list(FailureMode))
     parser.add_argument("--retry-after", type=float, default=1.0, help="429 Retry-After seconds")
     parser.add_argument("--reply", default=None, help="fixed reply text (default: echo)")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    args = parse_cli_args(parser, argv)
 
     server = LLMServer(args.port, args.name, host=args.host)
     server.set_mode(args.mode, delay_seconds=args.delay, retry_after_seconds=args.retry_after)
     server.set_reply(args.reply)
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop_requested.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    server.start()
-    print(
-        f"{args.name}: OpenAI at {server.openai_base_url}, Anthropic at {server.base_url}, "
-        f"mode={server.mode}",
-        flush=True,
+    return serve_until_signalled(
+        server,
+        args.name,
+        lambda: (
+            f"{args.name}: OpenAI at {server.openai_base_url}, Anthropic at {server.base_url}, "
+            f"mode={server.mode}"
+        ),
     )
-    try:
-        while not stop_requested.wait(0.5):
-            pass
-    finally:
-        server.stop()
-    print(f"{args.name}: stopped", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

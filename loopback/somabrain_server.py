@@ -31,31 +31,34 @@ Run one in the foreground with ``python -m loopback.somabrain_server --port 9696
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import copy
 import dataclasses
 import datetime
 import hashlib
-import ipaddress
 import json
 import logging
 import re
-import signal
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
-from types import FrameType, TracebackType
-from typing import Any, Final, Self, TypeVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, Final, TypeVar
 
 import pydantic
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from loopback.llm_server import FailureMode, RecordedRequest
+from loopback._server import (
+    DEFAULT_HOST,
+    FailureMode,
+    LoopbackServer,
+    RecordedRequest,
+    add_mode_arguments,
+    cli_parser,
+    drop,
+    parse_cli_args,
+    revert_after_of,
+    serve_until_signalled,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +83,8 @@ SUPPORTED_MODES: Final = frozenset(
 )
 """The failure modes this server implements (the others are LLM-specific)."""
 
-_DEFAULT_HOST: Final = "127.0.0.1"
 _DEFAULT_TENANT: Final = "standalone"
 _DEFAULT_NAMESPACE: Final = "default"
-_START_TIMEOUT_SECONDS: Final = 10.0
-_SHUTDOWN_TIMEOUT_SECONDS: Final = 2.0
 _CIRCUIT_OPEN_MESSAGE: Final = "Memory service unavailable (circuit open)"
 _BACKEND_ERROR: Final = "memory backend error: 500"
 _WORD: Final = re.compile(r"\w+")
@@ -179,6 +179,9 @@ class _Settings:
     mode: FailureMode = FailureMode.OK
     delay_seconds: float = 0.0
 
+    def __str__(self) -> str:
+        return f"mode={self.mode} delay={self.delay_seconds}s"
+
 
 class _BadRequest(Exception):
     """An answer other than 200, raised while reading a request."""
@@ -188,7 +191,7 @@ class _BadRequest(Exception):
         self.response = response
 
 
-class SomaBrainServer:
+class SomaBrainServer(LoopbackServer[_Settings]):
     """A fake SomaBrain HTTP server on a background thread with switchable failures.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`::
@@ -196,14 +199,22 @@ class SomaBrainServer:
         with SomaBrainServer(token="secret") as brain:
             brain.set_mode(FailureMode.ERROR_500)
             ...  # point clients at brain.base_url
+
+    :attr:`base_url` is the value for ``SA01_SOMABRAIN_URL``. Stored memories, the replay queue
+    and the request log survive a :meth:`stop` and a restart.
     """
+
+    _title: ClassVar[str] = "SomaBrainServer"
+    _label: ClassVar[str] = "SomaBrain server"
+    _logger: ClassVar[logging.Logger] = logger
+    _client_max_size: ClassVar[int] = 16 * 1024 * 1024
 
     def __init__(
         self,
         port: int = 0,
         name: str = "somabrain",
         *,
-        host: str = _DEFAULT_HOST,
+        host: str = DEFAULT_HOST,
         token: str | None = None,
     ) -> None:
         """Create a stopped server; ``port=0`` picks a free port on :meth:`start`.
@@ -211,209 +222,22 @@ class SomaBrainServer:
         With ``token`` the memory routes require ``Authorization: Bearer <token>`` and answer
         401 ``{"detail": "Unauthorized"}`` otherwise; ``/health`` and ``/healthz`` never do.
         """
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port out of range: {port}")
+        super().__init__(port, name, host=host, default_settings=_Settings())
         if token is not None and not token.strip():
             raise ValueError("token must not be blank")
-        self._host: Final = host
-        self._port = port
-        self._name: Final = name
         self._token: Final = token
-        # State shared with callers on other threads.
-        self._lock = threading.Lock()
-        self._requests_changed = threading.Condition(self._lock)
-        self._settings = _Settings()
+        # State shared with callers on other threads, guarded by _lock.
         self._queue_for_replay = False
         self._store: dict[tuple[str, str, str], StoredMemory] = {}
         self._queued: list[StoredMemory] = []
-        self._requests: list[RecordedRequest] = []
         self._remember_count = 0
-        # Lifecycle, guarded by _lifecycle.
-        self._lifecycle = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        # Owned by the server's event loop.
-        self._runner: web.AppRunner | None = None
-        self._site: web.SockSite | None = None
-        self._listener_lock: asyncio.Lock | None = None
-        self._changed: asyncio.Event | None = None
-        self._stopped: asyncio.Event | None = None
-        self._revert: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        self._stopping = False
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> None:
-        """Start serving; returns once the port is bound (and listening unless in REFUSE)."""
-        with self._lifecycle:
-            if self._thread is not None:
-                raise RuntimeError(f"SomaBrainServer {self._name!r} is already running")
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(
-                target=self._run_loop,
-                args=(loop,),
-                name=f"SomaBrainServer-{self._name}",
-                daemon=True,
-            )
-            thread.start()
-            self._loop, self._thread = loop, thread
-            try:
-                asyncio.run_coroutine_threadsafe(self._astart(), loop).result(
-                    _START_TIMEOUT_SECONDS
-                )
-            except BaseException:
-                self._shutdown_thread()
-                raise
-        logger.info("SomaBrain server %r listening on %s", self._name, self.base_url)
-
-    def stop(self) -> None:
-        """Stop serving, drop hanging requests and join the background thread (idempotent).
-
-        Stored memories, the replay queue and the request log survive a stop and a restart.
-        """
-        with self._lifecycle:
-            loop = self._loop
-            if loop is None:
-                return
-            if threading.current_thread() is self._thread:
-                raise RuntimeError("SomaBrainServer.stop() cannot be called from the server thread")
-            try:
-                asyncio.run_coroutine_threadsafe(self._astop(), loop).result(
-                    _SHUTDOWN_TIMEOUT_SECONDS + _START_TIMEOUT_SECONDS
-                )
-            finally:
-                self._shutdown_thread()
-        logger.info("SomaBrain server %r stopped", self._name)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _shutdown_thread(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(_START_TIMEOUT_SECONDS)
-        self._loop = self._thread = None
-
-    @staticmethod
-    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _astart(self) -> None:
-        self._stopping = False
-        self._listener_lock = asyncio.Lock()
-        self._changed = asyncio.Event()
-        self._stopped = asyncio.Event()
-        runner = web.AppRunner(self._make_app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS)
-        await runner.setup()
-        try:
-            # Bind even in REFUSE so that a port of 0 is resolved and kept for re-opening.
-            site = web.SockSite(runner, self._bind_socket())
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner, self._site = runner, site
-        await self._sync_listener()
-
-    async def _astop(self) -> None:
-        self._stopping = True
-        if self._revert is not None:
-            self._revert.cancel()
-            self._revert = None
-        if self._stopped is not None:
-            self._stopped.set()
-        self._wake()
-        runner, self._runner, self._site = self._runner, None, None
-        if runner is not None:
-            await runner.cleanup()
-
-    def _bind_socket(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self._host, self._port))
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        self._port = int(sock.getsockname()[1])
-        return sock
-
-    async def _sync_listener(self) -> None:
-        """Open or close the listening socket to match the current mode."""
-        assert self._listener_lock is not None
-        async with self._listener_lock:
-            runner = self._runner
-            if runner is None:
-                return
-            listen = not self._stopping and self._current().mode is not FailureMode.REFUSE
-            if listen and self._site is None:
-                site = web.SockSite(runner, self._bind_socket())
-                await site.start()
-                self._site = site
-                logger.info("SomaBrain server %r re-opened port %d", self._name, self._port)
-            elif not listen and self._site is not None:
-                site, self._site = self._site, None
-                # Responses carry "Connection: close", so no kept-alive connection survives.
-                await site.stop()
-                logger.info("SomaBrain server %r closed port %d (refusing)", self._name, self._port)
 
     # ------------------------------------------------------------------ public API
-
-    @property
-    def name(self) -> str:
-        """The server's name (thread name and logs)."""
-        return self._name
 
     @property
     def token(self) -> str | None:
         """The bearer token the memory routes require, or None when they require none."""
         return self._token
-
-    @property
-    def port(self) -> int:
-        """The TCP port; known after :meth:`start` when constructed with 0."""
-        if self._port == 0:
-            raise RuntimeError("the port is chosen on start(); start the server first")
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        """``http://HOST:PORT``, the value for ``SA01_SOMABRAIN_URL``."""
-        host = self._host
-        with contextlib.suppress(ValueError):
-            address = ipaddress.ip_address(host)
-            if address.is_unspecified:  # bound to all interfaces: connect via loopback
-                host = "::1" if address.version == 6 else "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
-
-    @property
-    def mode(self) -> FailureMode:
-        """The current failure mode."""
-        return self._current().mode
 
     @property
     def delay_seconds(self) -> float:
@@ -438,22 +262,7 @@ class SomaBrainServer:
             raise ValueError(f"SomaBrainServer does not implement {settings.mode}")
         if settings.delay_seconds < 0:
             raise ValueError("delay_seconds must not be negative")
-        if revert_after_seconds is not None and revert_after_seconds < 0:
-            raise ValueError("revert_after_seconds must not be negative")
-        if threading.current_thread() is self._thread:  # called from a handler on our loop
-            self._spawn(self._apply(settings, revert_after_seconds))
-            return
-        with self._lifecycle:
-            loop = self._loop
-            if loop is None:
-                if revert_after_seconds is not None:
-                    raise RuntimeError("revert_after_seconds needs a running server")
-                with self._lock:
-                    self._settings = settings
-                return
-            asyncio.run_coroutine_threadsafe(
-                self._apply(settings, revert_after_seconds), loop
-            ).result(_START_TIMEOUT_SECONDS)
+        self._change_mode(settings, revert_after_seconds)
 
     @property
     def queue_for_replay(self) -> bool:
@@ -502,90 +311,22 @@ class SomaBrainServer:
         with self._lock:
             return self._remember_count
 
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """A copy of the requests received so far (control endpoints excluded), oldest first."""
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def request_count(self) -> int:
-        """How many requests were received (control endpoints excluded)."""
-        with self._lock:
-            return len(self._requests)
-
     def reset_requests(self) -> None:
         """Forget the recorded requests and reset :attr:`remember_count`."""
         with self._lock:
             self._requests.clear()
             self._remember_count = 0
 
-    def wait_for_requests(self, count: int, timeout: float = 5.0) -> bool:
-        """Block until at least ``count`` requests were received; False on timeout."""
-        with self._requests_changed:
-            return self._requests_changed.wait_for(lambda: len(self._requests) >= count, timeout)
-
     # ------------------------------------------------------------------ mode handling
-
-    def _current(self) -> _Settings:
-        with self._lock:
-            return self._settings
-
-    async def _apply(self, settings: _Settings, revert_after: float | None) -> None:
-        with self._lock:
-            self._settings = settings
-        if self._revert is not None:
-            self._revert.cancel()
-            self._revert = None
-        if revert_after is not None:
-            self._revert = asyncio.get_running_loop().call_later(revert_after, self._revert_now)
-        logger.info(
-            "SomaBrain server %r mode=%s delay=%ss",
-            self._name,
-            settings.mode,
-            settings.delay_seconds,
-        )
-        self._wake()
-        await self._sync_listener()
-
-    def _revert_now(self) -> None:
-        self._revert = None
-        self._spawn(self._apply(_Settings(), None))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _wake(self) -> None:
-        """Wake everything waiting for a mode change (runs on the server loop)."""
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = asyncio.Event()
 
     async def _settle(self) -> _Settings | None:
         """Wait out HANG and SLOW; None when the request must be dropped."""
-        while not self._stopping:
-            settings = self._current()
-            if settings.mode is FailureMode.HANG:
-                assert self._changed is not None
-                await self._changed.wait()
-                continue
-            if settings.mode is FailureMode.REFUSE:
-                return None
-            if settings.mode is FailureMode.SLOW and await self._sleep(settings.delay_seconds):
-                return None
-            return settings
-        return None
-
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep; True if the server started stopping meanwhile."""
-        assert self._stopped is not None
-        try:
-            await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
+        settings = await super()._settle()
+        if settings is None or settings.mode is FailureMode.REFUSE:
+            return None
+        if settings.mode is FailureMode.SLOW and await self._sleep(settings.delay_seconds):
+            return None
+        return settings
 
     # ------------------------------------------------------------------ store
 
@@ -619,39 +360,17 @@ class SomaBrainServer:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=16 * 1024 * 1024)
-        app.on_response_prepare.append(_close_after_response)
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
         for prefix in ("", "/api"):
-            app.router.add_post(f"{prefix}/memory/remember", self._handle_remember)
-            app.router.add_post(f"{prefix}/memory/recall", self._handle_recall)
-        app.router.add_get("/health", self._handle_health)
-        app.router.add_get("/health/", self._handle_health)
-        app.router.add_get("/healthz", self._handle_healthz)
-        app.router.add_get("/_loopback/mode", self._handle_get_mode)
-        app.router.add_post("/_loopback/mode", self._handle_set_mode)
-        return app
+            router.add_post(f"{prefix}/memory/remember", self._handle_remember)
+            router.add_post(f"{prefix}/memory/recall", self._handle_recall)
+        router.add_get("/health", self._handle_health)
+        router.add_get("/health/", self._handle_health)
+        router.add_get("/healthz", self._handle_healthz)
 
-    async def _record(self, request: web.Request) -> bytes:
-        raw = await request.read()
-        body: dict[str, Any] | None = None
-        with contextlib.suppress(ValueError):
-            parsed = json.loads(raw) if raw else None
-            body = parsed if isinstance(parsed, dict) else None
-        record = RecordedRequest(
-            path=request.path,
-            body=body,
-            headers={key.lower(): value for key, value in request.headers.items()},
-            received_at=time.monotonic(),
-            mode=self._current().mode,
-        )
-        with self._requests_changed:
-            self._requests.append(record)
-            if request.path.endswith("/memory/remember"):
-                self._remember_count += 1
-            self._requests_changed.notify_all()
-        logger.debug("SomaBrain server %r got %s in mode %s", self._name, record.path, record.mode)
-        return raw
+    def _on_record(self, record: RecordedRequest) -> None:
+        if record.path.endswith("/memory/remember"):
+            self._remember_count += 1
 
     def _authorized(self, request: web.Request) -> bool:
         """Django Ninja's HttpBearer: scheme ``Bearer`` (any case), the rest is the token."""
@@ -663,13 +382,20 @@ class SomaBrainServer:
         scheme, _, token = value.partition(" ")
         return scheme.lower() == "bearer" and token == self._token
 
-    async def _handle_remember(self, request: web.Request) -> web.Response:
-        raw = await self._record(request)
+    async def _admit(self, request: web.Request) -> _Settings | web.Response:
+        """Wait out the mode and check the token of a memory request; or the answer to give."""
         settings = await self._settle()
         if settings is None:
-            return _drop(request)
+            return drop(request)
         if not self._authorized(request):
             return _unauthorized()
+        return settings
+
+    async def _handle_remember(self, request: web.Request) -> web.Response:
+        raw, _ = await self._receive(request)
+        settings = await self._admit(request)
+        if isinstance(settings, web.Response):
+            return settings
         try:
             if raw.lstrip().removeprefix(b"\xef\xbb\xbf")[:1] == b"[":
                 raise _BadRequest(_array_body_rejected())
@@ -719,13 +445,11 @@ class SomaBrainServer:
         )
 
     async def _handle_recall(self, request: web.Request) -> web.Response:
-        raw = await self._record(request)
+        raw, _ = await self._receive(request)
         started = time.perf_counter()
-        settings = await self._settle()
-        if settings is None:
-            return _drop(request)
-        if not self._authorized(request):
-            return _unauthorized()
+        settings = await self._admit(request)
+        if isinstance(settings, web.Response):
+            return settings
         try:
             payload = _validate(_RecallRequest, raw)
         except _BadRequest as exc:
@@ -776,10 +500,10 @@ class SomaBrainServer:
         )
 
     async def _handle_health(self, request: web.Request) -> web.Response:
-        await self._record(request)
+        await self._receive(request)
         settings = await self._settle()
         if settings is None:
-            return _drop(request)
+            return drop(request)
         return web.json_response(
             _health_body(
                 backend_down=settings.mode is FailureMode.ERROR_500,
@@ -789,38 +513,28 @@ class SomaBrainServer:
         )
 
     async def _handle_healthz(self, request: web.Request) -> web.Response:
-        await self._record(request)
+        await self._receive(request)
         return web.json_response({"status": "healthy", "timestamp": _now_iso()})
 
-    async def _handle_get_mode(self, request: web.Request) -> web.Response:
-        return web.json_response(self._describe())
-
-    async def _handle_set_mode(self, request: web.Request) -> web.Response:
-        try:
-            body = json.loads(await request.read())
-            if not isinstance(body, dict):
-                raise ValueError("expected a JSON object")
-            settings = self._current()
-            if "mode" in body:
-                settings = _Settings(
-                    FailureMode(body["mode"]), float(body.get("delay_seconds", 0.0))
-                )
-            revert = body.get("revert_after_seconds")
-            revert_after = None if revert is None else float(revert)
-            queue = body.get("queue_for_replay")
-            if settings.mode not in SUPPORTED_MODES:
-                raise ValueError(f"unsupported mode {settings.mode}")
-            if min(settings.delay_seconds, revert_after or 0.0) < 0:
-                raise ValueError("durations must not be negative")
-            if queue is not None and not isinstance(queue, bool):
-                raise ValueError("queue_for_replay must be a boolean")
-        except (KeyError, TypeError, ValueError) as exc:
-            return web.json_response({"error": f"bad mode request: {exc}"}, status=400)
+    async def _read_mode_request(self, request: web.Request) -> tuple[_Settings, float | None]:
+        """Also opens or closes the memory circuit when the body has ``queue_for_replay``."""
+        body = json.loads(await request.read())
+        if not isinstance(body, dict):
+            raise ValueError("expected a JSON object")
+        settings = self._current()
+        if "mode" in body:
+            settings = _Settings(FailureMode(body["mode"]), float(body.get("delay_seconds", 0.0)))
+        revert_after = revert_after_of(body)
+        queue = body.get("queue_for_replay")
+        if settings.mode not in SUPPORTED_MODES:
+            raise ValueError(f"unsupported mode {settings.mode}")
+        if min(settings.delay_seconds, revert_after or 0.0) < 0:
+            raise ValueError("durations must not be negative")
+        if queue is not None and not isinstance(queue, bool):
+            raise ValueError("queue_for_replay must be a boolean")
         if queue is not None:
             self.set_queue_for_replay(queue)
-        # REFUSE closes only the listening socket, so this connection can still answer.
-        await self._apply(settings, revert_after)
-        return web.json_response(self._describe())
+        return settings, revert_after
 
     def _describe(self) -> dict[str, Any]:
         settings = self._current()
@@ -1063,62 +777,28 @@ def _array_body_rejected() -> web.Response:
     )
 
 
-async def _close_after_response(request: web.Request, response: web.StreamResponse) -> None:
-    """Disable keep-alive: a pooled connection would otherwise bypass REFUSE."""
-    response.force_close()
-    response.headers["Connection"] = "close"
-
-
-def _drop(request: web.Request) -> web.Response:
-    """Close the connection without an answer (the returned response is never sent)."""
-    request.protocol.force_close()
-    return web.Response(status=444)  # nginx-style "closed without response", for the log
-
-
 # ---------------------------------------------------------------------- CLI
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one server in the foreground until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m loopback.somabrain_server",
-        description="Fake SomaBrain memory service; control it via POST /_loopback/mode.",
+    parser = cli_parser(
+        "python -m loopback.somabrain_server",
+        "Fake SomaBrain memory service; control it via POST /_loopback/mode.",
+        port=9696,
+        name="somabrain",
     )
-    parser.add_argument("--port", type=int, default=9696)
-    parser.add_argument("--name", default="somabrain")
-    parser.add_argument("--host", default=_DEFAULT_HOST)
     parser.add_argument("--token", default=None, help="bearer token the memory routes require")
-    parser.add_argument(
-        "--mode",
-        type=FailureMode,
-        default=FailureMode.OK,
-        choices=sorted(SUPPORTED_MODES, key=lambda mode: mode.value),
-    )
-    parser.add_argument("--delay", type=float, default=0.0, help="SLOW delay in seconds")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    add_mode_arguments(parser, sorted(SUPPORTED_MODES, key=lambda mode: mode.value))
+    args = parse_cli_args(parser, argv)
 
     server = SomaBrainServer(args.port, args.name, host=args.host, token=args.token)
     server.set_mode(args.mode, delay_seconds=args.delay)
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop_requested.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    server.start()
-    print(f"{args.name}: SomaBrain at {server.base_url}, mode={server.mode}", flush=True)
-    try:
-        while not stop_requested.wait(0.5):
-            pass
-    finally:
-        server.stop()
-    print(f"{args.name}: stopped", flush=True)
-    return 0
+    return serve_until_signalled(
+        server,
+        args.name,
+        lambda: f"{args.name}: SomaBrain at {server.base_url}, mode={server.mode}",
+    )
 
 
 if __name__ == "__main__":

@@ -30,11 +30,10 @@ from journeys.conversation import ConversationJourney
 from outbox.database import Database
 from outbox.deferred import DeferredAnswerStore
 from outbox.idempotency import IdempotencyStore
-from outbox.store import OutboxRecord, OutboxStore
+from outbox.store import OutboxStore
 from pipeline.dead_letters import DeadLetterWriter, InboundMessage
-from schemas.codec import CONTENT_TYPE, decode_message, encode_message
-from schemas.headers import CONTENT_TYPE as CONTENT_TYPE_HEADER
-from schemas.headers import IDEMPOTENCY_KEY
+from pipeline.records import message_record
+from schemas.codec import decode_message
 from schemas.messages import ConversationInbound, ConversationReply
 
 __all__ = ["ConversationProcessor", "InboundMessage", "Outcome"]
@@ -149,34 +148,20 @@ class ConversationProcessor:
     async def _commit_reply(
         self, key: str, inbound: ConversationInbound, reply: ConversationReply
     ) -> str:
-        payload = encode_message(reply)
         async with self.database.connection() as conn, conn.transaction():
             if not await self.idempotency.put(conn, key, reply.model_dump(mode="json"), self.ttl):
                 return Outcome.DUPLICATE
             await self.outbox.add(
                 conn,
-                OutboxRecord(
-                    topic=self.outbound_topic,
-                    key=inbound.partition_key.encode(),
-                    value=payload,
-                    idempotency_key=f"{self.outbound_topic}:{reply.message_id}",
-                    headers={IDEMPOTENCY_KEY: reply.message_id, CONTENT_TYPE_HEADER: CONTENT_TYPE},
-                ),
+                message_record(self.outbound_topic, inbound.partition_key, reply, reply.message_id),
                 self.settings.outbox_max_attempts,
             )
             if self.settings.memory_enabled:
                 memory = self.journey.memory_for(inbound, reply)
                 await self.outbox.add(
                     conn,
-                    OutboxRecord(
-                        topic=self.memory_topic,
-                        key=memory.partition_key.encode(),
-                        value=encode_message(memory),
-                        idempotency_key=f"{self.memory_topic}:{memory.memory_id}",
-                        headers={
-                            IDEMPOTENCY_KEY: memory.memory_id,
-                            CONTENT_TYPE_HEADER: CONTENT_TYPE,
-                        },
+                    message_record(
+                        self.memory_topic, memory.partition_key, memory, memory.memory_id
                     ),
                     self.settings.outbox_max_attempts,
                 )
@@ -190,13 +175,7 @@ class ConversationProcessor:
                 return Outcome.DUPLICATE
             await self.outbox.add(
                 conn,
-                OutboxRecord(
-                    topic=self.outbound_topic,
-                    key=inbound.partition_key.encode(),
-                    value=encode_message(reply),
-                    idempotency_key=f"{self.outbound_topic}:{reply.message_id}",
-                    headers={IDEMPOTENCY_KEY: reply.message_id, CONTENT_TYPE_HEADER: CONTENT_TYPE},
-                ),
+                message_record(self.outbound_topic, inbound.partition_key, reply, reply.message_id),
                 self.settings.outbox_max_attempts,
             )
             await self.deferred.add(conn, inbound)

@@ -22,10 +22,8 @@ from core.topics import CONVERSATION_OUTBOUND
 from journeys.conversation import ConversationJourney
 from outbox.database import Database
 from outbox.deferred import DeferredAnswerStore
-from outbox.store import OutboxRecord, OutboxStore
-from schemas.codec import CONTENT_TYPE, encode_message
-from schemas.headers import CONTENT_TYPE as CONTENT_TYPE_HEADER
-from schemas.headers import IDEMPOTENCY_KEY
+from outbox.store import OutboxStore
+from pipeline.records import message_record
 from schemas.messages import reply_id_for
 
 __all__ = ["DeferredAnswerer", "answer_id_for"]
@@ -92,16 +90,7 @@ class DeferredAnswerer:
                         continue
                     await self.outbox.add(
                         conn,
-                        OutboxRecord(
-                            topic=self.topic,
-                            key=inbound.partition_key.encode(),
-                            value=encode_message(reply),
-                            idempotency_key=f"{self.topic}:{reply.message_id}",
-                            headers={
-                                IDEMPOTENCY_KEY: reply.message_id,
-                                CONTENT_TYPE_HEADER: CONTENT_TYPE,
-                            },
-                        ),
+                        message_record(self.topic, inbound.partition_key, reply, reply.message_id),
                         self.settings.outbox_max_attempts,
                     )
                 sent += 1

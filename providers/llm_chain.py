@@ -1,8 +1,8 @@
-"""The LLM responder behind a fallback chain: one breaker per model, failover counted.
+"""The LLM responder behind fallback chains: one chain per use case, one breaker per model.
 
-A provider whose circuit is open costs nothing (the chain skips it). A request that
-every model would refuse (:class:`ProviderRequestError`, e.g. too long) is not failed
-over: it is a clear error for the user.
+A provider whose circuit is open costs nothing (the chain skips it). A rate-limited
+model is not called before its Retry-After. A request that every model would refuse
+(:class:`ProviderRequestError`, e.g. too long) is not failed over: it is a clear error.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from core.metrics import Metrics
 from core.settings import Settings
+from providers.llm_config import ChainsConfig, load_chains
 from providers.responder import LiteLLMResponder, ProviderRequestError, ResponderAnswer
 from resilience.circuit_breaker import BreakerConfig, CircuitBreaker
 from resilience.fallback import ChainLink, FallbackChain
@@ -36,45 +37,67 @@ def llm_breaker_config(settings: Settings) -> BreakerConfig:
 
 
 class ChainResponder:
-    """Answers with the first model of the chain whose circuit lets it try and that answers."""
+    """Answers with the first model of the use case's chain that is allowed to and does."""
 
-    def __init__(self, chain: FallbackChain[LiteLLMResponder]) -> None:
-        self.chain = chain
+    def __init__(self, chains: dict[str, FallbackChain[LiteLLMResponder]]) -> None:
+        self.chains = chains
 
     async def respond(
-        self, text: str, *, session_key: str, context: Sequence[str] = ()
+        self,
+        text: str,
+        *,
+        session_key: str,
+        context: Sequence[str] = (),
+        use_case: str = "chat",
     ) -> ResponderAnswer:
-        """Ask the chain; raises FallbackExhaustedError when no model answered."""
-        result = await self.chain.run(
-            lambda provider: provider.respond(text, session_key=session_key, context=context),
+        """Ask the chain of ``use_case``; raises FallbackExhaustedError when none answered."""
+        chain = self.chains.get(use_case) or self.chains["chat"]
+        result = await chain.run(
+            lambda provider: provider.respond(
+                text, session_key=session_key, context=context, use_case=use_case
+            ),
             should_fail_over=lambda exc: not isinstance(exc, ProviderRequestError),
         )
         return result.value
 
     def states(self) -> dict[str, str]:
-        """Breaker state per model."""
-        return {name: str(state) for name, state in self.chain.states().items()}
+        """Breaker state per model (models are shared between chains)."""
+        states: dict[str, str] = {}
+        for chain in self.chains.values():
+            states.update({name: str(state) for name, state in chain.states().items()})
+        return states
 
 
-def build_chain_responder(settings: Settings, metrics: Metrics) -> ChainResponder:
-    """The configured models, in order, each behind its own breaker."""
-    models = [settings.llm_model] + [
-        m.strip() for m in settings.llm_fallback_models.split(",") if m.strip()
-    ]
-    links = []
-    for model in models:
-        key = settings.provider_key(model)
-        provider = LiteLLMResponder(
-            model,
-            api_base=settings.llm_api_base,
-            api_key=key.get_secret_value() if key is not None else None,
-            timeout=settings.llm_timeout_seconds,
-        )
-        breaker = CircuitBreaker(f"llm:{model}", llm_breaker_config(settings), metrics=metrics)
-        # The chain's own timeout bounds a hung provider even if the client's does not.
-        links.append(ChainLink(model, provider, breaker, settings.llm_timeout_seconds + 1.0))
+def build_chain_responder(
+    settings: Settings, metrics: Metrics, config: ChainsConfig | None = None
+) -> ChainResponder:
+    """The chains in force (see ``providers.llm_config``), each model behind one breaker."""
+    config = config or load_chains(settings)
+    links: dict[str, ChainLink[LiteLLMResponder]] = {}
+
+    def link(model: str) -> ChainLink[LiteLLMResponder]:
+        if model not in links:
+            options = config.models.get(model)
+            timeout = (options.timeout_seconds if options else None) or settings.llm_timeout_seconds
+            key = settings.provider_key(model)
+            provider = LiteLLMResponder(
+                model,
+                api_base=options.api_base if options else None,
+                api_key=key.get_secret_value() if key is not None else None,
+                timeout=timeout,
+            )
+            breaker = CircuitBreaker(f"llm:{model}", llm_breaker_config(settings), metrics=metrics)
+            # The chain's own timeout bounds a hung provider even if the client's does not.
+            links[model] = ChainLink(model, provider, breaker, timeout + 1.0)
+        return links[model]
 
     def count_failover(from_model: str, to_model: str) -> None:
         metrics.llm_failover_count.labels(from_provider=from_model, to_provider=to_model).inc()
 
-    return ChainResponder(FallbackChain(links, on_failover=count_failover, name="llm"))
+    chains = {
+        use_case: FallbackChain(
+            [link(m) for m in models], on_failover=count_failover, name=f"llm:{use_case}"
+        )
+        for use_case, models in config.chains.items()
+    }
+    return ChainResponder(chains)

@@ -9,10 +9,13 @@ one model through litellm (any OpenAI-compatible endpoint via ``api_base``);
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from core.errors import PermanentError, ServiceUnavailableError
@@ -23,6 +26,7 @@ __all__ = [
     "EchoResponder",
     "LiteLLMResponder",
     "ProviderRequestError",
+    "RateLimitedError",
     "Responder",
     "ResponderAnswer",
     "build_responder",
@@ -44,7 +48,12 @@ class Responder(Protocol):
     """Anything that can answer a user's message."""
 
     async def respond(
-        self, text: str, *, session_key: str, context: Sequence[str] = ()
+        self,
+        text: str,
+        *,
+        session_key: str,
+        context: Sequence[str] = (),
+        use_case: str = "chat",
     ) -> ResponderAnswer:
         """Answer ``text`` written in the session ``session_key``, given ``context``."""
         ...
@@ -56,7 +65,12 @@ class EchoResponder:
     model = "echo"
 
     async def respond(
-        self, text: str, *, session_key: str, context: Sequence[str] = ()
+        self,
+        text: str,
+        *,
+        session_key: str,
+        context: Sequence[str] = (),
+        use_case: str = "chat",
     ) -> ResponderAnswer:
         """Echo ``text``."""
         return ResponderAnswer(text=f"echo: {text}", model=self.model)
@@ -64,6 +78,38 @@ class EchoResponder:
 
 class ProviderRequestError(PermanentError):
     """The provider refused the request itself (e.g. too long for the model)."""
+
+
+class RateLimitedError(ServiceUnavailableError):
+    """The provider answered 429: it is not called again before ``retry_after`` seconds."""
+
+    def __init__(self, model: str, retry_after: float) -> None:
+        super().__init__(model, f"rate-limited, retry after {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
+MAX_RETRY_AFTER_SECONDS = 300.0
+
+
+def retry_after_seconds(headers: Any) -> float:
+    """Seconds from ``retry-after-ms`` / ``Retry-After`` (seconds or HTTP date); 1 if absent."""
+    if headers is None:
+        return 1.0
+    try:
+        millis = headers.get("retry-after-ms")
+        if millis is not None:
+            return min(float(millis) / 1000, MAX_RETRY_AFTER_SECONDS)
+        value = headers.get("retry-after")
+        if value is None:
+            return 1.0
+        try:
+            return min(max(float(value), 0.0), MAX_RETRY_AFTER_SECONDS)
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(str(value))
+            delta = (when - datetime.now(UTC)).total_seconds()
+            return min(max(delta, 0.0), MAX_RETRY_AFTER_SECONDS)
+    except (TypeError, ValueError):
+        return 1.0
 
 
 class LiteLLMResponder:
@@ -76,6 +122,7 @@ class LiteLLMResponder:
         self.timeout = timeout
         self._litellm: Any = None
         self._import_lock = asyncio.Lock()
+        self._not_before = 0.0
 
     async def _module(self) -> Any:
         async with self._import_lock:
@@ -85,9 +132,20 @@ class LiteLLMResponder:
         return self._litellm
 
     async def respond(
-        self, text: str, *, session_key: str, context: Sequence[str] = ()
+        self,
+        text: str,
+        *,
+        session_key: str,
+        context: Sequence[str] = (),
+        use_case: str = "chat",
     ) -> ResponderAnswer:
-        """Ask the model; provider outages become :class:`ServiceUnavailableError`."""
+        """Ask the model; provider outages become :class:`ServiceUnavailableError`.
+
+        After a 429 the model is not called again before its Retry-After has passed.
+        """
+        wait = self._not_before - time.monotonic()
+        if wait > 0:
+            raise RateLimitedError(self.model, wait)
         litellm = await self._module()
         messages = []
         if context:
@@ -106,10 +164,13 @@ class LiteLLMResponder:
             raise ProviderRequestError(f"{self.model} refused the request: {exc}") from exc
         except (litellm.AuthenticationError, litellm.PermissionDeniedError) as exc:
             raise ServiceUnavailableError(self.model, f"credentials refused: {exc}") from exc
+        except litellm.RateLimitError as exc:
+            delay = retry_after_seconds(getattr(exc, "litellm_response_headers", None))
+            self._not_before = time.monotonic() + delay
+            raise RateLimitedError(self.model, delay) from exc
         except (
             litellm.APIConnectionError,
             litellm.Timeout,
-            litellm.RateLimitError,
             litellm.ServiceUnavailableError,
             litellm.InternalServerError,
             litellm.APIError,

@@ -7,8 +7,10 @@ that a bad message is dead-lettered instead of stopping an agent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -48,6 +50,8 @@ class StreamsApp(faust.App):
 
     async def on_first_start(self) -> None:
         """Prepare topics, schema and pool before the consumer subscribes."""
+        data_dir = Path(self.settings.data_dir)
+        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
         await super().on_first_start()
         quiet_noisy_loggers()
         try:
@@ -71,6 +75,7 @@ def create_app(settings: Settings | None = None) -> StreamsApp:
         settings,
         broker=brokers,
         store="memory://",
+        datadir=f"{settings.data_dir}/{settings.app_id}-data",
         autodiscover=False,
         web_host=settings.web_host,
         web_port=settings.web_port,

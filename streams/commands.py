@@ -21,10 +21,7 @@ from outbox.database import Database
 from outbox.migrate import migrate
 from outbox.producer import ResilientProducer
 from outbox.relay import OutboxRelay
-from outbox.store import OutboxRecord
-from schemas.codec import CONTENT_TYPE, encode_message
-from schemas.headers import CONTENT_TYPE as CONTENT_TYPE_HEADER
-from schemas.headers import IDEMPOTENCY_KEY
+from pipeline.records import message_record
 from schemas.messages import ConversationInbound, UseCase
 from streams.app import StreamsApp
 from streams.console import Console, dump_json, format_status
@@ -106,16 +103,7 @@ def register(app: StreamsApp) -> None:
                     created_at=datetime.now(UTC),
                 )
                 result = await producer.send(
-                    OutboxRecord(
-                        topic=topic,
-                        key=message.partition_key.encode(),
-                        value=encode_message(message),
-                        idempotency_key=f"{topic}:{message.message_id}",
-                        headers={
-                            IDEMPOTENCY_KEY: message.message_id,
-                            CONTENT_TYPE_HEADER: CONTENT_TYPE,
-                        },
-                    )
+                    message_record(topic, message.partition_key, message, message.message_id)
                 )
                 paths[result.path.value] += 1
                 print(message.message_id)

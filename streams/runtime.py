@@ -22,20 +22,18 @@ from outbox.database import Database
 from outbox.migrate import applied_versions, available_migrations
 from outbox.producer import ResilientProducer
 from outbox.relay import OutboxRelay
-from outbox.store import OutboxRecord, OutboxStore
+from outbox.store import OutboxStore
 from pipeline.conversation import ConversationProcessor
 from pipeline.dead_letters import DeadLetterWriter, InboundMessage
 from pipeline.deferred import DeferredAnswerer
 from pipeline.memory import MemoryProcessor, MemorySync
 from pipeline.ordering import OrderedAcks, SessionLanes
+from pipeline.records import message_record
 from providers.responder import build_responder, missing_key_notice
 from providers.somabrain import SomaBrainClient
 from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
 from resilience.monitor import DegradationMonitor
 from resilience.probes import BreakerProbe, default_probes
-from schemas.codec import CONTENT_TYPE, encode_message
-from schemas.headers import CONTENT_TYPE as CONTENT_TYPE_HEADER
-from schemas.headers import IDEMPOTENCY_KEY
 from schemas.messages import DegradationEvent
 
 __all__ = ["Runtime", "check_schema"]
@@ -166,12 +164,8 @@ class Runtime:
     async def publish_degradation(self, event: DegradationEvent) -> None:
         """Emit ``event`` exactly once: through the outbox and the relay while PostgreSQL
         answers, else straight to Kafka through the resilient producer."""
-        record = OutboxRecord(
-            topic=self.settings.topic(DEGRADATION_EVENTS),
-            key=event.service.encode(),
-            value=encode_message(event),
-            idempotency_key=f"degradation:{event.event_id}",
-            headers={IDEMPOTENCY_KEY: event.event_id, CONTENT_TYPE_HEADER: CONTENT_TYPE},
+        record = message_record(
+            self.settings.topic(DEGRADATION_EVENTS), event.service, event, event.event_id
         )
         try:
             async with self.database.connection() as conn:

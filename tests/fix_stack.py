@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,7 +19,7 @@ from psycopg import sql
 
 from core.settings import Settings
 from core.topics import ensure_topics, project_topics
-from loopback import LLMServer
+from loopback import LLMServer, SomaBrainServer
 from outbox.migrate import migrate
 from tests.fix_services import ServiceEndpoints
 from tests.support.worker import WorkerFactory
@@ -73,15 +74,30 @@ def _delete_topics(settings: Settings) -> None:
             pass
 
 
-@pytest.fixture
-def llm_server() -> Iterator[LLMServer]:
-    """A loopback server speaking the OpenAI and Anthropic APIs."""
-    server = LLMServer(name="primary")
+def _serving(server: LLMServer | SomaBrainServer) -> Iterator[Any]:
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def llm_server() -> Iterator[LLMServer]:
+    """A loopback server speaking the OpenAI and Anthropic APIs (replies "[primary] ...")."""
+    yield from _serving(LLMServer(name="primary"))
+
+
+@pytest.fixture
+def fallback_llm_server() -> Iterator[LLMServer]:
+    """A second loopback LLM server (replies "[fallback] ...")."""
+    yield from _serving(LLMServer(name="fallback"))
+
+
+@pytest.fixture
+def somabrain() -> Iterator[SomaBrainServer]:
+    """A loopback server speaking SomaBrain's API."""
+    yield from _serving(SomaBrainServer(name="somabrain"))
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -19,16 +18,6 @@ from tests.support.status import state_of, wait_status
 from tests.support.worker import WorkerFactory
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def somabrain() -> Iterator[SomaBrainServer]:
-    server = SomaBrainServer(name="somabrain")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def with_somabrain(settings: Settings, server: SomaBrainServer) -> Settings:

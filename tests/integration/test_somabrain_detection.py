@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from core.settings import Settings
@@ -12,16 +10,6 @@ from tests.support.status import degradation_events, state_of, transitions, wait
 from tests.support.worker import WorkerFactory
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def somabrain() -> Iterator[SomaBrainServer]:
-    server = SomaBrainServer(name="somabrain")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("mode", [FailureMode.HANG, FailureMode.ERROR_500])

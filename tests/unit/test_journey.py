@@ -55,7 +55,12 @@ async def test_answer_passes_the_partition_key_to_the_responder() -> None:
 
     class Recording(EchoResponder):
         async def respond(
-            self, text: str, *, session_key: str, context: Sequence[str] = ()
+            self,
+            text: str,
+            *,
+            session_key: str,
+            context: Sequence[str] = (),
+            use_case: str = "chat",
         ) -> ResponderAnswer:
             seen.append((text, session_key))
             return await super().respond(text, session_key=session_key)
