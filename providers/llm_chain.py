@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from core.metrics import Metrics
 from core.settings import Settings
-from providers.llm_config import ChainsConfig, load_chains
+from providers.llm_config import BreakerSettings, ChainsConfig, load_chains
 from providers.responder import LiteLLMResponder, ProviderRequestError, ResponderAnswer
 from resilience.circuit_breaker import BreakerConfig, CircuitBreaker
 from resilience.fallback import ChainLink, FallbackChain
@@ -19,20 +19,27 @@ from resilience.fallback import ChainLink, FallbackChain
 __all__ = ["ChainResponder", "build_chain_responder", "llm_breaker_config"]
 
 
-def llm_breaker_config(settings: Settings) -> BreakerConfig:
-    """The breaker every LLM link gets."""
+def llm_breaker_config(
+    settings: Settings, overrides: BreakerSettings | None = None
+) -> BreakerConfig:
+    """The breaker every LLM link gets: ``SA01_LLM_BREAKER_*``, then the chains file's."""
+    o = overrides or BreakerSettings()
+    wait = o.wait_seconds or settings.llm_breaker_wait_seconds
+    window = o.window_calls or 20
     return BreakerConfig(
         window_type="count",
-        window_size=20,
-        minimum_calls=10,
-        failure_rate_threshold=50.0,
+        window_size=window,
+        minimum_calls=min(o.minimum_calls or 10, window),
+        failure_rate_threshold=o.failure_rate_percent or 50.0,
         # A call slower than the chain's timeout is cut and counted as a failure, so
         # only failures open the circuit: a loaded machine must not read as an outage.
         slow_call_duration=settings.llm_timeout_seconds + 1.0,
-        consecutive_failures_threshold=settings.llm_breaker_consecutive_failures,
-        permitted_calls_in_half_open=1,
-        wait_in_open=settings.llm_breaker_wait_seconds,
-        max_wait_in_open=max(settings.llm_breaker_wait_seconds * 8, 300.0),
+        consecutive_failures_threshold=(
+            o.consecutive_failures or settings.llm_breaker_consecutive_failures
+        ),
+        permitted_calls_in_half_open=o.half_open_calls or 1,
+        wait_in_open=wait,
+        max_wait_in_open=max(wait * 8, 300.0),
     )
 
 
@@ -86,7 +93,9 @@ def build_chain_responder(
                 api_key=key.get_secret_value() if key is not None else None,
                 timeout=timeout,
             )
-            breaker = CircuitBreaker(f"llm:{model}", llm_breaker_config(settings), metrics=metrics)
+            breaker = CircuitBreaker(
+                f"llm:{model}", llm_breaker_config(settings, config.breaker), metrics=metrics
+            )
             # The chain's own timeout bounds a hung provider even if the client's does not.
             links[model] = ChainLink(model, provider, breaker, timeout + 1.0)
         return links[model]

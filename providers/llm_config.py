@@ -10,6 +10,10 @@
     api_base = "http://127.0.0.1:8001/v1"
     timeout_seconds = 20
 
+    [breaker]
+    consecutive_failures = 5
+    wait_seconds = 30
+
 Use cases missing from the file keep the seed's chain. Keys come from each provider's
 usual variable (``OPENAI_API_KEY``, ...), never from the file.
 """
@@ -24,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from core.errors import ConfigurationError
 from core.settings import Settings
 
-__all__ = ["SEED_CHAINS", "ChainsConfig", "ModelConfig", "load_chains"]
+__all__ = ["SEED_CHAINS", "BreakerSettings", "ChainsConfig", "ModelConfig", "load_chains"]
 
 #: The seed's table (SRS section 5.1), as litellm model names.
 SEED_CHAINS: dict[str, list[str]] = {
@@ -55,13 +59,27 @@ class ModelConfig(BaseModel):
     timeout_seconds: float | None = Field(None, gt=0)
 
 
+class BreakerSettings(BaseModel):
+    """Breaker settings of every LLM link (defaults from ``SA01_LLM_BREAKER_*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    consecutive_failures: int | None = Field(None, ge=1)
+    failure_rate_percent: float | None = Field(None, gt=0, le=100)
+    minimum_calls: int | None = Field(None, ge=1)
+    window_calls: int | None = Field(None, ge=1)
+    wait_seconds: float | None = Field(None, gt=0)
+    half_open_calls: int | None = Field(None, ge=1)
+
+
 class ChainsConfig(BaseModel):
-    """Chains per use case and per-model settings."""
+    """Chains per use case, per-model settings and the breakers' settings."""
 
     model_config = ConfigDict(extra="forbid")
 
     chains: dict[str, list[str]] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
 
 
 def load_chains(settings: Settings) -> ChainsConfig:
@@ -81,7 +99,9 @@ def load_chains(settings: Settings) -> ChainsConfig:
         empty = sorted(name for name, models in loaded.chains.items() if not models)
         if empty:
             raise ConfigurationError(f"{path}: chains {empty} have no model")
-        return ChainsConfig(chains={**SEED_CHAINS, **loaded.chains}, models=loaded.models)
+        return ChainsConfig(
+            chains={**SEED_CHAINS, **loaded.chains}, models=loaded.models, breaker=loaded.breaker
+        )
     if (
         settings.llm_api_base
         or settings.llm_fallback_models

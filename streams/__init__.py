@@ -5,9 +5,14 @@ declares its agents, pages and commands; it imports neither litellm nor anything
 slow.
 """
 
+import sys
+
+from pydantic import ValidationError
+
 from agents import conversation as _conversation_agent
 from agents import degradation as _degradation_agent
 from agents import memory as _memory_agent
+from core.errors import ConfigurationError
 from streams import commands as _commands
 from streams import timers as _timers
 from streams import web as _web
@@ -15,7 +20,11 @@ from streams.app import StreamsApp, create_app
 
 __all__ = ["StreamsApp", "app", "create_app"]
 
-app: StreamsApp = create_app()
+try:
+    app: StreamsApp = create_app()
+except (ConfigurationError, ValidationError) as _exc:
+    print(f"error: {_exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 _conversation_agent.register(app)
 _degradation_agent.register(app)
 _memory_agent.register(app)
