@@ -2,6 +2,7 @@
 
 :class:`LLMServer` is a real HTTP server on 127.0.0.1 that speaks the OpenAI chat-completions
 and Anthropic messages APIs and can be switched into a :class:`FailureMode` at run time.
+:class:`S3Server` is a moto-backed S3-compatible server whose data survives a stop and start.
 
 Names are resolved lazily so that ``python -m loopback.llm_server`` does not import the module
 twice.
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from loopback.llm_server import FailureMode, LLMServer, RecordedRequest
+    from loopback.s3_server import S3Server
     from loopback.somabrain_server import (
         QUEUED_FOR_REPLAY_WARNING,
         SomaBrainServer,
@@ -22,6 +24,7 @@ _MODULE_OF = {
     "FailureMode": "loopback.llm_server",
     "LLMServer": "loopback.llm_server",
     "RecordedRequest": "loopback.llm_server",
+    "S3Server": "loopback.s3_server",
     "QUEUED_FOR_REPLAY_WARNING": "loopback.somabrain_server",
     "SomaBrainServer": "loopback.somabrain_server",
     "StoredMemory": "loopback.somabrain_server",
@@ -32,6 +35,7 @@ __all__ = [
     "FailureMode",
     "LLMServer",
     "RecordedRequest",
+    "S3Server",
     "SomaBrainServer",
     "StoredMemory",
 ]
