@@ -1,0 +1,603 @@
+"""The seed's degradation scenarios (SRS section 9), one function each, and what they share.
+
+A scenario is a :class:`Scenario` in :data:`SCENARIOS`: its seed number, the seed's row
+(detection, response, user impact, recovery) and an async function that drives the stack
+through a :class:`Demo`. A scenario whose loopback servers do not exist yet has no
+function and is shown as skipped; adding it later is one function and one entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from demo.observer import Backlog, SeenReply, Sender, SentMessage, TopicReader
+from demo.stack import CHAT_CHAIN, DemoStack, StackError
+from demo.ui import UI
+from loopback import FailureMode
+from outbox.producer import DeliveryPath
+from schemas.messages import ConversationReply, DegradationEvent
+
+__all__ = ["SCENARIOS", "WARM_UP", "Demo", "Scenario", "ScenarioResult", "find_scenarios"]
+
+Status = Literal["passed", "failed", "skipped"]
+ScenarioRun = Callable[["Demo"], Awaitable[None]]
+#: How many replies of one batch are printed in full (the rest are counted).
+SHOWN_PER_BATCH: Final = 4
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario of the demo: the seed's row and the function that shows it."""
+
+    key: str
+    """The name for ``--scenario``."""
+    number: int
+    """The seed's scenario number (0: the warm-up)."""
+    title: str
+    detection: str
+    response: str
+    impact: str
+    recovery: str
+    run: ScenarioRun | None
+    """None while the scenario cannot run here (see ``unavailable``)."""
+    unavailable: str = ""
+
+
+@dataclass
+class ScenarioResult:
+    """How one scenario went: its checks, in order."""
+
+    scenario: Scenario
+    status: Status = "passed"
+    checks: list[tuple[str, bool]] = field(default_factory=list)
+    seconds: float = 0.0
+    note: str = ""
+
+
+class ScenarioFailed(Exception):
+    """A scenario cannot go on (the stack did not do what the next step needs)."""
+
+
+class Demo:
+    """The running demo: the stack, what it watches, and the steps scenarios are made of."""
+
+    def __init__(
+        self,
+        ui: UI,
+        stack: DemoStack,
+        reader: TopicReader,
+        backlog: Backlog,
+        sender: Sender,
+        *,
+        fast: bool,
+    ) -> None:
+        self.ui = ui
+        self.stack = stack
+        self.reader = reader
+        self.backlog = backlog
+        self.sender = sender
+        self.fast = fast
+        self.result: ScenarioResult | None = None
+        self.outbox_peak = 0
+        self._labels: dict[str, str] = {}
+        self._shown: set[str] = set()
+        self._session_counts: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self, ok: bool, text: str) -> bool:
+        """Record and print one expectation of the current scenario."""
+        if self.result is not None:
+            self.result.checks.append((text, ok))
+            if not ok:
+                self.result.status = "failed"
+        (self.ui.ok if ok else self.ui.bad)(text)
+        return ok
+
+    def count(self, normal: int, fast: int) -> int:
+        """``normal``, or ``fast`` with ``--fast``."""
+        return fast if self.fast else normal
+
+    # ------------------------------------------------------------------ live output
+
+    async def echo(self) -> None:
+        """Print replies and degradation events as they arrive (runs until cancelled)."""
+        while True:
+            replies, events = self.reader.take_new()
+            first = [e for e in events if e.previous_state is None]
+            if first:
+                self.ui.line(self.format_first(first))
+            for event in events:
+                if event.previous_state is not None:
+                    self.ui.line(self.format_event(event))
+            for seen in replies:
+                in_reply_to = seen.reply.in_reply_to
+                if in_reply_to in self._shown:
+                    self.ui.line(self.format_reply(seen))
+            await asyncio.sleep(0.2)
+
+    def format_first(self, events: Sequence[DegradationEvent]) -> str:
+        """One line for the first state the monitor announces of several services."""
+        ui = self.ui
+        states = ", ".join(
+            f"{e.service} {ui.paint(e.state.value, e.state.value)}"
+            for e in sorted(events, key=lambda e: e.service)
+        )
+        return f"    {ui.paint('events', 'magenta')} first states: {states}"
+
+    def format_event(self, event: DegradationEvent) -> str:
+        """One line per degradation event."""
+        ui = self.ui
+        before = event.previous_state.value if event.previous_state else "unknown"
+        after = event.state.value
+        reason = f"  {event.reason[:70]}" if event.reason else ""
+        circuit = f"  circuit={event.circuit.value}" if event.circuit.value != "closed" else ""
+        return (
+            f"    {ui.paint('event', 'magenta')}  {event.service:<12} "
+            f"{ui.paint(before, before)} {ui.arrow} {ui.paint(after, after)}{circuit}"
+            f"{ui.paint(reason, 'dim')}"
+        )
+
+    def format_reply(self, seen: SeenReply) -> str:
+        """One line per reply the user received."""
+        ui = self.ui
+        reply = seen.reply
+        label = self._labels.get(reply.in_reply_to, reply.in_reply_to[:8])
+        extra = ""
+        if reply.degraded:
+            extra += "  " + ui.paint(f"degraded={list(reply.degraded)}", "yellow")
+        if reply.notices:
+            extra += "  " + ui.paint(f"notices={list(reply.notices)}", "yellow")
+        text = reply.text if len(reply.text) <= 60 else reply.text[:57] + "..."
+        quoted = ui.paint(f'"{text}"', "dim")
+        return (
+            f"    {ui.paint('reply', 'blue')}  {label:<12} "
+            f"model={ui.paint(reply.model, 'bold')}{extra}  {quoted}"
+        )
+
+    # ------------------------------------------------------------------ steps
+
+    async def send(
+        self,
+        scenario: str,
+        texts: Sequence[tuple[str, str]],
+        *,
+        pace: float = 0.0,
+        label: str = "sending",
+        watch_outbox: bool = False,
+    ) -> list[SentMessage]:
+        """Send ``(session, text)`` messages in order, with a progress bar."""
+        sent: list[SentMessage] = []
+        paths = {DeliveryPath.KAFKA: 0, DeliveryPath.OUTBOX: 0}
+        with self.ui.progress(label, len(texts), unit="messages") as bar:
+            for session, text in texts:
+                message = await self.sender.send(scenario, session, text)
+                number = self._session_counts.get(session, 0) + 1
+                self._session_counts[session] = number
+                self._labels[message.message.message_id] = f"{session} #{number}"
+                if len(sent) < SHOWN_PER_BATCH or len(texts) <= SHOWN_PER_BATCH + 2:
+                    self._shown.add(message.message.message_id)
+                sent.append(message)
+                paths[message.path] += 1
+                detail = f"via Kafka {paths[DeliveryPath.KAFKA]}"
+                detail += f", via the outbox {paths[DeliveryPath.OUTBOX]}"
+                if watch_outbox:
+                    backlog = await self.backlog.outbox()
+                    self.outbox_peak = max(self.outbox_peak, backlog)
+                    detail += f"  | outbox backlog {backlog} rows"
+                bar.update(len(sent), detail=detail)
+                if pace:
+                    await asyncio.sleep(pace)
+        return sent
+
+    async def replies_to(
+        self,
+        sent: Sequence[SentMessage],
+        *,
+        timeout: float = 90.0,
+        label: str = "replies",
+        quiet: bool = False,
+    ) -> dict[str, ConversationReply]:
+        """Wait until each of ``sent`` has a reply; the first reply of each, by message id."""
+        wanted = {s.message.message_id for s in sent}
+        found: dict[str, ConversationReply] = {}
+        deadline = time.monotonic() + timeout
+        with self.ui.progress(label, len(wanted), unit="answered") as bar:
+            while True:
+                for seen in self.reader.replies:
+                    if seen.reply.in_reply_to in wanted:
+                        found.setdefault(seen.reply.in_reply_to, seen.reply)
+                bar.update(len(found))
+                if len(found) == len(wanted) or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.2)
+            hidden = len(found) - len(wanted & self._shown)
+            bar.close(f"(+{hidden} more not printed)" if hidden > 0 and not quiet else "")
+        await asyncio.sleep(0.3)  # let the echo print the last shown replies
+        return found
+
+    async def wait_for(
+        self, predicate: Callable[[], Awaitable[bool]], *, timeout: float
+    ) -> float | None:
+        """Poll ``predicate`` until it holds; seconds waited, or None after ``timeout``."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if await predicate():
+                return time.monotonic() - started
+            await asyncio.sleep(0.25)
+        return None
+
+    async def wait_state(self, service: str, state: str, *, timeout: float = 45.0) -> float | None:
+        """Wait until the worker's ``/status`` shows ``service`` in ``state``."""
+
+        async def reached() -> bool:
+            return await self.stack.service_state(service) == state
+
+        return await self.wait_for(reached, timeout=timeout)
+
+    async def expect_state(self, service: str, state: str, *, timeout: float = 45.0) -> None:
+        """Wait for a state in ``/status`` and check it (the scenario stops when it never comes)."""
+        waited = await self.wait_state(service, state, timeout=timeout)
+        if waited is None:
+            self.check(False, f"the worker never showed {service} {state} (waited {timeout:.0f}s)")
+            raise ScenarioFailed(f"{service} never became {state}")
+        self.check(True, f"the worker's /status shows {service} {state} after {waited:.1f}s")
+
+    async def expect_events(
+        self, service: str, states: Sequence[str], since: int, *, timeout: float = 30.0
+    ) -> None:
+        """Check that ``degradation.events`` carried ``states`` for ``service`` after ``since``."""
+
+        async def arrived() -> bool:
+            return _contains_in_order(self.transitions(service, since), states)
+
+        await self.wait_for(arrived, timeout=timeout)
+        seen = self.transitions(service, since)
+        self.check(
+            _contains_in_order(seen, states),
+            f"degradation.events: {service} {' -> '.join(seen) or '(nothing)'}",
+        )
+
+    def transitions(self, service: str, since: int) -> list[str]:
+        """The states announced for ``service`` in the events read after index ``since``."""
+        return [e.state.value for e in self.reader.events[since:] if e.service == service]
+
+    async def drain(
+        self,
+        label: str,
+        count: Callable[[], Awaitable[int]],
+        *,
+        timeout: float,
+        unit: str,
+    ) -> tuple[bool, int]:
+        """A bar that fills as ``count`` falls to 0; (emptied, the largest count seen)."""
+        peak = max(await count(), 1)
+        deadline = time.monotonic() + timeout
+        with self.ui.progress(label, peak, unit=unit) as bar:
+            while True:
+                left = await count()
+                peak = max(peak, left)
+                bar.update(peak - left, total=peak, detail=f"{left} left")
+                if left == 0 or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.25)
+        return left == 0, peak
+
+
+def _contains_in_order(seen: Sequence[str], wanted: Sequence[str]) -> bool:
+    position = 0
+    for state in seen:
+        if position < len(wanted) and state == wanted[position]:
+            position += 1
+    return position == len(wanted)
+
+
+# ---------------------------------------------------------------------- the scenarios
+
+_MODEL_NAMES: Final = {model: model.split("/", 1)[1] for model in CHAT_CHAIN}
+
+
+def _by(reply: ConversationReply, model: str) -> bool:
+    """True when ``reply`` was written by ``model`` (providers report it without prefix)."""
+    return reply.model in (model, _MODEL_NAMES[model])
+
+
+async def warm_up(demo: Demo) -> None:
+    """Everything healthy: the primary model answers and each exchange is remembered."""
+    primary = CHAT_CHAIN[0]
+    ui = demo.ui
+    ui.step("A user says hello while every service is healthy")
+    questions = [
+        "Hello! I'm Ada and I'd like help with my account.",
+        "Can you remind me what plan I'm on?",
+        "Thanks, that's all for now.",
+    ][: demo.count(3, 2)]
+    sent = await demo.send("healthy", [("welcome", q) for q in questions])
+    replies = await demo.replies_to(sent)
+    demo.check(len(replies) == len(sent), f"{len(replies)}/{len(sent)} answered")
+    demo.check(
+        all(_by(r, primary) for r in replies.values()),
+        f"answered by the primary model {primary}",
+    )
+    demo.check(all(not r.degraded for r in replies.values()), "no reply is degraded")
+    somabrain = demo.stack.somabrain
+    wanted = {s.message.message_id for s in sent}
+
+    async def remembered() -> bool:
+        return wanted <= {m.key for m in somabrain.memories()}
+
+    waited = await demo.wait_for(remembered, timeout=45)
+    demo.check(waited is not None, "each exchange is remembered in SomaBrain")
+
+
+async def somabrain_unavailable(demo: Demo) -> None:
+    """Seed scenario 1: SomaBrain hangs; replies use session context; memories wait, then sync."""
+    ui = demo.ui
+    somabrain = demo.stack.somabrain
+    since = len(demo.reader.events)
+    ui.step("SomaBrain stops answering: its /health and memory API hang (HTTP timeout)")
+    somabrain.set_mode(FailureMode.HANG)
+    await demo.expect_state("somabrain", "unavailable")
+    before = await demo.backlog.pending_memories()
+    texts = [
+        "Remember that my favourite colour is green.",
+        "What did I tell you about colours?",
+        "I'm travelling to Lisbon next week.",
+        "Any tips for my trip?",
+        "Please keep answers short.",
+    ][: demo.count(5, 3)]
+    ui.step(f"The user keeps talking: {len(texts)} messages while SomaBrain is down")
+    sent = await demo.send("somabrain", [("memory", t) for t in texts])
+    replies = await demo.replies_to(sent)
+    demo.check(len(replies) == len(sent), f"{len(replies)}/{len(sent)} answered at once")
+    demo.check(
+        all("somabrain" in r.degraded for r in replies.values()),
+        'every reply says degraded=["somabrain"]: context from the session\'s recent turns (Redis)',
+    )
+    ui.note("each exchange is kept in pending_memory until SomaBrain is back")
+    wanted = before + len(sent)
+
+    async def kept() -> bool:
+        return await demo.backlog.pending_memories() >= wanted
+
+    with ui.progress("memories kept", len(sent), unit="in pending_memory") as bar:
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and not await kept():
+            bar.update(max(0, await demo.backlog.pending_memories() - before))
+            await asyncio.sleep(0.25)
+        kept_now = await demo.backlog.pending_memories() - before
+        bar.update(kept_now)
+    demo.check(kept_now >= len(sent), f"{kept_now} memories wait in pending_memory")
+    ui.step("SomaBrain answers again")
+    somabrain.set_mode(FailureMode.OK)
+    await demo.expect_state("somabrain", "healthy")
+    emptied, _ = await demo.drain(
+        "memories syncing", demo.backlog.pending_memories, timeout=60, unit="synced"
+    )
+    stored = {m.key for m in somabrain.memories()}
+    ids = {s.message.message_id for s in sent}
+    demo.check(
+        emptied and ids <= stored,
+        f"pending_memory is empty; SomaBrain holds all {len(ids)} memories, each once "
+        f"({len(somabrain.memories())} in all)",
+    )
+    await demo.expect_events("somabrain", ["unavailable", "healthy"], since)
+
+
+async def llm_unavailable(demo: Demo) -> None:
+    """Seed scenario 2: the primary model fails, the chain's next model answers; then back."""
+    ui = demo.ui
+    primary, fallback, fallback2 = CHAT_CHAIN
+    stack = demo.stack
+    since = len(demo.reader.events)
+    before = sum((await stack.failovers()).values())
+    ui.step(f"The primary model {primary} fails: every call gets HTTP 500")
+    stack.primary.set_mode(FailureMode.ERROR_500)
+    texts = [
+        "Which plan suits a team of five?",
+        "Does it include priority support?",
+        "How do I upgrade?",
+        "Can I pay yearly?",
+        "Is there a discount for non-profits?",
+    ][: demo.count(5, 3)]
+    sent = await demo.send("llm", [("support", t) for t in texts])
+    replies = await demo.replies_to(sent)
+    demo.check(len(replies) == len(sent), f"{len(replies)}/{len(sent)} answered, none delayed")
+    demo.check(
+        all(_by(r, fallback) for r in replies.values()),
+        f"answered by fallback 1 {fallback} (users see no error)",
+    )
+    await demo.expect_state("llm", "degraded")
+    after = await stack.failovers()
+    moved = sum(after.values()) - before
+    demo.check(
+        moved >= len(sent),
+        f"llm_failover_count moved by {moved} ({primary} -> {fallback}: "
+        f"{after.get((primary, fallback), 0)})",
+    )
+    ui.step(f"Fallback 1 {fallback} is rate-limited too (429, Retry-After 20s)")
+    stack.fallback.set_mode(FailureMode.RATE_LIMITED, retry_after_seconds=20)
+    more = ["Still there?", "Can you summarise our chat?", "Thanks!"][: demo.count(3, 2)]
+    sent2 = await demo.send("llm", [("support", t) for t in more])
+    replies2 = await demo.replies_to(sent2)
+    demo.check(
+        len(replies2) == len(sent2) and all(_by(r, fallback2) for r in replies2.values()),
+        f"{len(replies2)}/{len(sent2)} answered by fallback 2 {fallback2}",
+    )
+    ui.step("Both models are back; the open circuits wait for their half-open trial")
+    stack.primary.set_mode(FailureMode.OK)
+    stack.fallback.set_mode(FailureMode.OK)
+    await demo.expect_state("llm", "healthy", timeout=stack.options.breaker_wait_seconds + 45)
+    last = ["One more question: what are your opening hours?", "Great, bye!"][: demo.count(2, 1)]
+    sent3 = await demo.send("llm", [("support", t) for t in last])
+    replies3 = await demo.replies_to(sent3)
+    demo.check(
+        len(replies3) == len(sent3) and all(_by(r, primary) for r in replies3.values()),
+        f"the primary {primary} answers again (its trial call closed the circuit)",
+    )
+    await demo.expect_events("llm", ["degraded", "healthy"], since)
+
+
+async def kafka_unavailable(demo: Demo) -> None:
+    """Seed scenario 5: the broker stops; messages and replies wait in the outbox, then drain."""
+    ui = demo.ui
+    stack = demo.stack
+    since = len(demo.reader.events)
+    await demo.expect_state("kafka", "healthy")
+    ui.step("Stop the Kafka broker: scripts/services.sh stop kafka")
+    taken, lines = await stack.stop_broker()
+    for line in lines:
+        ui.note(line)
+    demo.check(True, f"broker stopped ({taken:.1f}s)")
+    await demo.expect_state("kafka", "unavailable")
+    ui.note("the worker's event about it waits in the outbox like everything else")
+    sessions = ("orders", "billing", "returns")
+    total = demo.count(24, 12)
+    texts = [(sessions[n % 3], f"Where is my parcel? (question {n + 1})") for n in range(total)]
+    ui.step(f"Users keep writing: {total} messages in {len(sessions)} sessions")
+    sent = await demo.send(
+        "kafka", texts, pace=demo.count(4, 2) / 10, label="sending", watch_outbox=True
+    )
+    via_outbox = sum(1 for s in sent if s.path is DeliveryPath.OUTBOX)
+    backlog = await demo.backlog.outbox()
+    demo.outbox_peak = max(demo.outbox_peak, backlog)
+    demo.check(
+        via_outbox == len(sent),
+        f"all {len(sent)} messages accepted: {via_outbox} kept in the outbox (PostgreSQL)",
+    )
+    demo.check(backlog >= len(sent), f"the outbox backlog grew to {backlog} rows")
+    answered = demo.reader.answered() & {s.message.message_id for s in sent}
+    ui.note(f"replies so far: {len(answered)} (they need the broker too)")
+    ui.step("Start the broker again: scripts/services.sh start kafka")
+    taken, lines = await stack.start_broker()
+    for line in lines:
+        ui.note(line)
+    demo.check(True, f"broker back ({taken:.1f}s)")
+    emptied, peak = await demo.drain(
+        "outbox draining", demo.backlog.outbox, timeout=180, unit="published"
+    )
+    demo.outbox_peak = max(demo.outbox_peak, peak)
+    demo.check(emptied, f"the relay drained the outbox ({peak} rows at the peak)")
+    replies = await demo.replies_to(sent, timeout=180)
+    demo.check(len(replies) == len(sent), f"{len(replies)}/{len(sent)} answered after the outage")
+    await demo.expect_state("kafka", "healthy", timeout=90)
+    await demo.expect_events("kafka", ["unavailable", "healthy"], since, timeout=60)
+
+
+WARM_UP: Final = Scenario(
+    key="healthy",
+    number=0,
+    title="Warm-up: everything healthy",
+    detection="-",
+    response="-",
+    impact="none",
+    recovery="-",
+    run=warm_up,
+)
+
+#: The seed's scenarios in its order. Scenarios 3 and 4 wait for their loopback servers:
+#: give each a function like the others and replace ``run=None``.
+SCENARIOS: Final[tuple[Scenario, ...]] = (
+    Scenario(
+        key="somabrain",
+        number=1,
+        title="SomaBrain unavailable",
+        detection="HTTP timeout (health probe, failed recall)",
+        response="memories kept in pending_memory",
+        impact="session-only context (degraded richness)",
+        recovery="memories synced automatically, in order, each once",
+        run=somabrain_unavailable,
+    ),
+    Scenario(
+        key="llm",
+        number=2,
+        title="LLM provider unavailable",
+        detection="consecutive failures open the model's circuit",
+        response="the next model of the chain answers",
+        impact="none (transparent)",
+        recovery="the primary's half-open trial closes its circuit",
+        run=llm_unavailable,
+    ),
+    Scenario(
+        key="audio",
+        number=3,
+        title="Audio service unavailable",
+        detection="TTS/STT failures",
+        response="browser native fallback",
+        impact='"Voice in fallback mode" message',
+        recovery="primary monitored",
+        run=None,  # not yet available: needs the loopback TTS/STT servers
+        unavailable="not yet available: the loopback audio (TTS/STT) servers are being written",
+    ),
+    Scenario(
+        key="storage",
+        number=4,
+        title="Storage unavailable",
+        detection="S3/filesystem failure",
+        response="uploads queued via the outbox",
+        impact='"Upload queued" message',
+        recovery="automatic retry",
+        run=None,  # not yet available: needs the loopback storage server
+        unavailable="not yet available: the loopback storage server is being written",
+    ),
+    Scenario(
+        key="kafka",
+        number=5,
+        title="Kafka unavailable",
+        detection="producer connect failure, metadata probe",
+        response="messages and replies kept in the PostgreSQL outbox",
+        impact="none (queued)",
+        recovery="the relay drains the outbox",
+        run=kafka_unavailable,
+    ),
+)
+
+
+def find_scenarios(names: Sequence[str]) -> list[Scenario]:
+    """The scenarios named (key or seed number), in the seed's order; all when none."""
+    if not names:
+        return list(SCENARIOS)
+    wanted = {name.strip().lower() for name in names}
+    known = {s.key for s in SCENARIOS} | {str(s.number) for s in SCENARIOS}
+    unknown = sorted(wanted - known - {WARM_UP.key})
+    if unknown:
+        choices = ", ".join(f"{s.key} ({s.number})" for s in SCENARIOS)
+        raise ValueError(f"unknown scenario {', '.join(unknown)}; choose from {choices}")
+    return [s for s in SCENARIOS if s.key in wanted or str(s.number) in wanted]
+
+
+async def run_scenario(demo: Demo, scenario: Scenario) -> ScenarioResult:
+    """Run one scenario (or say why it is skipped) and return how it went."""
+    ui = demo.ui
+    result = ScenarioResult(scenario)
+    demo.result = result
+    number = f"Scenario {scenario.number}: " if scenario.number else ""
+    ui.heading(f"{number}{scenario.title}")
+    if scenario.number:
+        ui.note(f"seed: detection {scenario.detection}; response {scenario.response};")
+        ui.note(f"      user impact {scenario.impact}; recovery {scenario.recovery}")
+    started = time.monotonic()
+    problem = scenario.unavailable
+    if scenario.run is not None and scenario.key == "kafka":
+        problem = demo.stack.broker_control_problem() or ""
+    if scenario.run is None or problem:
+        result.status = "skipped"
+        result.note = problem
+        ui.skip(f"skipped: {problem}")
+        return result
+    try:
+        await scenario.run(demo)
+    except (ScenarioFailed, StackError) as exc:
+        result.status = "failed"
+        result.note = str(exc).splitlines()[0]
+        ui.bad(f"scenario stopped: {exc}")
+    finally:
+        if demo.stack.broker_stopped:  # never leave the broker down for the next scenario
+            ui.step("Start the broker again: scripts/services.sh start kafka")
+            await demo.stack.start_broker()
+    result.seconds = time.monotonic() - started
+    return result
