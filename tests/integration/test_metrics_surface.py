@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from core.metrics import Metrics
 from core.settings import Settings
 from loopback import FailureMode, LLMServer
+from resilience.health import DEFAULT_SERVICES
 from tests.support.kafka import inbound, produce_inbound, produce_raw
 from tests.support.worker import ROOT, WorkerFactory, WorkerProcess, free_port
 
@@ -512,3 +513,23 @@ def test_grafana_provisioning_points_the_dashboard_at_the_provisioned_prometheus
     assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in grafana["volumes"]
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_every_alert_links_to_a_runbook_section_that_exists() -> None:
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    anchors = set(re.findall(r'<a id="([a-z0-9-]+)"></a>', runbooks))
+    anchors |= {
+        re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.+)$", runbooks, flags=re.MULTILINE)
+    }
+
+    for rule in alert_rules():
+        url = rule["annotations"]["runbook_url"]
+        anchor = url.split("#", 1)[1]
+        targets = (
+            [anchor.replace("{{ $labels.service }}", spec.name) for spec in DEFAULT_SERVICES]
+            if "{{ $labels.service }}" in anchor
+            else [anchor]
+        )
+        missing = [target for target in targets if target not in anchors]
+        assert not missing, f"{rule['alert']} links to missing runbook sections {missing}"
