@@ -48,10 +48,18 @@ fi
 command -v apt-get >/dev/null || die "apt-get is not available: put promtool in PATH or at $BINARY"
 command -v dpkg-deb >/dev/null || die "dpkg-deb is not available: put promtool in PATH or at $BINARY"
 
-if ! apt-cache show prometheus >/dev/null 2>&1; then
-  [ "$(id -u)" = 0 ] || die "the package lists lack 'prometheus' and apt-get update needs root"
-  log "apt-get update (the package lists lack 'prometheus')"
+update_lists() {
+  [ "$(id -u)" = 0 ] || die "$1, and apt-get update needs root: run this script as root once"
+  log "apt-get update ($1)"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
+}
+
+download() { (cd "$WORK" && apt-get download -qq prometheus >&2); }
+
+updated=no
+if ! apt-cache show prometheus >/dev/null 2>&1; then
+  update_lists "the package lists lack 'prometheus'"
+  updated=yes
 fi
 
 WORK="$(mktemp -d)"
@@ -59,15 +67,20 @@ trap 'rm -rf "$WORK"' EXIT
 # apt's download sandbox user must be able to write there (else apt warns and runs as root).
 if [ "$(id -u)" = 0 ] && id _apt >/dev/null 2>&1; then chown _apt "$WORK"; fi
 log "downloading Debian's prometheus package to extract promtool"
-(cd "$WORK" && apt-get download -qq prometheus >&2) || die "apt-get download prometheus failed"
+if ! download; then
+  # Stale package lists name a version the mirror no longer has: refresh them once.
+  [ "$updated" = no ] || die "apt-get download prometheus failed"
+  update_lists "apt-get download prometheus failed"
+  download || die "apt-get download prometheus failed"
+fi
 deb="$(ls "$WORK"/prometheus_*.deb 2>/dev/null | head -n 1)"
 [ -n "$deb" ] || die "apt-get download left no prometheus_*.deb"
 dpkg-deb -x "$deb" "$WORK/root" || die "dpkg-deb -x $deb failed"
 [ -x "$WORK/root/usr/bin/promtool" ] || die "$deb holds no usr/bin/promtool"
 
 mkdir -p "$DEST"
-install -m 0755 "$WORK/root/usr/bin/promtool" "$BINARY.tmp"
-mv -f "$BINARY.tmp" "$BINARY"
+install -m 0755 "$WORK/root/usr/bin/promtool" "$BINARY.tmp.$$"
+mv -f "$BINARY.tmp.$$" "$BINARY"
 works "$BINARY" || die "$BINARY does not run"
 log "installed $("$BINARY" --version 2>&1 | head -n 1) at $BINARY"
 printf '%s\n' "$BINARY"
