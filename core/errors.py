@@ -12,7 +12,9 @@
      │    └── FallbackExhaustedError     every provider of a chain failed or was skipped
      └── PermanentError              retrying the same input will fail the same way
           ├── MessageDecodeError         bytes that are not JSON / not UTF-8
-          └── MessageValidationError     JSON that does not match the schema
+          ├── MessageValidationError     JSON that does not match the schema
+          ├── UploadRefusedError         an upload the stores refuse (too large, key escapes)
+          └── ObjectNotFoundError        a stored object that no store holds
 
 Routing (retry, pause, dead-letter) is decided by class, never by message text.
 Third-party errors are translated at the boundary with ``raise ... from``.
@@ -27,10 +29,12 @@ __all__ = [
     "InfrastructureUnavailableError",
     "MessageDecodeError",
     "MessageValidationError",
+    "ObjectNotFoundError",
     "PermanentError",
     "ResilienceError",
     "ServiceUnavailableError",
     "TransientError",
+    "UploadRefusedError",
 ]
 
 
@@ -81,3 +85,11 @@ class MessageValidationError(PermanentError):
 
 class FallbackExhaustedError(TransientError):
     """Every provider of a fallback chain failed or was skipped."""
+
+
+class UploadRefusedError(PermanentError):
+    """An upload no store will take: too large, or a key that escapes the store's root."""
+
+
+class ObjectNotFoundError(PermanentError):
+    """No store holds the object asked for."""

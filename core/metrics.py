@@ -126,6 +126,41 @@ class Metrics:
             registry=r,
         )
 
+        # --- audio and storage ------------------------------------------------
+        self.provider_failover_count = Counter(
+            "provider_failover_count",
+            "Switches from one audio or storage provider to the next.",
+            ["chain", "from_provider", "to_provider"],
+            registry=r,
+        )
+        self.voice_messages_total = Counter(
+            "voice_messages",
+            "Voice exchanges by the STT and TTS links that served them.",
+            ["stt_provider", "tts_provider"],
+            registry=r,
+        )
+        self.uploads_total = Counter(
+            "uploads",
+            "Attachments by outcome: primary, temporary (a fallback store), queued, refused.",
+            ["outcome"],
+            registry=r,
+        )
+        self.upload_tasks_total = Counter(
+            "upload_tasks",
+            "upload.retry tasks by outcome: stored, promoted, dead_lettered.",
+            ["outcome"],
+            registry=r,
+        )
+        self.upload_task_attempts_total = Counter(
+            "upload_task_attempts", "Failed attempts of upload.retry tasks.", registry=r
+        )
+        self.backup_objects_total = Counter(
+            "backup_objects",
+            "Objects handled by backup.tasks, by outcome: copied, missing, dead_lettered.",
+            ["outcome"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)

@@ -100,6 +100,68 @@ class Settings(BaseSettings):
     openrouter_api_key: SecretStr | None = Field(None, validation_alias="OPENROUTER_API_KEY")
     deepseek_api_key: SecretStr | None = Field(None, validation_alias="DEEPSEEK_API_KEY")
 
+    # --- audio (voice messages) -------------------------------------------------
+    tts_chain: str = Field(
+        "elevenlabs,openai,kokoro,native",
+        description="TTS links in order (elevenlabs, openai, kokoro, native = the client's voice).",
+    )
+    stt_chain: str = Field(
+        "openai,deepgram,native",
+        description="STT links in order (openai, deepgram, native = the client's transcript).",
+    )
+    audio_timeout_seconds: float = Field(20.0, gt=0, description="Timeout of one TTS/STT call.")
+    audio_breaker_consecutive_failures: int = Field(
+        3, ge=1, description="Consecutive failures that open an audio provider's circuit."
+    )
+    audio_breaker_wait_seconds: float = Field(
+        30.0, gt=0, description="How long an open audio or storage circuit waits before a trial."
+    )
+    elevenlabs_url: str = "https://api.elevenlabs.io"
+    elevenlabs_voice_id: str = "21m00Tcm4TlvDq8ikWAM"
+    elevenlabs_model: str = "eleven_multilingual_v2"
+    elevenlabs_api_key: SecretStr | None = Field(None, validation_alias="ELEVENLABS_API_KEY")
+    openai_audio_api_base: str | None = Field(
+        None, description="API base of OpenAI speech and transcription (default: OpenAI's)."
+    )
+    tts_openai_model: str = "openai/tts-1"
+    tts_openai_voice: str = "alloy"
+    stt_openai_model: str = "openai/whisper-1"
+    deepgram_url: str = "https://api.deepgram.com"
+    deepgram_model: str = "nova-2"
+    deepgram_api_key: SecretStr | None = Field(None, validation_alias="DEEPGRAM_API_KEY")
+    kokoro_voice: str = "af_heart"
+
+    # --- storage (uploads, voice audio, backups) ----------------------------------
+    storage_chain: str = Field(
+        "s3,local,redis",
+        description="Stores in order; the first is the primary, the others hold temporary copies.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (default: AWS for the region)."
+    )
+    s3_bucket: str = "sa01-uploads"
+    s3_region: str = "us-east-1"
+    aws_access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
+    storage_local_root: str = Field(".run/storage", description="Root of the local file store.")
+    storage_redis_ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="Lifetime of a temporary object kept in Redis."
+    )
+    storage_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one store call.")
+    upload_max_bytes: int = Field(
+        512 * 1024, ge=1, description="Largest attachment accepted inline in a message."
+    )
+    upload_max_attempts: int = Field(
+        30, ge=1, description="Attempts of a queued upload before upload.retry.dlq."
+    )
+    upload_retry_backoff_seconds: float = Field(0.5, gt=0)
+    upload_retry_max_backoff_seconds: float = Field(30.0, gt=0)
+    backup_store: Literal["local", "s3"] = Field(
+        "local", description="Where backup.tasks copy objects to."
+    )
+    backup_local_root: str = Field(".run/backup", description="Root of the local backup store.")
+    backup_s3_bucket: str = "sa01-backup"
+
     # --- the outbox relay ------------------------------------------------------
     relay_enabled_in_worker: bool = Field(
         True, description="The worker also competes for the relay lock (hot standby)."

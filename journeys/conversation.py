@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from core.errors import TransientError
 from journeys.session_context import SessionContext
+from journeys.voice import VoiceJourney
 from providers.responder import Responder
 from providers.somabrain import SomaBrainClient
 from resilience.health import DegradationStatus
@@ -44,11 +45,13 @@ class ConversationJourney:
         *,
         memory: SomaBrainClient | None = None,
         session: SessionContext | None = None,
+        voice: VoiceJourney | None = None,
     ) -> None:
         self.responder = responder
         self.status = status
         self.memory = memory
         self.session = session
+        self.voice = voice
 
     def degraded_services(self) -> list[str]:
         """The journey's dependencies that are not healthy right now."""
@@ -59,10 +62,12 @@ class ConversationJourney:
             name for name in self.DEPENDENCIES if status.state(name) is not ServiceState.HEALTHY
         ]
 
-    async def _context(self, inbound: ConversationInbound, degraded: list[str]) -> list[str]:
+    async def _context(
+        self, inbound: ConversationInbound, degraded: list[str], text: str
+    ) -> list[str]:
         if self.memory is not None and "somabrain" not in degraded:
             try:
-                recalled = await self.memory.recall(inbound.tenant_id, inbound.text)
+                recalled = await self.memory.recall(inbound.tenant_id, text)
                 return [m.content for m in recalled]
             except TransientError as exc:
                 logger.info("recall failed, using session context: %s", exc)
@@ -79,11 +84,23 @@ class ConversationJourney:
     async def answer(
         self, inbound: ConversationInbound, *, reply_id: str | None = None
     ) -> ConversationReply:
-        """The reply to ``inbound``; its id is derived from the inbound id by default."""
+        """The reply to ``inbound``; its id is derived from the inbound id by default.
+
+        A voice message is transcribed first and its reply spoken (see
+        :mod:`journeys.voice`); without a voice journey its ``text`` is answered.
+        """
+        reply_id = reply_id or reply_id_for(inbound.message_id)
+        transcript = None
+        text = inbound.text
+        if inbound.voice and self.voice is not None:
+            transcript = await self.voice.transcribe(inbound)
+            if transcript.text is None:
+                return self.voice.not_heard(inbound, reply_id)
+            text = transcript.text
         degraded = self.degraded_services()
-        context = await self._context(inbound, degraded)
+        context = await self._context(inbound, degraded, text)
         answer = await self.responder.respond(
-            inbound.text,
+            text,
             session_key=inbound.partition_key,
             context=context,
             use_case=inbound.use_case.value,
@@ -91,13 +108,13 @@ class ConversationJourney:
         if self.session is not None:
             try:
                 await self.session.append(
-                    inbound.partition_key, f"user: {inbound.text}", f"assistant: {answer.text}"
+                    inbound.partition_key, f"user: {text}", f"assistant: {answer.text}"
                 )
             except TransientError:
                 if "redis" not in degraded:
                     degraded.append("redis")
-        return ConversationReply(
-            message_id=reply_id or reply_id_for(inbound.message_id),
+        reply = ConversationReply(
+            message_id=reply_id,
             in_reply_to=inbound.message_id,
             tenant_id=inbound.tenant_id,
             session_id=inbound.session_id,
@@ -105,6 +122,9 @@ class ConversationJourney:
             model=answer.model,
             degraded=tuple(sorted(set(degraded))),
         )
+        if transcript is not None and self.voice is not None:
+            reply = await self.voice.speak(reply, transcript)
+        return reply
 
     DEGRADED_TEXT = (
         "Sorry, I cannot reach a language model right now. "
@@ -124,6 +144,7 @@ class ConversationJourney:
             model="none",
             degraded=tuple(sorted(degraded)),
             notices=(self.DEGRADED_NOTICE,),
+            voice_provider="native" if inbound.voice else None,
         )
 
     @staticmethod

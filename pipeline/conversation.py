@@ -20,12 +20,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from core.errors import FallbackExhaustedError, InfrastructureUnavailableError, PermanentError
 from core.metrics import Metrics
 from core.settings import Settings
-from core.topics import CONVERSATION_OUTBOUND, MEMORY_REMEMBER
+from core.topics import CONVERSATION_OUTBOUND, MEMORY_REMEMBER, UPLOAD_RETRY
+from journeys.attachments import AttachmentOutcome, AttachmentStorer
 from journeys.conversation import ConversationJourney
 from outbox.database import Database
 from outbox.deferred import DeferredAnswerStore
@@ -61,8 +62,11 @@ class ConversationProcessor:
         journey: ConversationJourney,
         metrics: Metrics,
         on_committed: Callable[[], None] = lambda: None,
+        attachments: AttachmentStorer | None = None,
     ) -> None:
         self.settings = settings
+        self.attachments = attachments
+        self.upload_topic = settings.topic(UPLOAD_RETRY)
         self.database = database
         self.journey = journey
         self.metrics = metrics
@@ -105,6 +109,9 @@ class ConversationProcessor:
         key = f"{message.topic}:{inbound.message_id}"
         if await self._retry_infrastructure(self._already_processed, key):
             return Outcome.DUPLICATE
+        stored = AttachmentOutcome()
+        if self.attachments is not None and inbound.attachments:
+            stored = await self.attachments.store(inbound)
         attempts = 0
         while True:
             attempts += 1
@@ -125,7 +132,7 @@ class ConversationProcessor:
                     )
                     continue
                 logger.warning("every model is down: degraded reply to %s", inbound.message_id)
-                return await self._retry_infrastructure(self._commit_degraded, key, inbound)
+                return await self._retry_infrastructure(self._commit_degraded, key, inbound, stored)
             except Exception as exc:
                 permanent = isinstance(exc, PermanentError)
                 if permanent or attempts >= self.settings.processing_max_attempts:
@@ -137,7 +144,9 @@ class ConversationProcessor:
                     "processing %s failed (attempt %d): %s", message.position, attempts, exc
                 )
                 await asyncio.sleep(delay)
-        return await self._retry_infrastructure(self._commit_reply, key, inbound, reply)
+        return await self._retry_infrastructure(
+            self._commit_reply, key, inbound, _with_uploads(reply, stored), stored
+        )
 
     # ------------------------------------------------------------- persistence
     async def _already_processed(self, key: str) -> bool:
@@ -146,7 +155,11 @@ class ConversationProcessor:
         return found
 
     async def _commit_reply(
-        self, key: str, inbound: ConversationInbound, reply: ConversationReply
+        self,
+        key: str,
+        inbound: ConversationInbound,
+        reply: ConversationReply,
+        stored: AttachmentOutcome,
     ) -> str:
         async with self.database.connection() as conn, conn.transaction():
             if not await self.idempotency.put(conn, key, reply.model_dump(mode="json"), self.ttl):
@@ -156,6 +169,7 @@ class ConversationProcessor:
                 message_record(self.outbound_topic, inbound.partition_key, reply, reply.message_id),
                 self.settings.outbox_max_attempts,
             )
+            await self._add_upload_tasks(conn, stored)
             if self.settings.memory_enabled:
                 memory = self.journey.memory_for(inbound, reply)
                 await self.outbox.add(
@@ -168,8 +182,10 @@ class ConversationProcessor:
         self.on_committed()
         return Outcome.REPLIED
 
-    async def _commit_degraded(self, key: str, inbound: ConversationInbound) -> str:
-        reply = self.journey.degraded_reply(inbound)
+    async def _commit_degraded(
+        self, key: str, inbound: ConversationInbound, stored: AttachmentOutcome
+    ) -> str:
+        reply = _with_uploads(self.journey.degraded_reply(inbound), stored)
         async with self.database.connection() as conn, conn.transaction():
             if not await self.idempotency.put(conn, key, reply.model_dump(mode="json"), self.ttl):
                 return Outcome.DUPLICATE
@@ -178,9 +194,18 @@ class ConversationProcessor:
                 message_record(self.outbound_topic, inbound.partition_key, reply, reply.message_id),
                 self.settings.outbox_max_attempts,
             )
+            await self._add_upload_tasks(conn, stored)
             await self.deferred.add(conn, inbound)
         self.on_committed()
         return Outcome.DEGRADED
+
+    async def _add_upload_tasks(self, conn: Any, stored: AttachmentOutcome) -> None:
+        for task in stored.tasks:
+            await self.outbox.add(
+                conn,
+                message_record(self.upload_topic, task.upload_id, task, task.upload_id),
+                self.settings.outbox_max_attempts,
+            )
 
     async def _dead_letter(self, message: InboundMessage, error: Exception, attempts: int) -> str:
         await self.dead_letters.write(message, error, attempts)
@@ -208,3 +233,15 @@ class ConversationProcessor:
                 "waiting for %s (retry %d in %.1fs): %s", exc.service, failures, delay, exc
             )
         await asyncio.sleep(delay)
+
+
+def _with_uploads(reply: ConversationReply, stored: AttachmentOutcome) -> ConversationReply:
+    """``reply`` with the notices and degraded services of storing the attachments."""
+    if not stored.notices and not stored.degraded:
+        return reply
+    return reply.model_copy(
+        update={
+            "degraded": tuple(sorted({*reply.degraded, *stored.degraded})),
+            "notices": (*reply.notices, *stored.notices),
+        }
+    )

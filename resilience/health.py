@@ -23,6 +23,7 @@ __all__ = [
     "ServiceHealth",
     "ServiceSpec",
     "cascade",
+    "provider_specs",
     "state_value",
 ]
 
@@ -119,6 +120,29 @@ class ServiceHealth:
             "latency_ms": self.latency_ms,
             "source": self.source,
         }
+
+
+def provider_specs(chain: str, providers: Iterable[str], fallback: str) -> list[ServiceSpec]:
+    """Specs of a provider chain (``tts``, ``stt``, ``storage``) and of each provider in it.
+
+    One provider down costs little (the chain fails over); the whole chain down costs
+    more, but the agent still answers (``fallback`` says how).
+    """
+    specs = [
+        ServiceSpec(
+            chain,
+            DegradationLevel.MINOR,
+            DegradationLevel.MODERATE,
+            fallback=fallback,
+        )
+    ]
+    specs += [
+        ServiceSpec(
+            f"{chain}.{name}", DegradationLevel.MINOR, DegradationLevel.MINOR, fallback=chain
+        )
+        for name in providers
+    ]
+    return specs
 
 
 def cascade(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,12 +24,15 @@ from schemas.messages import CircuitState, ServiceState
 
 __all__ = [
     "BreakerProbe",
+    "ChainProbe",
     "KafkaProbe",
     "PostgresProbe",
     "Probe",
     "ProbeResult",
     "RedisProbe",
     "SomaBrainProbe",
+    "StaticProbe",
+    "StoreProbe",
     "TemporalProbe",
     "default_probes",
 ]
@@ -230,6 +233,67 @@ class BreakerProbe(_TimedProbe):
             return ProbeResult(ServiceState.UNAVAILABLE, "every circuit is open", CircuitState.OPEN)
         if open_:
             return ProbeResult(ServiceState.DEGRADED, f"open: {', '.join(open_)}")
+        return ProbeResult(ServiceState.HEALTHY)
+
+
+class StoreProbe(_TimedProbe):
+    """An object store's own check (S3 ``HeadBucket``, the local root writable, Redis ``PING``)."""
+
+    def __init__(self, settings: Settings, service: str, check: Callable[[], Awaitable[None]]):
+        super().__init__(settings)
+        self.service = service
+        self._check = check
+
+    async def check(self) -> ProbeResult:
+        """Run the store's check."""
+        started = time.monotonic()
+        await self._check()
+        return self._judge(started)
+
+
+class StaticProbe(_TimedProbe):
+    """A service whose state is known without asking (e.g. a package that is not installed)."""
+
+    def __init__(self, settings: Settings, service: str, state: ServiceState, reason: str):
+        super().__init__(settings)
+        self.service = service
+        self.result = ProbeResult(state, reason)
+
+    async def check(self) -> ProbeResult:
+        """The fixed answer."""
+        return self.result
+
+
+class ChainProbe(_TimedProbe):
+    """A provider chain as a whole, from its providers' probes: every one unavailable
+    makes it unavailable, some make it degraded."""
+
+    def __init__(self, settings: Settings, service: str, members: list[Probe]):
+        super().__init__(settings)
+        self.service = service
+        self.members = members
+        self.timeout = max((p.timeout for p in members), default=self.timeout) + 0.5
+
+    async def _one(self, probe: Probe) -> ProbeResult:
+        try:
+            return await asyncio.wait_for(probe.check(), probe.timeout)
+        except Exception as exc:
+            return ProbeResult(ServiceState.UNAVAILABLE, f"{type(exc).__name__}: {exc}")
+
+    async def check(self) -> ProbeResult:
+        """Check every member at once."""
+        results = await asyncio.gather(*(self._one(p) for p in self.members))
+        down = [
+            p.service
+            for p, r in zip(self.members, results, strict=True)
+            if r.state is ServiceState.UNAVAILABLE
+        ]
+        if self.members and len(down) == len(self.members):
+            return ProbeResult(
+                ServiceState.UNAVAILABLE, "every provider is unavailable", CircuitState.OPEN
+            )
+        if down:
+            return ProbeResult(ServiceState.DEGRADED, f"unavailable: {', '.join(down)}")
         return ProbeResult(ServiceState.HEALTHY)
 
 

@@ -12,20 +12,24 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.messages import (
+    BackupTask,
     ConversationInbound,
     ConversationReply,
     DegradationEvent,
     MemoryRecord,
+    UploadTask,
 )
 
 __all__ = ["EXPORTED_MODELS", "SCHEMA_DIR", "render_schema", "write_schemas"]
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 EXPORTED_MODELS: tuple[type[BaseModel], ...] = (
+    BackupTask,
     ConversationInbound,
     ConversationReply,
     DegradationEvent,
     MemoryRecord,
+    UploadTask,
 )
 
 

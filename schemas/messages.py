@@ -6,24 +6,37 @@ carries a ``schema_version`` so that a producer of another version is told clear
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "Attachment",
+    "BackupTask",
     "CircuitState",
     "ConversationInbound",
     "ConversationReply",
     "DegradationEvent",
     "MemoryRecord",
     "ServiceState",
+    "UploadTask",
     "UseCase",
     "reply_id_for",
+    "storage_key_problem",
 ]
 
 SCHEMA_VERSION = 1
@@ -80,15 +93,78 @@ class _Message(BaseModel):
         return value
 
 
+def storage_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot name a stored object, or None when it can.
+
+    A key is a relative ``/``-separated path of non-empty segments: no ``.`` or ``..``
+    segment, no leading ``/``, no backslash and no control character, so it cannot
+    escape a store's root (the local store checks the resolved path again).
+    """
+    if not key:
+        return "is empty"
+    if len(key) > 1024:
+        return f"is {len(key)} characters long (at most 1024)"
+    if key.startswith("/"):
+        return "starts with '/' (keys are relative to the store's root)"
+    if "\\" in key:
+        return "contains a backslash"
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return "contains a control character"
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            return f"has a {segment or 'empty'!r} segment (path traversal is refused)"
+    return None
+
+
+def _checked_storage_key(value: str) -> str:
+    problem = storage_key_problem(value)
+    if problem is not None:
+        raise ValueError(f"storage key {value[:80]!r} {problem}")
+    return value
+
+
+StorageKey = Annotated[str, AfterValidator(_checked_storage_key)]
+
+
 class Attachment(BaseModel):
-    """A file the user attached, already stored (the message carries only its reference)."""
+    """A file of a message: a reference to a stored object, or inline content to store.
+
+    With ``content_base64`` the agent stores the bytes under ``storage_key`` along the
+    storage chain (their decoded length must be ``size_bytes``); without it the object
+    is already stored there.
+    """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     attachment_id: Identifier
     content_type: Annotated[str, Field(min_length=1, max_length=255)]
     size_bytes: Annotated[int, Field(ge=0)]
-    storage_key: Annotated[str, Field(min_length=1, max_length=1024)]
+    storage_key: StorageKey
+    content_base64: str | None = None
+
+    @model_validator(mode="after")
+    def _content_matches_size(self) -> Attachment:
+        if self.content_base64 is not None:
+            try:
+                data = base64.b64decode(self.content_base64, validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"content_base64 is not base64: {exc}") from exc
+            if len(data) != self.size_bytes:
+                raise ValueError(
+                    f"content_base64 holds {len(data)} bytes but size_bytes says {self.size_bytes}"
+                )
+        return self
+
+    def content(self) -> bytes | None:
+        """The inline bytes, if the message carries them."""
+        if self.content_base64 is None:
+            return None
+        return base64.b64decode(self.content_base64)
+
+    @property
+    def is_audio(self) -> bool:
+        """Whether this is a voice recording."""
+        return self.content_type.split(";", 1)[0].strip().lower().startswith("audio/")
 
 
 class ConversationInbound(_Message):
@@ -122,6 +198,11 @@ class ConversationReply(_Message):
     degraded: tuple[str, ...] = ()
     notices: tuple[str, ...] = ()
     created_at: AwareDatetime = Field(default_factory=_now)
+    #: The spoken reply of a voice message (stored audio), if a TTS provider made one.
+    attachments: tuple[Attachment, ...] = ()
+    #: For a voice message: the TTS link that spoke the reply; ``native`` means the
+    #: client speaks ``text`` with the platform's own voice.
+    voice_provider: Annotated[str, Field(max_length=255)] | None = None
 
 
 class DegradationEvent(_Message):
@@ -158,3 +239,37 @@ class MemoryRecord(_Message):
     def partition_key(self) -> str:
         """Memories of one tenant and agent stay in order on one partition."""
         return f"{self.tenant_id}:{self.agent_id}"
+
+
+class UploadTask(_Message):
+    """An upload still owed to the primary store, on ``upload.retry`` (key: ``upload_id``).
+
+    Either the bytes travel inline (``content_base64``: no store took them) or a
+    temporary store holds them (``held_in``); the upload agent moves them to the
+    primary store and then deletes any temporary copy.
+    """
+
+    upload_id: Identifier
+    tenant_id: Identifier
+    message_id: Identifier
+    storage_key: StorageKey
+    content_type: Annotated[str, Field(min_length=1, max_length=255)]
+    size_bytes: Annotated[int, Field(ge=0)]
+    content_base64: str | None = None
+    held_in: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    created_at: AwareDatetime = Field(default_factory=_now)
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> UploadTask:
+        if self.content_base64 is None and self.held_in is None:
+            raise ValueError("an upload task needs content_base64 or held_in")
+        return self
+
+
+class BackupTask(_Message):
+    """Copy stored objects to the backup store, on ``backup.tasks`` (key: ``task_id``)."""
+
+    task_id: Identifier
+    storage_keys: Annotated[tuple[StorageKey, ...], Field(min_length=1, max_length=1000)]
+    requested_by: Annotated[str, Field(max_length=255)] = ""
+    created_at: AwareDatetime = Field(default_factory=_now)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from agents import conversation as _conversation_agent
 from agents import degradation as _degradation_agent
 from agents import memory as _memory_agent
+from agents import uploads as _upload_agents
 from core.errors import ConfigurationError
 from streams import commands as _commands
 from streams import timers as _timers
@@ -28,6 +29,7 @@ except (ConfigurationError, ValidationError) as _exc:
 _conversation_agent.register(app)
 _degradation_agent.register(app)
 _memory_agent.register(app)
+_upload_agents.register(app)
 _timers.register(app)
 _web.register(app)
 _commands.register(app)

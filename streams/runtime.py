@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from core.errors import ConfigurationError, InfrastructureUnavailableError
 from core.metrics import Metrics
 from core.settings import Settings
 from core.topics import DEGRADATION_EVENTS, ensure_topics
+from journeys.attachments import AttachmentStorer
 from journeys.conversation import ConversationJourney
 from journeys.session_context import SessionContext
+from journeys.voice import VoiceJourney
 from outbox.database import Database
 from outbox.migrate import applied_versions, available_migrations
 from outbox.producer import ResilientProducer
@@ -29,8 +31,12 @@ from pipeline.deferred import DeferredAnswerer
 from pipeline.memory import MemoryProcessor, MemorySync
 from pipeline.ordering import OrderedAcks, SessionLanes
 from pipeline.records import message_record
+from pipeline.uploads import BackupProcessor, UploadProcessor
+from providers.audio import build_audio_chains
+from providers.health import multimodal_probes, multimodal_specs
 from providers.responder import build_responder, missing_key_notice
 from providers.somabrain import SomaBrainClient
+from providers.storage import build_storage_chain, build_store
 from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
 from resilience.monitor import DegradationMonitor
 from resilience.probes import BreakerProbe, default_probes
@@ -72,13 +78,16 @@ class Runtime:
         self.producer = ResilientProducer(settings, self.database, metrics)
         self.producer.on_outbox_write = self.relay.wake
         responder = build_responder(settings, metrics)
+        self.storage = build_storage_chain(settings, metrics)
+        self.audio = build_audio_chains(settings, metrics)
         probes = default_probes(settings)
         states = getattr(responder, "states", None)
         if states is not None:
             probes.append(BreakerProbe(settings, "llm", states))
+        probes += multimodal_probes(settings, self.audio, self.storage)
         self.monitor = DegradationMonitor(
             probes,
-            DEFAULT_SERVICES,
+            (*DEFAULT_SERVICES, *multimodal_specs(self.audio, self.storage)),
             metrics,
             publish=self.publish_degradation,
             should_publish=is_leader,
@@ -93,9 +102,23 @@ class Runtime:
             self.status,
             memory=self.somabrain if settings.memory_enabled else None,
             session=self.session_context,
+            voice=VoiceJourney(self.audio, self.storage, metrics),
         )
         self.processor = ConversationProcessor(
-            settings, self.database, journey, metrics, on_committed=self.relay.wake
+            settings,
+            self.database,
+            journey,
+            metrics,
+            on_committed=self.relay.wake,
+            attachments=AttachmentStorer(settings, self.storage, metrics),
+        )
+        self.upload_processor = UploadProcessor(settings, self.storage, self.dead_letters, metrics)
+        self.backup_processor = BackupProcessor(
+            settings,
+            self.storage,
+            build_store(settings, settings.backup_store, backup=True),
+            self.dead_letters,
+            metrics,
         )
         self.memory_processor = MemoryProcessor(
             settings, self.database, self.somabrain, self.dead_letters, metrics
@@ -106,6 +129,8 @@ class Runtime:
         )
         self.lanes = SessionLanes(settings.max_in_flight)
         self.acks = OrderedAcks()
+        self.upload_lanes = SessionLanes(settings.max_in_flight)
+        self.upload_acks = OrderedAcks()
         self.ready = asyncio.Event()
         self.status_ready = asyncio.Event()
 
@@ -143,6 +168,7 @@ class Runtime:
         """Stop lanes, monitor, relay and producer; close the pool."""
         self.ready.clear()
         await self.lanes.cancel()
+        await self.upload_lanes.cancel()
         await self.monitor.stop()
         await self.memory_sync.stop()
         await self.deferred_answers.stop()
@@ -151,6 +177,9 @@ class Runtime:
         await self.database.close()
         await self.somabrain.close()
         await self.session_context.close()
+        await self.storage.close()
+        await self.backup_processor.backup.close()
+        await self.audio.close()
 
     def status(self) -> DegradationStatus:
         """The table's cluster view overlaid with this worker's newer observations."""
@@ -176,12 +205,34 @@ class Runtime:
 
     async def submit(self, message: InboundMessage, partition: Any, ack: Any) -> None:
         """Track ``message`` for in-order acking and queue it on its session's lane."""
+        await self._submit(message, partition, ack, self.processor.process, self.lanes, self.acks)
+
+    async def submit_upload(self, message: InboundMessage, partition: Any, ack: Any) -> None:
+        """Queue an ``upload.retry`` task on its upload's lane (uploads retry concurrently)."""
+        await self._submit(
+            message,
+            partition,
+            ack,
+            self.upload_processor.process,
+            self.upload_lanes,
+            self.upload_acks,
+        )
+
+    async def _submit(
+        self,
+        message: InboundMessage,
+        partition: Any,
+        ack: Any,
+        process: Callable[[InboundMessage], Awaitable[str]],
+        lanes: SessionLanes,
+        acks: OrderedAcks,
+    ) -> None:
         await self.ready.wait()
-        self.acks.track(partition, message.offset, ack)
+        acks.track(partition, message.offset, ack)
         lane = message.key if message.key is not None else message.position
 
         async def job() -> None:
-            await self.processor.process(message)
-            self.acks.done(partition, message.offset)
+            await process(message)
+            acks.done(partition, message.offset)
 
-        await self.lanes.submit(lane, job)
+        await lanes.submit(lane, job)

@@ -18,12 +18,14 @@ from schemas.export import EXPORTED_MODELS, SCHEMA_DIR, render_schema
 from schemas.messages import (
     SCHEMA_VERSION,
     Attachment,
+    BackupTask,
     CircuitState,
     ConversationInbound,
     ConversationReply,
     DegradationEvent,
     MemoryRecord,
     ServiceState,
+    UploadTask,
     UseCase,
     reply_id_for,
 )
@@ -434,7 +436,15 @@ attachments = st.builds(
     attachment_id=identifiers,
     content_type=identifiers,
     size_bytes=st.integers(min_value=0, max_value=2**53),
-    storage_key=st.text(min_size=1, max_size=1024),
+    storage_key=st.lists(
+        st.text(
+            st.characters(codec="utf-8", exclude_characters="/\\", min_codepoint=32),
+            min_size=1,
+            max_size=40,
+        ).filter(lambda s: s not in (".", "..")),
+        min_size=1,
+        max_size=5,
+    ).map("/".join),
 )
 inbounds = st.builds(
     ConversationInbound,
@@ -488,6 +498,8 @@ def test_encode_decode_round_trip(message: BaseModel) -> None:
 
 def test_every_model_is_exported() -> None:
     assert set(EXPORTED_MODELS) == {
+        BackupTask,
+        UploadTask,
         ConversationInbound,
         ConversationReply,
         DegradationEvent,

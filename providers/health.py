@@ -1,0 +1,69 @@
+"""Health of the audio and storage providers: their probes and service specs.
+
+Each provider is a service of its own (``tts.elevenlabs``, ``storage.s3``, ...) and each
+chain one more (``tts``, ``stt``, ``storage``), so they appear in ``service_health``,
+``/status`` and the metrics like every other service. Stores are checked actively
+(S3 ``HeadBucket``, the local root, Redis ``PING``); audio providers, which cost money
+per call, are judged by their breakers; a provider whose package is missing says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from core.settings import Settings
+from providers.audio import NATIVE, AudioChains, KokoroTTS, kokoro_installed
+from providers.storage import StorageChain
+from resilience.circuit_breaker import CircuitBreaker
+from resilience.health import ServiceSpec, provider_specs
+from resilience.probes import BreakerProbe, ChainProbe, Probe, StaticProbe, StoreProbe
+from schemas.messages import ServiceState
+
+__all__ = ["multimodal_probes", "multimodal_specs"]
+
+
+def multimodal_specs(audio: AudioChains, storage: StorageChain) -> list[ServiceSpec]:
+    """The specs of the TTS, STT and storage chains and of their providers."""
+    tts = [link.name for link in audio.tts.links if link.name != NATIVE]
+    stt = [link.name for link in audio.stt.links if link.name != NATIVE]
+    return [
+        *provider_specs("tts", tts, fallback="browser/native voice"),
+        *provider_specs("stt", stt, fallback="browser/native transcript"),
+        *provider_specs("storage", [s.name for s in storage.stores], fallback="upload.retry"),
+    ]
+
+
+def _audio_probes(settings: Settings, audio: AudioChains, chain: str) -> list[Probe]:
+    links = audio.tts.links if chain == "tts" else audio.stt.links
+    probes: list[Probe] = []
+    for link in links:
+        if link.name == NATIVE:
+            continue
+        service = f"{chain}.{link.name}"
+        if link.name == "kokoro" and not kokoro_installed():
+            probes.append(
+                StaticProbe(settings, service, ServiceState.UNAVAILABLE, KokoroTTS.NOT_INSTALLED)
+            )
+            continue
+        probes.append(BreakerProbe(settings, service, _single_state(link.name, link.breaker)))
+    return probes
+
+
+def _single_state(name: str, breaker: CircuitBreaker) -> Callable[[], Mapping[str, str]]:
+    return lambda: {name: str(breaker.state)}
+
+
+def multimodal_probes(settings: Settings, audio: AudioChains, storage: StorageChain) -> list[Probe]:
+    """One probe per provider and one per chain."""
+    probes: list[Probe] = []
+    for chain in ("tts", "stt"):
+        members = _audio_probes(settings, audio, chain)
+        probes += members
+        if members:
+            probes.append(ChainProbe(settings, chain, members))
+    stores: list[Probe] = [
+        StoreProbe(settings, f"storage.{store.name}", store.check) for store in storage.stores
+    ]
+    probes += stores
+    probes.append(ChainProbe(settings, "storage", stores))
+    return probes
