@@ -169,6 +169,7 @@ class OpenAITTS:
                 api_key=self.key,
                 timeout=self.timeout,
                 response_format="mp3",
+                max_retries=0,  # the chain fails over; the SDK would retry twice itself
             )
         except Exception as exc:  # litellm's errors: translate at the boundary
             raise ServiceUnavailableError("tts.openai", f"{type(exc).__name__}: {exc}") from exc
@@ -274,6 +275,7 @@ class OpenAISTT:
                 api_base=self.api_base,
                 api_key=self.key,
                 timeout=self.timeout,
+                max_retries=0,  # the chain fails over; the SDK would retry twice itself
             )
         except Exception as exc:
             raise ServiceUnavailableError("stt.openai", f"{type(exc).__name__}: {exc}") from exc

@@ -37,6 +37,8 @@ from providers.health import multimodal_probes, multimodal_specs
 from providers.responder import build_responder, missing_key_notice
 from providers.somabrain import SomaBrainClient
 from providers.storage import build_storage_chain, build_store
+from resilience.circuit_breaker import CircuitBreaker
+from resilience.fallback import FallbackChain
 from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
 from resilience.monitor import DegradationMonitor
 from resilience.probes import BreakerProbe, default_probes
@@ -78,6 +80,7 @@ class Runtime:
         self.producer = ResilientProducer(settings, self.database, metrics)
         self.producer.on_outbox_write = self.relay.wake
         responder = build_responder(settings, metrics)
+        self.responder = responder
         self.storage = build_storage_chain(settings, metrics)
         self.audio = build_audio_chains(settings, metrics)
         probes = default_probes(settings)
@@ -180,6 +183,16 @@ class Runtime:
         await self.storage.close()
         await self.backup_processor.backup.close()
         await self.audio.close()
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Every circuit breaker of this worker by name (LLM models, audio, storage)."""
+        found: dict[str, CircuitBreaker] = {}
+        chains: list[FallbackChain[Any]] = [self.audio.tts, self.audio.stt, self.storage.chain]
+        chains += list(getattr(self.responder, "chains", {}).values())
+        for chain in chains:
+            for link in chain.links:
+                found[link.breaker.name] = link.breaker
+        return found
 
     def status(self) -> DegradationStatus:
         """The table's cluster view overlaid with this worker's newer observations."""
