@@ -12,6 +12,7 @@ help:
 	@echo "make run       start services, apply migrations, run the relay and the worker"
 	@echo "make test      lint, type-check and run the whole suite on the real services"
 	@echo "make bench     run the benchmarks (make bench ARGS=--quick)"
+	@echo "make demo      walk live through the seed's failure scenarios (make demo ARGS=--fast)"
 	@echo "make services  start Kafka, PostgreSQL and Redis natively (services-down stops)"
 
 setup: $(VENV)/.installed
@@ -38,6 +39,10 @@ topics: setup services
 
 run: setup services migrate topics
 	scripts/run.sh
+
+.PHONY: demo
+demo: setup services migrate topics
+	$(BIN)/python -m demo $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -33,7 +33,7 @@ from demo.scenarios import (
     find_scenarios,
     run_scenario,
 )
-from demo.stack import CHAT_CHAIN, ROOT, DemoStack, StackError, StackOptions
+from demo.stack import ROOT, DemoStack, StackError, StackOptions
 from demo.summary import Summary, print_summary, tally
 from demo.ui import UI
 
@@ -110,11 +110,10 @@ def _intro(ui: UI, stack: DemoStack, chosen: Sequence[Scenario]) -> None:
         f"app id {settings.app_id}"
     )
     ui.line(f"  services     Kafka {settings.kafka_bootstrap_servers}, Redis {settings.redis_url}")
-    servers = stack.servers
-    chain = f" {ui.arrow} ".join(
-        f"{model} ({servers[model].name} :{servers[model].port})" for model in CHAT_CHAIN
-    )
-    ui.line(f"  chat chain   {chain}")
+    for n, (model, server) in enumerate(stack.servers.items()):
+        role = "primary" if n == 0 else f"fallback {n}"
+        head = "chat chain" if n == 0 else ""
+        ui.line(f"  {head:<12} {role:<11} {model:<40} loopback {server.base_url}")
     ui.line(f"  SomaBrain    loopback {stack.somabrain.base_url}")
     ui.line(f"  logs         {stack.run_dir}")
     plan = ", ".join(
@@ -128,7 +127,7 @@ async def _settle(demo: Demo) -> None:
     ui = demo.ui
     ui.heading("Settling: every answer, the outbox and the memories")
     sent = demo.sender.sent
-    await demo.replies_to(sent, timeout=180, label="all messages answered", quiet=True)
+    await demo.replies_to(sent, timeout=180, label="all messages answered", quiet=True, real=True)
     _, peak = await demo.drain("outbox", demo.backlog.outbox, timeout=120, unit="published")
     demo.outbox_peak = max(demo.outbox_peak, peak)
     await demo.drain("pending memories", demo.backlog.pending_memories, timeout=90, unit="synced")
@@ -171,14 +170,13 @@ async def run(args: argparse.Namespace, ui: UI, run_dir: Path) -> Summary | None
         for scenario in [WARM_UP, *chosen]:
             results.append(await run_scenario(demo, scenario))
         await _settle(demo)
-        store = stack.somabrain.memories()
         return tally(
             sent=sender.sent,
             replies=reader.replies,
             events=reader.events,
             failovers=await stack.failovers(),
             dead_letters=await backlog.dead_letters(),
-            memories_stored=len(store),
+            memory_keys={m.key for m in stack.somabrain.memories()},
             memories_pending=await backlog.pending_memories(),
             outbox_peak=demo.outbox_peak,
             outbox_left=await backlog.outbox(),

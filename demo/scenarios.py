@@ -21,12 +21,23 @@ from loopback import FailureMode
 from outbox.producer import DeliveryPath
 from schemas.messages import ConversationReply, DegradationEvent
 
-__all__ = ["SCENARIOS", "WARM_UP", "Demo", "Scenario", "ScenarioResult", "find_scenarios"]
+__all__ = [
+    "PLACEHOLDER_MODEL",
+    "SCENARIOS",
+    "WARM_UP",
+    "Demo",
+    "Scenario",
+    "ScenarioResult",
+    "find_scenarios",
+    "is_placeholder",
+]
 
 Status = Literal["passed", "failed", "skipped"]
 ScenarioRun = Callable[["Demo"], Awaitable[None]]
 #: How many replies of one batch are printed in full (the rest are counted).
 SHOWN_PER_BATCH: Final = 4
+#: The model of the immediate reply when every model is down (the real answer follows).
+PLACEHOLDER_MODEL: Final = "none"
 
 
 @dataclass(frozen=True)
@@ -121,13 +132,19 @@ class Demo:
             await asyncio.sleep(0.2)
 
     def format_first(self, events: Sequence[DegradationEvent]) -> str:
-        """One line for the first state the monitor announces of several services."""
+        """The first state the monitor announces of several services (wrapped lines)."""
         ui = self.ui
-        states = ", ".join(
-            f"{e.service} {ui.paint(e.state.value, e.state.value)}"
-            for e in sorted(events, key=lambda e: e.service)
-        )
-        return f"    {ui.paint('events', 'magenta')} first states: {states}"
+        lines: list[str] = []
+        line, width = f"    {ui.paint('events', 'magenta')} first states:", 24
+        for event in sorted(events, key=lambda e: e.service):
+            state = event.state.value
+            if width + len(event.service) + len(state) + 3 > 100:
+                lines.append(line)
+                line, width = " " * 24, 24
+            line += f" {event.service} {ui.paint(state, state)},"
+            width += len(event.service) + len(state) + 3
+        lines.append(line.rstrip(","))
+        return "\n".join(lines)
 
     def format_event(self, event: DegradationEvent) -> str:
         """One line per degradation event."""
@@ -201,15 +218,19 @@ class Demo:
         timeout: float = 90.0,
         label: str = "replies",
         quiet: bool = False,
+        real: bool = False,
     ) -> dict[str, ConversationReply]:
-        """Wait until each of ``sent`` has a reply; the first reply of each, by message id."""
+        """Wait until each of ``sent`` has a reply; the first reply of each, by message id.
+
+        With ``real``, only full answers count, not the "answer delayed" placeholder.
+        """
         wanted = {s.message.message_id for s in sent}
         found: dict[str, ConversationReply] = {}
         deadline = time.monotonic() + timeout
         with self.ui.progress(label, len(wanted), unit="answered") as bar:
             while True:
                 for seen in self.reader.replies:
-                    if seen.reply.in_reply_to in wanted:
+                    if seen.reply.in_reply_to in wanted and not (real and is_placeholder(seen)):
                         found.setdefault(seen.reply.in_reply_to, seen.reply)
                 bar.update(len(found))
                 if len(found) == len(wanted) or time.monotonic() >= deadline:
@@ -286,6 +307,11 @@ class Demo:
                     break
                 await asyncio.sleep(0.25)
         return left == 0, peak
+
+
+def is_placeholder(seen: SeenReply) -> bool:
+    """True for the immediate "answer delayed" reply sent while every model is down."""
+    return seen.reply.model == PLACEHOLDER_MODEL
 
 
 def _contains_in_order(seen: Sequence[str], wanted: Sequence[str]) -> bool:
@@ -428,10 +454,26 @@ async def llm_unavailable(demo: Demo) -> None:
         len(replies2) == len(sent2) and all(_by(r, fallback2) for r in replies2.values()),
         f"{len(replies2)}/{len(sent2)} answered by fallback 2 {fallback2}",
     )
-    ui.step("Both models are back; the open circuits wait for their half-open trial")
-    stack.primary.set_mode(FailureMode.OK)
-    stack.fallback.set_mode(FailureMode.OK)
+    ui.step(f"Fallback 2 {fallback2} fails as well: no model can answer")
+    stack.fallback2.set_mode(FailureMode.ERROR_500)
+    down = ["Hello? Is anyone there?", "I need an answer about my invoice."][: demo.count(2, 1)]
+    sent_down = await demo.send("llm", [("support", t) for t in down])
+    placeholders = await demo.replies_to(sent_down)
+    demo.check(
+        len(placeholders) == len(sent_down)
+        and all(r.model == PLACEHOLDER_MODEL and r.notices for r in placeholders.values()),
+        f'{len(placeholders)}/{len(sent_down)} answered at once: "answer delayed" (never silent)',
+    )
+    ui.step("Every model is back; open circuits wait for their half-open trial")
+    for server in stack.servers.values():
+        server.set_mode(FailureMode.OK)
     await demo.expect_state("llm", "healthy", timeout=stack.options.breaker_wait_seconds + 45)
+    owed = await demo.replies_to(sent_down, real=True, label="owed answers", timeout=60)
+    demo.check(
+        len(owed) == len(sent_down) and all(r.notices for r in owed.values()),
+        f"{len(owed)}/{len(sent_down)} owed answers sent, by "
+        + ", ".join(sorted({r.model for r in owed.values()})),
+    )
     last = ["One more question: what are your opening hours?", "Great, bye!"][: demo.count(2, 1)]
     sent3 = await demo.send("llm", [("support", t) for t in last])
     replies3 = await demo.replies_to(sent3)
@@ -578,8 +620,10 @@ async def run_scenario(demo: Demo, scenario: Scenario) -> ScenarioResult:
     number = f"Scenario {scenario.number}: " if scenario.number else ""
     ui.heading(f"{number}{scenario.title}")
     if scenario.number:
-        ui.note(f"seed: detection {scenario.detection}; response {scenario.response};")
-        ui.note(f"      user impact {scenario.impact}; recovery {scenario.recovery}")
+        ui.note(f"seed  detection    {scenario.detection}")
+        ui.note(f"      response     {scenario.response}")
+        ui.note(f"      user impact  {scenario.impact}")
+        ui.note(f"      recovery     {scenario.recovery}")
     started = time.monotonic()
     problem = scenario.unavailable
     if scenario.run is not None and scenario.key == "kafka":

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from demo.observer import SeenReply, SentMessage
-from demo.scenarios import ScenarioResult
+from demo.scenarios import ScenarioResult, is_placeholder
 from demo.ui import UI
 from outbox.producer import DeliveryPath
 from schemas.messages import DegradationEvent
@@ -27,6 +27,7 @@ class Summary:
     via_outbox: int
     replies: int
     answered: int
+    delayed: int
     duplicates: int
     lost: int
     dead_letters: int
@@ -35,6 +36,7 @@ class Summary:
     out_of_order: int
     memories_stored: int
     memories_pending: int
+    not_remembered: int
     outbox_peak: int
     outbox_left: int
     seconds: float
@@ -89,7 +91,7 @@ def tally(
     events: Sequence[DegradationEvent],
     failovers: dict[tuple[str, str], int],
     dead_letters: int,
-    memories_stored: int,
+    memory_keys: set[str],
     memories_pending: int,
     outbox_peak: int,
     outbox_left: int,
@@ -100,7 +102,9 @@ def tally(
     ids = {s.message.message_id for s in sent}
     ours = [r for r in replies if r.reply.in_reply_to in ids]
     copies = Counter(r.reply.message_id for r in ours)
-    answered = {r.reply.in_reply_to for r in ours}
+    # Answered means a full answer: the "answer delayed" placeholder does not count.
+    answered = {r.reply.in_reply_to for r in ours if not is_placeholder(r)}
+    delayed = {r.reply.in_reply_to for r in ours if is_placeholder(r)}
     transitions: dict[str, list[str]] = defaultdict(list)
     for event in events:
         if not transitions[event.service] and event.previous_state is not None:
@@ -113,14 +117,16 @@ def tally(
         via_outbox=sum(1 for s in sent if s.path is DeliveryPath.OUTBOX),
         replies=len(ours),
         answered=len(answered),
+        delayed=len(delayed),
         duplicates=sum(n - 1 for n in copies.values()),
         lost=len(ids - answered),
         dead_letters=dead_letters,
         failovers=sum(failovers.values()),
         events=len(events),
         out_of_order=_out_of_order(sent, ours),
-        memories_stored=memories_stored,
+        memories_stored=len(memory_keys & ids),
         memories_pending=memories_pending,
+        not_remembered=len(ids - memory_keys),
         outbox_peak=outbox_peak,
         outbox_left=outbox_left,
         seconds=round(seconds, 1),
@@ -166,9 +172,11 @@ def print_summary(ui: UI, summary: Summary) -> None:
         f"{summary.via_kafka} acknowledged by Kafka, {summary.via_outbox} kept in the outbox",
     )
     models = ", ".join(f"{m} {n}" for m, n in summary.models.items())
-    row("replies received", summary.replies, f"{summary.answered} messages answered; {models}")
+    row("replies received", summary.replies, f"by model: {models}")
+    delayed = f" ({summary.delayed} after an immediate 'answer delayed')" if summary.delayed else ""
+    row("answered", summary.answered, f"messages answered in full{delayed}")
     row("duplicates", summary.duplicates, "replies delivered twice", good=summary.duplicates == 0)
-    row("lost", summary.lost, "messages without a reply", good=summary.lost == 0)
+    row("lost", summary.lost, "messages without a full answer", good=summary.lost == 0)
     row("dead letters", summary.dead_letters, "", good=summary.dead_letters == 0)
     arrow = f" {ui.arrow} "
     row("failovers", summary.failovers, "llm_failover_count, from -> to model")
@@ -186,10 +194,14 @@ def print_summary(ui: UI, summary: Summary) -> None:
     degraded = ", ".join(f"{k} {v}" for k, v in summary.degraded.items()) or "none"
     row("degraded replies", sum(summary.degraded.values()), f"by service: {degraded}")
     row("out of order", summary.out_of_order, "replies ahead of an earlier message's")
+    missing = ""
+    if summary.not_remembered:
+        why = " (the exchanges answered after a delay)" if summary.delayed else ""
+        missing = f"; {summary.not_remembered} exchanges not remembered{why}"
     row(
         "memories",
         summary.memories_stored,
-        f"stored in SomaBrain; {summary.memories_pending} still pending",
+        f"exchanges stored in SomaBrain, each once; {summary.memories_pending} pending{missing}",
     )
     row("outbox", summary.outbox_left, f"rows left (peak {summary.outbox_peak})")
     for scenario in summary.scenarios:
