@@ -9,12 +9,20 @@ import sys
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-BENCHES = ("breaker", "failover", "relay_drain", "producer_latency")
+BENCHES = (
+    "breaker",
+    "failover",
+    "relay_drain",
+    "producer_latency",
+    "worker_throughput",
+    "detection",
+    "footprint",
+)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--quick", action="store_true", help="smaller workloads, one run each")
+    parser.add_argument("--quick", action="store_true", help="smaller workloads, fewer runs")
     parser.add_argument("--only", nargs="*", choices=BENCHES, help="run only these")
     args = parser.parse_args()
     chosen = args.only or list(BENCHES)
@@ -36,6 +44,18 @@ def main() -> int:
             from bench import producer_latency
 
             asyncio.run(producer_latency.run(args.quick))
+        elif name == "worker_throughput":
+            from bench import worker_throughput
+
+            asyncio.run(worker_throughput.run(args.quick))
+        elif name == "detection":
+            from bench import detection
+
+            asyncio.run(detection.run(args.quick))
+        elif name == "footprint":
+            from bench import footprint
+
+            asyncio.run(footprint.run(args.quick))
     return 0
 
 

@@ -1,0 +1,113 @@
+"""A worker deployment for the benches: the relay started first (as ``scripts/run.sh``
+does), then ``faust -A streams worker``; optionally the loopback LLM server."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from bench.common import isolated_settings
+from bench.load import Route
+from bench.procs import FaustProc, free_port, python_proc, start_relay, start_worker
+from core.settings import Settings
+
+#: SomaBrain is not part of these measurements: memory off, no somabrain probe.
+BENCH_DEFAULTS: dict[str, Any] = {
+    "memory_enabled": False,
+    "health_probes": "postgres,kafka,redis",
+    "responder": "echo",
+}
+
+
+async def bench_settings(**overrides: Any) -> Settings:
+    """Isolated (own schema, topics, app id), migrated settings with ``BENCH_DEFAULTS``."""
+    return await isolated_settings(**{**BENCH_DEFAULTS, **overrides})
+
+
+def route(settings: Settings) -> Route:
+    """The inbound and outbound topics of ``settings``."""
+    return Route(
+        settings.kafka_bootstrap_servers,
+        settings.topic("conversation.inbound"),
+        settings.topic("conversation.outbound"),
+    )
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def llm_server() -> Iterator[str]:
+    """``python -m loopback.llm_server`` (OK, zero delay) in its own process; its API base."""
+    port = free_port(26800)
+    proc = python_proc(
+        "llm", ["-m", "loopback.llm_server", "--port", str(port), "--log-level", "WARNING"]
+    )
+    try:
+        proc.wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), 30, 0.1)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.stop()
+
+
+def with_llm(settings: Settings, api_base: str) -> Settings:
+    """``settings`` answering through litellm (``openai/gpt-4o``) at ``api_base``."""
+    return settings.model_copy(
+        update={
+            "responder": "litellm",
+            "llm_model": "openai/gpt-4o",
+            "llm_api_base": api_base,
+            "openai_api_key": SecretStr("sk-bench"),
+            "llm_timeout_seconds": 30.0,
+        }
+    )
+
+
+def relay_active(relay: FaustProc) -> bool:
+    """True when the standalone relay's /metrics says it holds the lock."""
+    try:
+        text = httpx.get(
+            f"http://127.0.0.1:{relay.settings.relay_web_port}/metrics", timeout=1.0
+        ).text
+    except httpx.HTTPError:
+        return False
+    return "outbox_relay_active 1.0" in text
+
+
+@contextlib.contextmanager
+def relay_only(settings: Settings) -> Iterator[FaustProc]:
+    """``faust -A streams publish-outbox``, once it holds the relay lock."""
+    relay = start_relay(settings)
+    try:
+        relay.wait_until(lambda: relay_active(relay), 90, 0.05)
+        yield relay
+    finally:
+        relay.stop()
+
+
+@contextlib.contextmanager
+def deployment(
+    settings: Settings, *, standalone_relay: bool = True
+) -> Iterator[tuple[FaustProc | None, FaustProc]]:
+    """The active standalone relay (unless ``standalone_relay`` is false: then the
+    worker's own relay publishes), then a worker ready on /health; both stopped on exit."""
+    data_dir = tempfile.mkdtemp(prefix="sa01-bench-")
+    try:
+        with contextlib.ExitStack() as stack:
+            relay = stack.enter_context(relay_only(settings)) if standalone_relay else None
+            worker = start_worker(settings, data_dir)
+            stack.callback(worker.stop)
+            worker.wait_health_ready()
+            yield relay, worker
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
