@@ -2,7 +2,7 @@
 
 Exit codes: 0 everything answered, nothing lost or duplicated, every scenario showed what
 it should; 1 a message was lost or duplicated; 2 a scenario did not behave as the seed
-says, or the demo could not run.
+says, or the demo could not run; 130 interrupted (the broker is started again if needed).
 """
 
 from __future__ import annotations
@@ -226,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ui.bad(f"the demo could not run: {exc}")
             ui.note("are the services up? `make services` (or scripts/services.sh up)")
         except KeyboardInterrupt:
-            ui.bad("interrupted")
+            ui.bad("interrupted: everything the demo started is stopped again")
+            return 130
         except Exception as exc:
             traceback.print_exc()
             ui.bad(f"the demo failed: {exc!r} (traceback in {run_dir / 'demo-stderr.log'})")

@@ -437,7 +437,8 @@ async def llm_unavailable(demo: Demo) -> None:
         all(_by(r, fallback) for r in replies.values()),
         f"answered by fallback 1 {fallback} (users see no error)",
     )
-    await demo.expect_state("llm", "degraded")
+    # The event, not /status: the open circuit may already be waiting for its trial call.
+    await demo.expect_events("llm", ["degraded"], since)
     after = await stack.failovers()
     moved = sum(after.values()) - before
     demo.check(
@@ -573,7 +574,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         impact='"Voice in fallback mode" message',
         recovery="primary monitored",
         run=None,  # not yet available: needs the loopback TTS/STT servers
-        unavailable="not yet available: the loopback audio (TTS/STT) servers are being written",
+        unavailable="not yet available: needs the loopback TTS/STT servers in the demo",
     ),
     Scenario(
         key="storage",
@@ -584,7 +585,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         impact='"Upload queued" message',
         recovery="automatic retry",
         run=None,  # not yet available: needs the loopback storage server
-        unavailable="not yet available: the loopback storage server is being written",
+        unavailable="not yet available: needs the loopback storage servers in the demo",
     ),
     Scenario(
         key="kafka",

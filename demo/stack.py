@@ -162,6 +162,7 @@ class DemoStack:
         self.broker_stopped = False
         self._http = httpx.AsyncClient(timeout=3.0)
         self._created_schema = False
+        self._created_topics = False
 
     # ------------------------------------------------------------------ settings
 
@@ -233,9 +234,10 @@ class DemoStack:
         for server in (self.primary, self.fallback, self.fallback2, self.somabrain):
             server.start()
         self.settings = self._worker_settings()
-        self._created_schema = True
         await migrate(self.settings)
+        self._created_schema = True
         await ensure_topics(self.settings)
+        self._created_topics = True
         self.relay = ManagedProcess(
             "relay", self.settings, ("publish-outbox",), self.run_dir / "relay.log"
         )
@@ -286,10 +288,12 @@ class DemoStack:
             with contextlib.suppress(Exception):
                 server.stop()
         await self._http.aclose()
-        if self._created_schema and not self.options.keep:
+        if not self.options.keep:
             try:
-                await asyncio.to_thread(self._delete_topics)
-                await self._drop_schema()
+                if self._created_topics:
+                    await asyncio.to_thread(self._delete_topics)
+                if self._created_schema:
+                    await self._drop_schema()
             except Exception as exc:
                 problems.append(f"could not remove the demo's topics or schema: {exc}")
         shutil.rmtree(self.run_dir / "faust", ignore_errors=True)

@@ -196,12 +196,12 @@ def print_summary(ui: UI, summary: Summary) -> None:
     row("out of order", summary.out_of_order, "replies ahead of an earlier message's")
     missing = ""
     if summary.not_remembered:
-        why = " (the exchanges answered after a delay)" if summary.delayed else ""
-        missing = f"; {summary.not_remembered} exchanges not remembered{why}"
+        why = " (answered after a delay)" if summary.delayed else ""
+        missing = f"; not remembered: {summary.not_remembered}{why}"
     row(
         "memories",
         summary.memories_stored,
-        f"exchanges stored in SomaBrain, each once; {summary.memories_pending} pending{missing}",
+        f"stored in SomaBrain; pending: {summary.memories_pending}{missing}",
     )
     row("outbox", summary.outbox_left, f"rows left (peak {summary.outbox_peak})")
     for scenario in summary.scenarios:
