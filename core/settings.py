@@ -194,8 +194,11 @@ class Settings(BaseSettings):
     health_interval_seconds: float = Field(2.0, gt=0, description="Time between two probes.")
     health_timeout_seconds: float = Field(2.0, gt=0, description="A probe slower fails.")
     health_probes: str = Field(
-        "postgres,kafka,redis,somabrain",
-        description="Services to probe, comma-separated (add temporal when it runs).",
+        "postgres,kafka,redis,somabrain,storage,audio",
+        description=(
+            "Services to probe, comma-separated (add temporal when it runs); storage and"
+            " audio cover every store and TTS/STT provider of the chains."
+        ),
     )
     health_slow_seconds: float = Field(
         0.5, gt=0, description="A probe slower than this reports the service degraded."

@@ -377,6 +377,18 @@ class AudioChains:
         links = self.tts.links if chain == "tts" else self.stt.links
         return {link.name: str(link.breaker.state) for link in links if link.name != NATIVE}
 
+    async def start(self) -> None:
+        """Import litellm in a thread when a link needs it, so that the first call's
+        timeout is not spent importing (and the event loop is never blocked by it)."""
+        uses_litellm = any(isinstance(link.provider, OpenAITTS) for link in self.tts.links) or any(
+            isinstance(link.provider, OpenAISTT) for link in self.stt.links
+        )
+        if uses_litellm:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            from providers.responder import import_litellm
+
+            await asyncio.to_thread(import_litellm)
+
     async def close(self) -> None:
         """Close the HTTP client."""
         await self.client.aclose()

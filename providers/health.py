@@ -16,7 +16,14 @@ from providers.audio import NATIVE, AudioChains, KokoroTTS, kokoro_installed
 from providers.storage import StorageChain
 from resilience.circuit_breaker import CircuitBreaker
 from resilience.health import ServiceSpec, provider_specs
-from resilience.probes import BreakerProbe, ChainProbe, Probe, StaticProbe, StoreProbe
+from resilience.probes import (
+    BreakerProbe,
+    ChainProbe,
+    Probe,
+    StaticProbe,
+    StoreProbe,
+    probes_enabled,
+)
 from schemas.messages import ServiceState
 
 __all__ = ["multimodal_probes", "multimodal_specs"]
@@ -54,16 +61,25 @@ def _single_state(name: str, breaker: CircuitBreaker) -> Callable[[], Mapping[st
 
 
 def multimodal_probes(settings: Settings, audio: AudioChains, storage: StorageChain) -> list[Probe]:
-    """One probe per provider and one per chain."""
+    """One probe per provider and one per chain, as ``SA01_HEALTH_PROBES`` asks
+    (``audio``, ``storage``)."""
+    probes: list[Probe] = []
+    if probes_enabled(settings, "audio"):
+        probes += _audio_chain_probes(settings, audio)
+    if probes_enabled(settings, "storage"):
+        stores: list[Probe] = [
+            StoreProbe(settings, f"storage.{store.name}", store.check) for store in storage.stores
+        ]
+        probes += stores
+        probes.append(ChainProbe(settings, "storage", stores))
+    return probes
+
+
+def _audio_chain_probes(settings: Settings, audio: AudioChains) -> list[Probe]:
     probes: list[Probe] = []
     for chain in ("tts", "stt"):
         members = _audio_probes(settings, audio, chain)
         probes += members
         if members:
             probes.append(ChainProbe(settings, chain, members))
-    stores: list[Probe] = [
-        StoreProbe(settings, f"storage.{store.name}", store.check) for store in storage.stores
-    ]
-    probes += stores
-    probes.append(ChainProbe(settings, "storage", stores))
     return probes

@@ -30,6 +30,7 @@ __all__ = [
     "Responder",
     "ResponderAnswer",
     "build_responder",
+    "import_litellm",
     "missing_key_notice",
 ]
 
@@ -128,7 +129,7 @@ class LiteLLMResponder:
         async with self._import_lock:
             if self._litellm is None:
                 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-                self._litellm = await asyncio.to_thread(_import_litellm)
+                self._litellm = await asyncio.to_thread(import_litellm)
         return self._litellm
 
     async def respond(
@@ -180,7 +181,8 @@ class LiteLLMResponder:
         return ResponderAnswer(text=content, model=str(getattr(response, "model", self.model)))
 
 
-def _import_litellm() -> Any:
+def import_litellm() -> Any:
+    """Import litellm (seconds: call it in a thread) with its debug chatter off."""
     import litellm
 
     litellm.suppress_debug_info = True

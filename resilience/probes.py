@@ -23,6 +23,7 @@ from core.settings import Settings
 from schemas.messages import CircuitState, ServiceState
 
 __all__ = [
+    "CHAIN_PROBES",
     "BreakerProbe",
     "ChainProbe",
     "KafkaProbe",
@@ -35,6 +36,7 @@ __all__ = [
     "StoreProbe",
     "TemporalProbe",
     "default_probes",
+    "probes_enabled",
 ]
 
 
@@ -307,7 +309,17 @@ def default_probes(settings: Settings) -> list[Probe]:
         "temporal": TemporalProbe,
     }
     names = [n.strip() for n in settings.health_probes.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(factories))
+    unknown = sorted(set(names) - set(factories) - set(CHAIN_PROBES))
     if unknown:
-        raise ValueError(f"unknown health probes {unknown}; known: {sorted(factories)}")
-    return [factories[name](settings) for name in names]
+        known = sorted({*factories, *CHAIN_PROBES})
+        raise ValueError(f"unknown health probes {unknown}; known: {known}")
+    return [factories[name](settings) for name in names if name in factories]
+
+
+#: Probe names that stand for the provider chains (their probes are built with them).
+CHAIN_PROBES = ("storage", "audio")
+
+
+def probes_enabled(settings: Settings, name: str) -> bool:
+    """Whether ``SA01_HEALTH_PROBES`` names ``name``."""
+    return name in {n.strip() for n in settings.health_probes.split(",")}

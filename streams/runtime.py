@@ -143,6 +143,7 @@ class Runtime:
         await check_schema(self.settings)
         await self.database.open()
         await self.producer.start()
+        await self.audio.start()
         if self.settings.relay_enabled_in_worker:
             await self.relay.start()
         if self.settings.memory_enabled:

@@ -37,6 +37,11 @@ def make_settings(services: ServiceEndpoints, test_id: str, **overrides: object)
         "topic_partitions": 4,
         "responder": "echo",
         "relay_poll_interval_seconds": 0.2,
+        # Audio and storage providers are probed only by the tests about them.
+        "health_probes": "postgres,kafka,redis,somabrain",
+        "storage_chain": "local,redis",
+        "storage_local_root": f"/tmp/sa01-tests/{test_id}/storage",
+        "backup_local_root": f"/tmp/sa01-tests/{test_id}/backup",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
