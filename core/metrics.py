@@ -84,7 +84,7 @@ class Metrics:
         # --- the conversation agent ------------------------------------------
         self.messages_processed_total = Counter(
             "conversation_messages",
-            "Inbound messages by outcome (replied, duplicate, dead_lettered).",
+            "Inbound messages by outcome (replied, degraded, duplicate, dead_lettered).",
             ["outcome"],
             registry=r,
         )
