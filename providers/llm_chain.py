@@ -109,4 +109,15 @@ def build_chain_responder(
         )
         for use_case, models in config.chains.items()
     }
+    # Serve every switch a chain can make at 0 from the start, so that the first real
+    # failover is an increase rate() and increase() can see. Besides adjacent models,
+    # a chain switches from a model to any later one when the models between are
+    # skipped (open circuit) or fail too.
+    for models in config.chains.values():
+        for index, from_model in enumerate(models):
+            for to_model in models[index + 1 :]:
+                if to_model != from_model:
+                    metrics.llm_failover_count.labels(
+                        from_provider=from_model, to_provider=to_model
+                    )
     return ChainResponder(chains)
