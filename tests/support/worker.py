@@ -147,9 +147,11 @@ class WorkerFactory:
             worker.wait_ready()
         return worker
 
-    def start_relay(self, settings: Settings, *, name: str = "relay") -> WorkerProcess:
-        """Start ``faust -A streams publish-outbox`` (no metrics port)."""
-        relay_settings = settings.model_copy(update={"relay_web_port": 0})
+    def start_relay(
+        self, settings: Settings, *, name: str = "relay", metrics_port: int = 0
+    ) -> WorkerProcess:
+        """Start ``faust -A streams publish-outbox``; ``/metrics`` on ``metrics_port`` (0: none)."""
+        relay_settings = settings.model_copy(update={"relay_web_port": metrics_port})
         log_path = self.directory / f"{name}-{len(self.started)}.log"
         relay = WorkerProcess(relay_settings, log_path, {}, command=("publish-outbox",))
         self.started.append(relay)
