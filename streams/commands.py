@@ -26,12 +26,14 @@ from schemas.messages import ConversationInbound, UseCase
 from streams.app import StreamsApp
 from streams.console import Console, dump_json, format_status
 from streams.runtime import check_schema
+from streams.uploads import inline_attachment, read_upload
 
 __all__ = [
     "register",
     "register_dlq_command",
     "register_memory_command",
     "register_operator_commands",
+    "register_storage_commands",
 ]
 
 
@@ -75,15 +77,41 @@ def register(app: StreamsApp) -> None:
         option("--use-case", default="chat", type=str, help="chat, coding or fast."),
         option("--count", default=1, type=int, help="How many messages to send."),
         option("--text", default="Hello!", help="The message text."),
+        option(
+            "--attach",
+            multiple=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="A file to upload with the message (repeatable).",
+        ),
+        option(
+            "--voice",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="An audio file: send a voice message (--text is then the client's transcript).",
+        ),
     )
     async def produce(
-        self: Any, tenant: str, session: str, agent: str, use_case: str, count: int, text: str
+        self: Any,
+        tenant: str,
+        session: str,
+        agent: str,
+        use_case: str,
+        count: int,
+        text: str,
+        attach: tuple[str, ...],
+        voice: str | None,
     ) -> None:
         """Send messages to conversation.inbound (Kafka, else the outbox); print their ids."""
         try:
             chosen = UseCase(use_case)
         except ValueError:
             _fail(ValueError(f"--use-case must be one of {', '.join(u.value for u in UseCase)}"))
+            return
+        files = [*([voice] if voice else []), *attach]
+        try:
+            contents = [await asyncio.to_thread(read_upload, settings, path) for path in files]
+        except ResilienceError as exc:
+            _fail(exc)
             return
         database = Database(settings)
         producer = ResilientProducer(settings, database, app.metrics)
@@ -93,14 +121,22 @@ def register(app: StreamsApp) -> None:
         paths: Counter[str] = Counter()
         try:
             for n in range(count):
+                message_id = str(uuid.uuid4())
                 message = ConversationInbound(
-                    message_id=str(uuid.uuid4()),
+                    message_id=message_id,
                     tenant_id=tenant,
                     session_id=session,
                     agent_id=agent,
-                    text=text if count == 1 else f"{text} ({n + 1}/{count})",
+                    text=("" if voice and text == "Hello!" else text)
+                    if count == 1
+                    else f"{text} ({n + 1}/{count})",
                     use_case=chosen,
                     created_at=datetime.now(UTC),
+                    voice=voice is not None,
+                    attachments=tuple(
+                        inline_attachment(tenant, message_id, path, data)
+                        for path, data in zip(files, contents, strict=True)
+                    ),
                 )
                 result = await producer.send(
                     message_record(topic, message.partition_key, message, message.message_id)
@@ -303,3 +339,50 @@ def register_memory_command(app: StreamsApp) -> None:
         finally:
             await sync.stop()
             await client.close()
+
+
+def register_storage_commands(app: StreamsApp) -> None:
+    """``backup``: ask the backup agent to copy stored objects to the backup store."""
+    settings = app.settings
+
+    @app.command(
+        argument("keys", nargs=-1, required=True),
+        option("--task-id", default=None, help="Id of the task (default: a new UUID)."),
+    )
+    async def backup(self: Any, keys: tuple[str, ...], task_id: str | None) -> None:
+        """Queue a backup of the stored objects KEYS on backup.tasks; print the task id."""
+        from pydantic import ValidationError
+
+        from core.topics import BACKUP_TASKS
+        from schemas.messages import BackupTask
+
+        try:
+            task = BackupTask(
+                task_id=task_id or str(uuid.uuid4()),
+                storage_keys=keys,
+                requested_by="faust -A streams backup",
+            )
+        except ValidationError as exc:
+            problems = "; ".join(str(e["msg"]) for e in exc.errors())
+            _fail(ValueError(f"cannot back up {', '.join(keys)}: {problems}"))
+            return
+        database = Database(settings)
+        producer = ResilientProducer(settings, database, app.metrics)
+        await database.open()
+        await producer.start()
+        try:
+            result = await producer.send(
+                message_record(settings.topic(BACKUP_TASKS), task.task_id, task, task.task_id)
+            )
+        except ResilienceError as exc:
+            _fail(exc)
+            return
+        finally:
+            await producer.stop()
+            await database.close()
+        print(task.task_id)
+        print(
+            f"backup of {len(keys)} object(s) queued ({result.path.value}); the backup agent "
+            f"copies them to the {settings.backup_store} backup store",
+            file=sys.stderr,
+        )

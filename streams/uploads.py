@@ -1,0 +1,42 @@
+"""Files given to the ``produce`` command, as inline attachments of a message."""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+from pathlib import Path
+
+from core.errors import UploadRefusedError
+from core.settings import Settings
+from schemas.messages import Attachment, storage_key_problem
+
+__all__ = ["inline_attachment", "read_upload"]
+
+
+def read_upload(settings: Settings, path: str) -> bytes:
+    """The bytes of ``path``; :class:`UploadRefusedError` when over the inline limit."""
+    file = Path(path)
+    size = file.stat().st_size
+    if size > settings.upload_max_bytes:
+        raise UploadRefusedError(
+            f"{path} is {size} bytes; a message carries at most {settings.upload_max_bytes}"
+            " (SA01_UPLOAD_MAX_BYTES)"
+        )
+    return file.read_bytes()
+
+
+def inline_attachment(tenant: str, message_id: str, path: str, data: bytes) -> Attachment:
+    """``data`` as an attachment stored under ``<tenant>/uploads/<message id>/<file name>``."""
+    name = Path(path).name
+    key = f"{tenant}/uploads/{message_id}/{name}"
+    problem = storage_key_problem(key)
+    if problem is not None:
+        raise UploadRefusedError(f"cannot upload {path}: the storage key {key!r} {problem}")
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return Attachment(
+        attachment_id=name,
+        content_type=content_type,
+        size_bytes=len(data),
+        storage_key=key,
+        content_base64=base64.b64encode(data).decode(),
+    )
