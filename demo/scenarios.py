@@ -294,9 +294,11 @@ class Demo:
         *,
         timeout: float,
         unit: str,
+        initial: int = 0,
     ) -> tuple[bool, int]:
-        """A bar that fills as ``count`` falls to 0; (emptied, the largest count seen)."""
-        peak = max(await count(), 1)
+        """A bar that fills as ``count`` falls to 0 (from ``initial`` when larger); returns
+        (emptied, the largest count seen)."""
+        peak = max(await count(), initial, 1)
         deadline = time.monotonic() + timeout
         with self.ui.progress(label, peak, unit=unit) as bar:
             while True:
@@ -402,14 +404,18 @@ async def somabrain_unavailable(demo: Demo) -> None:
     somabrain.set_mode(FailureMode.OK)
     await demo.expect_state("somabrain", "healthy")
     emptied, _ = await demo.drain(
-        "memories syncing", demo.backlog.pending_memories, timeout=60, unit="synced"
+        "memories syncing",
+        demo.backlog.pending_memories,
+        timeout=60,
+        unit="synced",
+        initial=before + kept_now,
     )
-    stored = {m.key for m in somabrain.memories()}
-    ids = {s.message.message_id for s in sent}
+    ids = [s.message.message_id for s in sent]
+    stored = [m.key for m in somabrain.memories() if m.key in set(ids)]
     demo.check(
-        emptied and ids <= stored,
-        f"pending_memory is empty; SomaBrain holds all {len(ids)} memories, each once "
-        f"({len(somabrain.memories())} in all)",
+        emptied and stored == ids,
+        f"pending_memory is empty; SomaBrain holds the {len(ids)} memories in the order "
+        f"sent ({len(somabrain.memories())} in all)",
     )
     await demo.expect_events("somabrain", ["unavailable", "healthy"], since)
 
@@ -521,7 +527,7 @@ async def kafka_unavailable(demo: Demo) -> None:
         ui.note(line)
     demo.check(True, f"broker back ({taken:.1f}s)")
     emptied, peak = await demo.drain(
-        "outbox draining", demo.backlog.outbox, timeout=180, unit="published"
+        "outbox draining", demo.backlog.outbox, timeout=180, unit="published", initial=backlog
     )
     demo.outbox_peak = max(demo.outbox_peak, peak)
     demo.check(emptied, f"the relay drained the outbox ({peak} rows at the peak)")
