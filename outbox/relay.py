@@ -14,6 +14,10 @@ Contract:
 * A broker-level failure never counts an attempt (rows wait for the broker); a
   row-specific failure counts one and backs off; after ``max_attempts`` the row goes
   to ``dead_letter_message`` and its topic's ``.dlq``.
+* While active, the relay refreshes the backlog gauges (``outbox_messages_pending``,
+  ``outbox_relay_lag_seconds``) every ``BACKLOG_REFRESH_SECONDS`` on a timer of its
+  own, whatever the publish loop is doing (idle, publishing, backing off from the
+  broker); a failed refresh keeps the last values and is retried at the next tick.
 """
 
 from __future__ import annotations
@@ -44,9 +48,12 @@ from outbox.transactions import (
 )
 from schemas.headers import dead_letter_headers
 
-__all__ = ["OutboxRelay", "PublishError"]
+__all__ = ["BACKLOG_REFRESH_SECONDS", "OutboxRelay", "PublishError"]
 
 logger = logging.getLogger(__name__)
+
+BACKLOG_REFRESH_SECONDS = 5.0
+"""How often the active relay counts the outbox backlog for its gauges."""
 
 
 class PublishError(PermanentError):
@@ -75,6 +82,7 @@ class OutboxRelay:
         self._last_cleanup = 0.0
         self.idempotency = IdempotencyStore()
         self.active = False
+        self.backlog_refresh_seconds = BACKLOG_REFRESH_SECONDS
 
     # ------------------------------------------------------------------ control
     def wake(self) -> None:
@@ -206,6 +214,19 @@ class OutboxRelay:
     async def _publish_until_stopped(
         self, publisher: TransactionalPublisher, lock_conn: psycopg.AsyncConnection[Any]
     ) -> None:
+        # The gauges are refreshed by a timer beside the loop, not in one of its
+        # branches: a batch stuck on an unreachable broker must not freeze them.
+        refresher = asyncio.create_task(self._refresh_backlog_forever(), name="outbox-backlog")
+        try:
+            await self._publish_loop(publisher, lock_conn)
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+
+    async def _publish_loop(
+        self, publisher: TransactionalPublisher, lock_conn: psycopg.AsyncConnection[Any]
+    ) -> None:
         idle_checks = 0
         failures = 0
         while not self._stopping.is_set():
@@ -222,7 +243,6 @@ class OutboxRelay:
             idle_checks += 1
             if idle_checks % 10 == 0:
                 await lock_conn.execute("SELECT 1")  # the lock lives as long as this session
-                await self._refresh_backlog_metrics()
                 await self._cleanup_if_due()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -250,6 +270,19 @@ class OutboxRelay:
             pending, lag = await self.store.pending_count(conn)
         self.metrics.outbox_messages_pending.set(pending)
         self.metrics.outbox_relay_lag_seconds.set(lag)
+
+    async def _refresh_backlog_forever(self) -> None:
+        """Refresh the backlog gauges now, then every ``backlog_refresh_seconds``.
+
+        Only reads; never stops the relay: while PostgreSQL does not answer the gauges
+        keep their last values (the publish loop reports the outage itself).
+        """
+        while True:
+            try:
+                await self._refresh_backlog_metrics()
+            except Exception as exc:
+                logger.debug("outbox backlog gauges not refreshed: %s", exc)
+            await asyncio.sleep(self.backlog_refresh_seconds)
 
     # -------------------------------------------------------------------- batch
     async def _publish_one_batch(self, publisher: TransactionalPublisher) -> int:
