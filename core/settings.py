@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["PROVIDER_KEY_VARIABLES", "Settings"]
@@ -149,7 +149,17 @@ class Settings(BaseSettings):
     )
     storage_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one store call.")
     upload_max_bytes: int = Field(
-        512 * 1024, ge=1, description="Largest attachment accepted inline in a message."
+        4 * 1024 * 1024,
+        ge=1,
+        description="Largest attachment accepted inline in a message (base64 adds a third).",
+    )
+    kafka_max_message_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1_048_588,
+        description=(
+            "Largest record of the topics that carry uploads (conversation.inbound,"
+            " upload.retry and their .dlq); the producers allow it too."
+        ),
     )
     upload_max_attempts: int = Field(
         30, ge=1, description="Attempts of a queued upload before upload.retry.dlq."
@@ -214,6 +224,16 @@ class Settings(BaseSettings):
         if not _IDENTIFIER.match(value):
             raise ValueError("must be a lower-case SQL identifier (letters, digits, _)")
         return value
+
+    @model_validator(mode="after")
+    def _uploads_fit_in_a_record(self) -> Settings:
+        encoded = (self.upload_max_bytes + 2) // 3 * 4 + 64 * 1024  # base64 and the envelope
+        if encoded > self.kafka_max_message_bytes:
+            raise ValueError(
+                f"SA01_UPLOAD_MAX_BYTES={self.upload_max_bytes} needs records of about {encoded}"
+                f" bytes, more than SA01_KAFKA_MAX_MESSAGE_BYTES={self.kafka_max_message_bytes}"
+            )
+        return self
 
     def topic(self, name: str) -> str:
         """The full name of one of the project's topics (with the configured prefix)."""

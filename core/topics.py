@@ -63,8 +63,17 @@ def project_topics(settings: Settings) -> list[TopicSpec]:
         UPLOAD_RETRY,
         BACKUP_TASKS,
     ]
-    specs = [TopicSpec(settings.topic(name), parts) for name in data_topics]
-    specs += [TopicSpec(settings.topic(dlq(name)), parts) for name in data_topics]
+    # Uploads travel inline on these topics (and their dead letters keep the bytes).
+    large = {CONVERSATION_INBOUND, UPLOAD_RETRY}
+    big = {"max.message.bytes": str(settings.kafka_max_message_bytes)}
+    specs = [
+        TopicSpec(settings.topic(name), parts, dict(big) if name in large else {})
+        for name in data_topics
+    ]
+    specs += [
+        TopicSpec(settings.topic(dlq(name)), parts, dict(big) if name in large else {})
+        for name in data_topics
+    ]
     specs.append(TopicSpec(settings.topic(DEGRADATION_EVENTS), parts))
     specs.append(TopicSpec(settings.topic(dlq(DEGRADATION_EVENTS)), parts))
     # Faust's own topics, created here so that the consumer never subscribes before

@@ -109,6 +109,7 @@ class ResilientProducer:
                 "acks": "all",
                 # No linger: a send waits for its own ack; concurrent sends still batch.
                 "linger.ms": 0,
+                "message.max.bytes": self.settings.kafka_max_message_bytes + 65_536,
                 "message.timeout.ms": int(self.settings.producer_send_timeout_seconds * 1000),
                 "socket.timeout.ms": 5000,
                 "reconnect.backoff.max.ms": 1000,

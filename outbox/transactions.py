@@ -88,6 +88,7 @@ class TransactionalPublisher:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 2,
+            "message.max.bytes": self.settings.kafka_max_message_bytes + 65_536,
             "compression.type": "lz4",
             "transaction.timeout.ms": max(timeout_ms * 2, 60_000),
             "message.timeout.ms": timeout_ms,

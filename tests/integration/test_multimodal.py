@@ -403,6 +403,36 @@ def test_path_traversal_is_dead_lettered_and_oversized_uploads_are_refused_with_
     assert not (tmp_path / "etc").exists()
 
 
+def test_a_queued_upload_of_several_megabytes_reaches_the_primary_with_every_byte(
+    stack: Settings,
+    workers: WorkerFactory,
+    tmp_path: Path,
+    s3: S3Server,
+) -> None:
+    # The origin code stored queued uploads of 1 MB or more without their data.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("no local store")
+    settings = multimodal_settings(
+        stack,
+        tmp_path,
+        s3,
+        storage_chain="s3,local",
+        storage_local_root=str(blocker / "storage"),
+    )
+    s3.stop()
+    worker = workers.start(settings)
+    data = bytes(range(256)) * (6 * 1024 + 7)  # about 1.5 MiB, not a multiple of anything
+    message = upload_message(7, data)
+    produce_inbound(settings, [message])
+    [reply] = replies_to(settings, 1)
+    assert "Upload queued" in reply.notices
+
+    s3.start()
+    wait_for(lambda: len(objects(s3, settings.s3_bucket)) == 1, 120, "the upload in S3")
+    assert objects(s3, settings.s3_bucket)["tenant-a/uploads/file-7.bin"] == data
+    assert metric(worker, 'upload_tasks_total{outcome="stored"}') == 1
+
+
 # --------------------------------------------------------------------------- backups
 
 

@@ -48,6 +48,7 @@ def produce_raw(settings: Settings, topic: str, records: list[tuple[bytes | None
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
+            "message.max.bytes": settings.kafka_max_message_bytes + 65_536,
         }
     )
     errors: list[KafkaError] = []
