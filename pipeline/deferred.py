@@ -18,7 +18,7 @@ import psycopg
 
 from core.errors import InfrastructureUnavailableError, TransientError
 from core.settings import Settings
-from core.topics import CONVERSATION_OUTBOUND
+from core.topics import CONVERSATION_OUTBOUND, MEMORY_REMEMBER
 from journeys.conversation import ConversationJourney
 from outbox.database import Database
 from outbox.deferred import DeferredAnswerStore
@@ -53,6 +53,7 @@ class DeferredAnswerer:
         self.store = DeferredAnswerStore()
         self.outbox = OutboxStore()
         self.topic = settings.topic(CONVERSATION_OUTBOUND)
+        self.memory_topic = settings.topic(MEMORY_REMEMBER)
         self._task: asyncio.Task[None] | None = None
 
     async def answer_due(self, limit: int = 50) -> int:
@@ -84,7 +85,9 @@ class DeferredAnswerer:
                             conn, inbound.message_id, str(exc), timedelta(seconds=2.0)
                         )
                     break  # the models are still down: try again at the next pass
-                reply = reply.model_copy(update={"notices": ("Answer sent after a delay",)})
+                reply = reply.model_copy(
+                    update={"notices": (*reply.notices, "Answer sent after a delay")}
+                )
                 async with self.database.connection() as conn, conn.transaction():
                     if not await self.store.answered(conn, inbound.message_id):
                         continue
@@ -93,6 +96,19 @@ class DeferredAnswerer:
                         message_record(self.topic, inbound.partition_key, reply, reply.message_id),
                         self.settings.outbox_max_attempts,
                     )
+                    if self.settings.memory_enabled:
+                        # The exchange is remembered like any other, once it really happened.
+                        memory = self.journey.memory_for(inbound, reply)
+                        await self.outbox.add(
+                            conn,
+                            message_record(
+                                self.memory_topic,
+                                memory.partition_key,
+                                memory,
+                                memory.memory_id,
+                            ),
+                            self.settings.outbox_max_attempts,
+                        )
                 sent += 1
                 self.on_committed()
             return sent

@@ -186,6 +186,10 @@ def import_litellm() -> Any:
     import litellm
 
     litellm.suppress_debug_info = True
+    # litellm's INFO lines carry arguments its format strings do not use: under the
+    # worker's logging each one printed a "--- Logging error ---" traceback.
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return litellm
 
 

@@ -9,7 +9,7 @@ import pytest
 from core.settings import Settings
 from loopback import FailureMode, LLMServer
 from schemas.codec import decode_message
-from schemas.messages import ConversationReply
+from schemas.messages import ConversationReply, MemoryRecord
 from tests.integration.test_worker_end_to_end import with_llm
 from tests.support.kafka import consume, inbound, produce_inbound
 from tests.support.worker import WorkerFactory
@@ -54,3 +54,10 @@ async def test_with_every_model_down_each_message_is_answered_now_and_properly_l
         assert real.text == f"[primary] {message.text}"
         assert real.notices == ("Answer sent after a delay",)
         assert real.message_id != first.message_id
+    # Each exchange is remembered once, with the real answer (not the placeholder).
+    memories = [
+        decode_message(MemoryRecord, r.value)
+        for r in consume(settings, settings.topic("somabrain.memory.remember"), 20, settle=2.0)
+    ]
+    assert sorted(m.memory_id for m in memories) == sorted(m.message_id for m in sent)
+    assert all("[primary] question" in m.content for m in memories)
