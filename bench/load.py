@@ -72,6 +72,7 @@ def producer(bootstrap: str, linger_ms: int = 1) -> Producer:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": linger_ms,
+            "log_level": 3,  # errors only: retries while a new topic settles are normal
         }
     )
 
@@ -134,6 +135,7 @@ class ReplyWatcher:
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
                 "fetch.wait.max.ms": 50,
+                "log_level": 3,
             }
         )
         topic = self.route.outbound

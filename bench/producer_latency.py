@@ -111,7 +111,7 @@ async def run(quick: bool) -> dict[str, Any]:
                 await producer.stop()
     finally:
         await drop(settings)
-    result = {
+    result: dict[str, Any] = {
         "workload": f"200 B records, 50 keys; {n} sequential sends, {n * 5} in waves of 200",
         "broker_up": {
             "p50_ms": percentile(up, 50),

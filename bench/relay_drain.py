@@ -22,8 +22,8 @@ from outbox.relay import OutboxRelay
 PAYLOAD = b"x" * 200
 
 
-async def fill(database: Database, settings: Settings, rows: int) -> None:
-    """Insert ``rows`` pending rows with COPY (fast)."""
+async def fill(database: Database, settings: Settings, rows: int, tag: str = "bench") -> None:
+    """Insert ``rows`` pending rows with COPY (fast); idempotency keys ``TAG-N``."""
     topic = settings.topic("conversation.outbound")
     async with database.connection() as conn, conn.transaction():
         async with conn.cursor().copy(
@@ -32,7 +32,7 @@ async def fill(database: Database, settings: Settings, rows: int) -> None:
         ) as copy:
             for n in range(rows):
                 await copy.write_row(
-                    (f"bench-{n}", topic, f"key-{n % 100}".encode(), PAYLOAD, "{}")
+                    (f"{tag}-{n}", topic, f"key-{n % 100}".encode(), PAYLOAD, "{}")
                 )
 
 
@@ -100,7 +100,7 @@ async def run(quick: bool) -> dict[str, Any]:
         finally:
             await drop(settings)
         naive.append(await naive_rate(naive_rows))
-    result = {
+    result: dict[str, Any] = {
         "workload": f"{rows} rows of 200 B, 100 keys, batch 500; naive: {naive_rows} rows",
         "relay_rows_per_s": summary(relay),
         "direct_producer_msgs_per_s": summary(direct),
