@@ -26,7 +26,13 @@ from loopback.audio_server import AudioServer, fake_audio, transcript_of
 from loopback.s3_server import S3Server
 from schemas.codec import decode_message, encode_message
 from schemas.headers import ERRORS_MESSAGE
-from schemas.messages import Attachment, BackupTask, ConversationInbound, ConversationReply
+from schemas.messages import (
+    Attachment,
+    BackupTask,
+    ConversationInbound,
+    ConversationReply,
+    UploadTask,
+)
 from tests.support.kafka import consume, produce_inbound, produce_raw
 from tests.support.status import state_of, wait_status
 from tests.support.worker import WorkerFactory, WorkerProcess
@@ -431,6 +437,39 @@ def test_a_queued_upload_of_several_megabytes_reaches_the_primary_with_every_byt
     wait_for(lambda: len(objects(s3, settings.s3_bucket)) == 1, 120, "the upload in S3")
     assert objects(s3, settings.s3_bucket)["tenant-a/uploads/file-7.bin"] == data
     assert metric(worker, 'upload_tasks_total{outcome="stored"}') == 1
+
+
+def test_an_upload_still_unstored_after_its_attempts_goes_to_the_dead_letter_topic_whole(
+    stack: Settings,
+    workers: WorkerFactory,
+    tmp_path: Path,
+    s3: S3Server,
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("no local store")
+    settings = multimodal_settings(
+        stack,
+        tmp_path,
+        s3,
+        storage_chain="s3,local",
+        storage_local_root=str(blocker / "storage"),
+        upload_max_attempts=3,
+    )
+    s3.stop()
+    worker = workers.start(settings)
+    data = b"keep me" * 100
+    produce_inbound(settings, [upload_message(1, data)])
+    [reply] = replies_to(settings, 1)
+    assert "Upload queued" in reply.notices
+
+    [dead] = consume(settings, settings.topic("upload.retry.dlq"), 1, timeout=60)
+    task = decode_message(UploadTask, dead.value)
+    assert base64.b64decode(task.content_base64 or "") == data
+    assert dead.headers["dlq.attempts"] == "3"
+    assert "storage.s3" in dead.headers[ERRORS_MESSAGE]
+    wait_for(
+        lambda: metric(worker, 'upload_tasks_total{outcome="dead_lettered"}') == 1, 10, "metric"
+    )
 
 
 # --------------------------------------------------------------------------- backups
