@@ -68,13 +68,30 @@ class DeadLetterStore:
 
 @dataclass(frozen=True)
 class DeadLetterFilter:
-    """Which dead letters an admin command acts on."""
+    """Which dead letters an admin command acts on.
+
+    ``since_seconds`` keeps those *newer* than that many seconds, ``older_than_seconds``
+    those *older* (retention: ``older_than_seconds=30 * 86400``); both together keep
+    the span between.
+    """
 
     ids: tuple[int, ...] = ()
     topic: str | None = None
     error: str | None = None
     since_seconds: float | None = None
     include_replayed: bool = False
+    older_than_seconds: float | None = None
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether anything but ``include_replayed`` restricts the selection."""
+        return bool(
+            self.ids
+            or self.topic
+            or self.error
+            or self.since_seconds is not None
+            or self.older_than_seconds is not None
+        )
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,9 @@ def _where(selection: DeadLetterFilter) -> tuple[sql.Composable, list[Any]]:
     if selection.since_seconds is not None:
         clauses.append(sql.SQL("created_at >= now() - %s * interval '1 second'"))
         params.append(selection.since_seconds)
+    if selection.older_than_seconds is not None:
+        clauses.append(sql.SQL("created_at < now() - %s * interval '1 second'"))
+        params.append(selection.older_than_seconds)
     if not selection.include_replayed:
         clauses.append(sql.SQL("replayed_at IS NULL"))
     if not clauses:

@@ -4,6 +4,10 @@ The ``dead_letter_message`` table indexes every dead letter (the agent's and the
 relay's); the ``.dlq`` topics carry the same records for stream tools. Replay sends
 a dead letter's original key and bytes back to its original topic through the outbox
 (so it is durable and published exactly once) and marks it replayed.
+
+Filters: ids, ``--topic``, ``--error``, ``--since D`` (newer than D), ``--older-than D``
+(older than D: retention clean-up is ``purge --older-than 30d``). ``purge`` with no
+filter deletes every dead letter and is refused unless ``--all`` says so.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import re
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, ResilienceError
 from core.settings import Settings
 from outbox.database import Database
 from outbox.dead_letters import DeadLetterAdmin, DeadLetterFilter, StoredDeadLetter
@@ -23,19 +27,64 @@ from outbox.store import OutboxRecord, OutboxStore
 from schemas.headers import IDEMPOTENCY_KEY
 from streams.console import Console, dump_json
 
-__all__ = ["ACTIONS", "parse_since", "run_dlq"]
+if TYPE_CHECKING:
+    from streams.app import StreamsApp
+
+__all__ = ["ACTIONS", "build_filter", "parse_duration", "parse_since", "register", "run_dlq"]
 
 ACTIONS = ("list", "show", "replay", "purge")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, option: str = "--since") -> float:
+    """``90``, ``30m``, ``2h``, ``1d``, ``2w`` as seconds; ``option`` names it in the error."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ConfigurationError(
+            f"{option} {text!r}: expected a duration such as 30m, 2h, 1d or 2w"
+        )
+    return float(match[1]) * _UNITS[match[2]]
 
 
 def parse_since(text: str) -> float:
-    """``90``, ``30m``, ``2h``, ``1d`` as seconds."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ConfigurationError(f"--since {text!r}: expected a duration such as 30m, 2h or 1d")
-    return float(match[1]) * _UNITS[match[2]]
+    """``90``, ``30m``, ``2h``, ``1d`` as seconds (the ``--since`` option)."""
+    return parse_duration(text, "--since")
+
+
+def build_filter(
+    settings: Settings,
+    action: str,
+    *,
+    ids: tuple[int, ...] = (),
+    topic: str | None = None,
+    error: str | None = None,
+    since: str | None = None,
+    older_than: str | None = None,
+    include_replayed: bool = False,
+) -> DeadLetterFilter:
+    """The selection of a ``dlq`` command line; the topic takes the configured prefix."""
+    since_seconds = parse_duration(since, "--since") if since else None
+    older_than_seconds = parse_duration(older_than, "--older-than") if older_than else None
+    if (
+        since_seconds is not None
+        and older_than_seconds is not None
+        and since_seconds <= older_than_seconds
+    ):
+        raise ConfigurationError(
+            f"--since {since} --older-than {older_than} selects nothing: --since keeps dead "
+            "letters newer than its duration, --older-than those older than its own"
+        )
+    if topic and not topic.startswith(settings.topic_prefix or "\0"):
+        topic = settings.topic(topic)
+    return DeadLetterFilter(
+        ids=ids,
+        topic=topic,
+        error=error,
+        since_seconds=since_seconds,
+        older_than_seconds=older_than_seconds,
+        include_replayed=include_replayed or action in ("list", "show", "purge"),
+    )
 
 
 def _text(data: bytes | None) -> str:
@@ -120,13 +169,22 @@ async def run_dlq(
     dry_run: bool,
     as_json: bool,
     console: Console | None = None,
+    purge_all: bool = False,
 ) -> int:
-    """Run one dlq action; return how many dead letters it concerned."""
+    """Run one dlq action; return how many dead letters it concerned.
+
+    ``purge`` with a selection that filters nothing is refused unless ``purge_all``.
+    """
     console = console or Console()
     if action not in ACTIONS:
         raise ConfigurationError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
     if action == "show" and not selection.ids:
         raise ConfigurationError("dlq show needs the id of a dead letter (see dlq list)")
+    if action == "purge" and not selection.narrowed and not purge_all:
+        raise ConfigurationError(
+            "dlq purge without a filter would delete every dead letter: add --all to mean "
+            "it, or select some (ids, --older-than 30d, --since 2h, --topic, --error)"
+        )
     admin = DeadLetterAdmin()
     async with Database(settings) as database:
         async with database.connection() as conn:
@@ -186,6 +244,77 @@ def _pretty(document: dict[str, Any]) -> str:
         else:
             lines.append(f"{name}: {value}")
     return "\n".join(lines)
+
+
+def register(app: StreamsApp) -> None:
+    """Declare ``dlq list|show|replay|purge`` on ``app``."""
+    import click
+    from faust.cli import argument, option
+
+    settings = app.settings
+
+    @app.command(
+        argument("action", type=click.Choice(list(ACTIONS))),
+        argument("ids", nargs=-1, type=int),
+        option("--topic", default=None, help="Only dead letters from this original topic."),
+        option("--error", default=None, help="Only error classes containing this text."),
+        option("--since", default=None, help="Only NEWER than this (30m, 2h, 1d)."),
+        option(
+            "--older-than",
+            "older_than",
+            default=None,
+            help="Only OLDER than this (30d, 2w): retention clean-up.",
+        ),
+        option("--limit", default=100, type=int, help="At most this many (list)."),
+        option("--include-replayed", is_flag=True, default=False, help="Also replayed ones."),
+        option(
+            "--all",
+            "purge_all",
+            is_flag=True,
+            default=False,
+            help="purge: allow purging with no filter (every dead letter).",
+        ),
+        option("--dry-run", is_flag=True, default=False, help="Say what would happen."),
+        option("--json", "as_json", is_flag=True, default=False, help="JSON output."),
+    )
+    async def dlq(
+        self: Any,
+        action: str,
+        ids: tuple[int, ...],
+        topic: str | None,
+        error: str | None,
+        since: str | None,
+        older_than: str | None,
+        limit: int,
+        include_replayed: bool,
+        purge_all: bool,
+        dry_run: bool,
+        as_json: bool,
+    ) -> None:
+        """Dead letters: list, show ID, replay [IDS] (to their topic), purge."""
+        try:
+            selection = build_filter(
+                settings,
+                action,
+                ids=ids,
+                topic=topic,
+                error=error,
+                since=since,
+                older_than=older_than,
+                include_replayed=include_replayed,
+            )
+            await run_dlq(
+                settings,
+                action,
+                selection,
+                limit=limit,
+                dry_run=dry_run,
+                as_json=as_json,
+                purge_all=purge_all,
+            )
+        except ResilienceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

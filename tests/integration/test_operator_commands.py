@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 
+import psycopg
 import pytest
 
 from core.settings import Settings
+from outbox.database import Database
+from outbox.dead_letters import DeadLetter, DeadLetterStore
 from tests.support.status import wait_status
 from tests.support.worker import FAUST, ROOT, WorkerFactory, settings_env
 
@@ -129,3 +132,110 @@ async def test_commands_say_clearly_when_kafka_is_not_reachable(stack: Settings)
 
     assert result.returncode == 1
     assert "Kafka at 127.0.0.1:1 is not reachable" in result.stderr
+
+
+#: Dead letters by age in days (created_at is moved back after the insert).
+AGES = {"forty-days": 40.0, "thirty-five-days": 35.0, "ten-days": 10.0, "one-hour": 1 / 24}
+
+
+@pytest.fixture
+async def aged_dead_letters(stack: Settings) -> dict[str, int]:
+    """One dead letter per entry of AGES, ``name -> id``."""
+    ids: dict[str, int] = {}
+    store = DeadLetterStore()
+    async with Database(stack) as database, database.connection() as conn:
+        for name, days in AGES.items():
+            await store.add(
+                conn,
+                DeadLetter(
+                    idempotency_key=f"agent:{name}",
+                    source="agent",
+                    topic=stack.topic("conversation.inbound"),
+                    payload=name.encode(),
+                    error_class="core.errors.MessageDecodeError",
+                    error_message=f"{name} is not JSON",
+                    attempts=1,
+                ),
+            )
+            cur = await conn.execute(
+                "UPDATE dead_letter_message SET created_at = now() - %s * interval '1 day'"
+                " WHERE idempotency_key = %s RETURNING id",
+                (days, f"agent:{name}"),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            ids[name] = int(row[0])
+    return ids
+
+
+async def remaining(settings: Settings) -> set[str]:
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, options=f"-c search_path={settings.database_schema}"
+    ) as conn:
+        cur = await conn.execute("SELECT payload FROM dead_letter_message")
+        return {bytes(row[0]).decode() for row in await cur.fetchall()}
+
+
+async def test_dlq_purge_older_than_deletes_only_dead_letters_past_the_retention(
+    stack: Settings, aged_dead_letters: dict[str, int]
+) -> None:
+    dry_run = command(stack, "dlq", "purge", "--older-than", "30d", "--dry-run")
+    assert (dry_run.returncode, dry_run.stdout.strip()) == (0, "would purge 2 dead letter(s)")
+    assert await remaining(stack) == set(AGES)
+
+    purged = command(stack, "dlq", "purge", "--older-than", "30d")
+
+    assert (purged.returncode, purged.stdout.strip()) == (0, "purged 2 dead letter(s)")
+    assert await remaining(stack) == {"ten-days", "one-hour"}
+
+
+async def test_dlq_since_still_means_newer_than_and_combines_with_older_than(
+    stack: Settings, aged_dead_letters: dict[str, int]
+) -> None:
+    newer = command(stack, "dlq", "list", "--since", "30d", "--json")
+    between = command(stack, "dlq", "list", "--since", "36d", "--older-than", "1d", "--json")
+    older = command(stack, "dlq", "list", "--older-than", "2w", "--json")
+
+    def listed(result: subprocess.CompletedProcess[str]) -> list[int]:
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line)["id"] for line in result.stdout.splitlines()]
+
+    ids = aged_dead_letters
+    assert listed(newer) == [ids["ten-days"], ids["one-hour"]]
+    assert listed(between) == [ids["thirty-five-days"], ids["ten-days"]]
+    assert listed(older) == [ids["forty-days"], ids["thirty-five-days"]]
+
+
+async def test_dlq_purge_without_a_filter_is_refused_unless_all_is_given(
+    stack: Settings, aged_dead_letters: dict[str, int]
+) -> None:
+    refused = command(stack, "dlq", "purge")
+    refused_dry_run = command(stack, "dlq", "purge", "--dry-run")
+
+    for result in (refused, refused_dry_run):
+        assert result.returncode == 1
+        assert "would delete every dead letter: add --all" in result.stderr
+    assert await remaining(stack) == set(AGES)
+
+    every = command(stack, "dlq", "purge", "--all")
+
+    assert (every.returncode, every.stdout.strip()) == (0, "purged 4 dead letter(s)")
+    assert await remaining(stack) == set()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--older-than", "30x"), "--older-than '30x': expected a duration"),
+        (("--since", "soon"), "--since 'soon': expected a duration"),
+        (("--since", "1d", "--older-than", "30d"), "selects nothing"),
+    ],
+)
+async def test_dlq_says_clearly_what_is_wrong_with_a_duration(
+    stack: Settings, aged_dead_letters: dict[str, int], args: tuple[str, ...], message: str
+) -> None:
+    result = command(stack, "dlq", "purge", *args)
+
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert await remaining(stack) == set(AGES)
