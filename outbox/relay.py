@@ -14,10 +14,12 @@ Contract:
 * A broker-level failure never counts an attempt (rows wait for the broker); a
   row-specific failure counts one and backs off; after ``max_attempts`` the row goes
   to ``dead_letter_message`` and its topic's ``.dlq``.
-* While active, the relay refreshes the backlog gauges (``outbox_messages_pending``,
-  ``outbox_relay_lag_seconds``) every ``BACKLOG_REFRESH_SECONDS`` on a timer of its
-  own, whatever the publish loop is doing (idle, publishing, backing off from the
-  broker); a failed refresh keeps the last values and is retried at the next tick.
+* Every started relay, active or standing by, refreshes the backlog gauges
+  (``outbox_messages_pending``, ``outbox_relay_lag_seconds``: one count for the whole
+  schema, read with ``max``) every ``BACKLOG_REFRESH_SECONDS`` on a timer of its own,
+  whatever its publish loop is doing: idle, publishing under load, stuck on a batch,
+  backing off from the broker, or unable to become active while Kafka is down. A
+  failed refresh keeps the last values and is retried at the next tick.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._backlog_task: asyncio.Task[None] | None = None
         self._seq = 0
         self._last_cleanup = 0.0
         self.idempotency = IdempotencyStore()
@@ -90,19 +93,28 @@ class OutboxRelay:
         self._wake.set()
 
     async def start(self) -> None:
-        """Run in the background: wait for the lock, then publish until stopped."""
+        """Run in the background: wait for the lock, then publish until stopped.
+
+        The backlog gauges are refreshed beside that loop, not in one of its branches:
+        a batch stuck on an unreachable broker, or a relay that cannot become active,
+        must not freeze them.
+        """
         self._stopping.clear()
         self._task = asyncio.create_task(self._run_forever(), name="outbox-relay")
+        self._backlog_task = asyncio.create_task(
+            self._refresh_backlog_forever(), name="outbox-backlog"
+        )
 
     async def stop(self) -> None:
         """Stop publishing and release the lock."""
         self._stopping.set()
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._backlog_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._backlog_task = None
 
     async def drain(self, lock_timeout: float = 30.0) -> int:
         """Take the lock, publish until no publishable row is left, return rows published."""
@@ -214,19 +226,6 @@ class OutboxRelay:
     async def _publish_until_stopped(
         self, publisher: TransactionalPublisher, lock_conn: psycopg.AsyncConnection[Any]
     ) -> None:
-        # The gauges are refreshed by a timer beside the loop, not in one of its
-        # branches: a batch stuck on an unreachable broker must not freeze them.
-        refresher = asyncio.create_task(self._refresh_backlog_forever(), name="outbox-backlog")
-        try:
-            await self._publish_loop(publisher, lock_conn)
-        finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
-
-    async def _publish_loop(
-        self, publisher: TransactionalPublisher, lock_conn: psycopg.AsyncConnection[Any]
-    ) -> None:
         idle_checks = 0
         failures = 0
         while not self._stopping.is_set():
@@ -274,8 +273,9 @@ class OutboxRelay:
     async def _refresh_backlog_forever(self) -> None:
         """Refresh the backlog gauges now, then every ``backlog_refresh_seconds``.
 
-        Only reads; never stops the relay: while PostgreSQL does not answer the gauges
-        keep their last values (the publish loop reports the outage itself).
+        Only reads, whether this relay is active or not; never stops the relay: while
+        PostgreSQL does not answer the gauges keep their last values (the publish loop
+        reports the outage itself).
         """
         while True:
             try:

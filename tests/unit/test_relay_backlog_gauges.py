@@ -1,4 +1,4 @@
-"""The active relay refreshes its backlog gauges on a timer, whatever its loop does."""
+"""Every started relay refreshes its backlog gauges on a timer, whatever its loop does."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class FakeDatabase:
 
 
 class CountingStore:
-    """``pending_count`` answers 1, 2, 3, ... (and fails when told to)."""
+    """``pending_count`` answers 1, 2, 3, ... (after ``failures`` failures)."""
 
     def __init__(self, failures: int = 0) -> None:
         self.calls = 0
@@ -37,25 +37,44 @@ class FakeLockConnection:
     async def execute(self, query: str) -> None:
         return None
 
+    async def close(self) -> None:
+        return None
 
-def relay_with(store: CountingStore) -> tuple[OutboxRelay, Metrics]:
+
+def relay_with(
+    store: CountingStore, settings: Settings | None = None
+) -> tuple[OutboxRelay, Metrics]:
     metrics = Metrics()
-    relay = OutboxRelay(Settings(), FakeDatabase(), metrics)  # type: ignore[arg-type]
+    relay = OutboxRelay(settings or Settings(), FakeDatabase(), metrics)  # type: ignore[arg-type]
     relay.store = store  # type: ignore[assignment]
     relay.backlog_refresh_seconds = 0.02
     return relay, metrics
 
 
-async def run_loop(relay: OutboxRelay, batch: Callable[[], Awaitable[int]]) -> None:
+def active_with(relay: OutboxRelay, batch: Callable[[], Awaitable[int]]) -> None:
+    """Make ``relay`` take the lock and serve at once, publishing with ``batch``."""
+
+    async def acquire_lock(wait_seconds: float | None) -> FakeLockConnection:
+        return FakeLockConnection()
+
+    @contextlib.asynccontextmanager
+    async def serving(lock_conn: object) -> AsyncIterator[None]:
+        relay.active = True
+        try:
+            yield None
+        finally:
+            relay.active = False
+
+    relay._acquire_lock = acquire_lock  # type: ignore[method-assign,assignment]
+    relay._serving = serving  # type: ignore[method-assign,assignment]
     relay._publish_one_batch = lambda publisher: batch()  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(relay._publish_until_stopped(None, FakeLockConnection()))  # type: ignore[arg-type]
+
+
+async def run_for_a_while(relay: OutboxRelay) -> None:
+    await relay.start()
     await asyncio.sleep(0.3)
-    relay._stopping.set()
-    relay._wake.set()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    assert not [t for t in asyncio.all_tasks() if t.get_name() == "outbox-backlog"]
+    await relay.stop()
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("outbox-")]
 
 
 def gauges(metrics: Metrics) -> tuple[float, float]:
@@ -89,16 +108,31 @@ async def idle() -> int:
 
 
 @pytest.mark.parametrize("batch", [broker_down, busy, stuck, idle])
-async def test_the_gauges_move_in_every_state_of_the_loop(
+async def test_an_active_relay_refreshes_the_gauges_in_every_state_of_its_loop(
     batch: Callable[[], Awaitable[int]],
 ) -> None:
     store = CountingStore()
     relay, metrics = relay_with(store)
+    active_with(relay, batch)
 
-    await run_loop(relay, batch)
+    await run_for_a_while(relay)
 
     assert store.calls >= 3
     assert gauges(metrics) == (store.calls, store.calls / 2)
+
+
+async def test_a_relay_that_cannot_become_active_still_refreshes_them() -> None:
+    # The lock's connection fails (as the publisher's start does while Kafka is down):
+    # the relay backs off and retries, never active.
+    store = CountingStore()
+    nowhere = Settings(database_url="postgresql://nobody@127.0.0.1:1/none")
+    relay, metrics = relay_with(store, nowhere)
+
+    await run_for_a_while(relay)
+
+    assert not relay.active
+    assert store.calls >= 3
+    assert gauges(metrics)[0] == store.calls
 
 
 async def test_a_failed_refresh_keeps_the_loop_and_the_timer_running() -> None:
@@ -111,7 +145,9 @@ async def test_a_failed_refresh_keeps_the_loop_and_the_timer_running() -> None:
         batches += 1
         return await busy()
 
-    await run_loop(relay, counted)
+    active_with(relay, counted)
+
+    await run_for_a_while(relay)
 
     assert store.calls >= 4 and batches > 10
     assert gauges(metrics)[0] == store.calls
