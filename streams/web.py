@@ -1,4 +1,7 @@
-"""The worker's HTTP pages: ``/health``, ``/status``, ``/metrics``."""
+"""The worker's HTTP pages: ``/health``, ``/status``, ``/metrics``.
+
+The ``/circuits`` pages (operator control of the breakers) are in ``streams.circuits``.
+"""
 
 from __future__ import annotations
 
