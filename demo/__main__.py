@@ -1,7 +1,7 @@
 """``python -m demo [--fast] [--scenario NAME ...]``: the seed's scenarios, live (``make demo``).
 
 Exit codes: 0 everything answered, nothing lost or duplicated, every scenario showed what
-it should; 1 a message was lost or duplicated; 2 a scenario did not behave as the seed
+it should; 1 a message or an upload was lost or duplicated; 2 a scenario did not behave as the seed
 says, or the demo could not run; 130 interrupted (the broker is started again if needed).
 """
 
@@ -23,9 +23,10 @@ from pydantic import ValidationError
 
 from core.errors import ResilienceError
 from core.settings import Settings
-from demo.observer import Backlog, Sender, TopicReader
+from demo.observer import Backlog, Sender, TopicReader, count_uploads
 from demo.scenarios import (
     SCENARIOS,
+    UPLOADS_PREFIX,
     WARM_UP,
     Demo,
     Scenario,
@@ -36,6 +37,7 @@ from demo.scenarios import (
 from demo.stack import ROOT, DemoStack, StackError, StackOptions
 from demo.summary import Summary, print_summary, tally
 from demo.ui import UI
+from providers.audio import kokoro_installed
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -115,11 +117,32 @@ def _intro(ui: UI, stack: DemoStack, chosen: Sequence[Scenario]) -> None:
         head = "chat chain" if n == 0 else ""
         ui.line(f"  {head:<12} {role:<11} {model:<40} loopback {server.base_url}")
     ui.line(f"  SomaBrain    loopback {stack.somabrain.base_url}")
+    tts = ", ".join(_link(stack, name, "tts") for name in settings.tts_chain.split(","))
+    stt = ", ".join(_link(stack, name, "stt") for name in settings.stt_chain.split(","))
+    ui.line(f"  voice        TTS {tts}")
+    ui.line(f"  {'':<12} STT {stt}")
+    ui.line(
+        f"  storage      chain {settings.storage_chain}: S3 (moto) {stack.s3.endpoint_url}, "
+        f"bucket {settings.s3_bucket}"
+    )
+    ui.line(f"  {'':<12} local store {stack.local_root}")
     ui.line(f"  logs         {stack.run_dir}")
     plan = ", ".join(
         f"{s.number} {s.key}" + ("" if s.run else " (not yet available)") for s in chosen
     )
     ui.line(f"  scenarios    {plan}")
+
+
+def _link(stack: DemoStack, name: str, chain: str) -> str:
+    """One link of a voice chain for the intro: where it is served."""
+    server = stack.audio_servers.get(name)
+    if server is not None:
+        return f"{name} :{server.port}"
+    if name == "native":
+        return "native (the client)" if chain == "tts" else "native (the client's transcript)"
+    if name == "kokoro" and not kokoro_installed():
+        return "kokoro (not installed)"
+    return name
 
 
 async def _settle(demo: Demo) -> None:
@@ -182,6 +205,12 @@ async def run(args: argparse.Namespace, ui: UI, run_dir: Path) -> Summary | None
             outbox_left=await backlog.outbox(),
             results=results,
             seconds=time.monotonic() - started,
+            uploads=count_uploads(
+                demo.uploads,
+                await stack.s3_objects(UPLOADS_PREFIX),
+                reader.upload_tasks(),
+                len(stack.local_files(UPLOADS_PREFIX)),
+            ),
         )
     finally:
         if echo is not None:

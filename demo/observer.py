@@ -1,18 +1,24 @@
 """What the demo watches and how it sends.
 
-* :class:`TopicReader` reads ``conversation.outbound`` and ``degradation.events`` from the
-  beginning (read_committed, like any client) on a thread that survives broker restarts.
+* :class:`TopicReader` reads ``conversation.outbound``, ``degradation.events`` and
+  ``upload.retry`` from the beginning (read_committed, like any client) on a thread that
+  survives broker restarts.
 * :class:`Backlog` counts outbox rows, pending memories and dead letters in the demo's schema.
 * :class:`Sender` sends user messages like ``faust -A streams produce``: with the resilient
   producer (confluent-kafka), which keeps them in the outbox when Kafka does not answer.
+  An :class:`Outgoing` may be a voice message or carry an upload.
+* :func:`count_uploads` compares the uploads sent with what the primary store holds.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,16 +27,43 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from core.errors import PermanentError
 from core.metrics import Metrics
 from core.settings import Settings
-from core.topics import CONVERSATION_INBOUND, CONVERSATION_OUTBOUND, DEGRADATION_EVENTS
+from core.topics import (
+    CONVERSATION_INBOUND,
+    CONVERSATION_OUTBOUND,
+    DEGRADATION_EVENTS,
+    UPLOAD_RETRY,
+)
+from loopback import fake_audio
 from outbox.database import Database
 from outbox.pending_memory import PendingMemoryStore
 from outbox.producer import DeliveryPath, ResilientProducer
 from outbox.store import OutboxStore
 from pipeline.records import message_record
 from schemas.codec import decode_message
-from schemas.messages import ConversationInbound, ConversationReply, DegradationEvent
+from schemas.messages import (
+    Attachment,
+    ConversationInbound,
+    ConversationReply,
+    DegradationEvent,
+    UploadTask,
+)
 
-__all__ = ["Backlog", "SeenReply", "Sender", "SentMessage", "TopicReader"]
+__all__ = [
+    "TENANT",
+    "Backlog",
+    "Outgoing",
+    "SeenReply",
+    "Sender",
+    "SentMessage",
+    "TopicReader",
+    "UploadCount",
+    "count_uploads",
+    "upload",
+    "voice_note",
+]
+
+#: The tenant of every message the demo sends (and the first part of its storage keys).
+TENANT = "demo-tenant"
 
 _quiet = logging.getLogger("demo.kafka")
 _quiet.addHandler(logging.NullHandler())
@@ -45,6 +78,80 @@ class SeenReply:
     partition: int
     offset: int
     seen_at: float
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to send: text, or a voice message, or text with uploads."""
+
+    session: str
+    text: str = ""
+    voice: bool = False
+    attachments: tuple[Attachment, ...] = ()
+    spoken: str = ""
+    """For a voice message: what the user said (the recording's content)."""
+
+
+def voice_note(session: str, spoken: str, *, client_text: str = "") -> Outgoing:
+    """A voice message saying ``spoken``: a fake recording sent inline (``audio/mpeg``);
+    ``client_text`` is the transcript the client made itself (empty: none)."""
+    audio = fake_audio(spoken, provider="microphone")
+    recording = Attachment(
+        attachment_id="recording",
+        content_type="audio/mpeg",
+        size_bytes=len(audio),
+        storage_key=f"{TENANT}/voice-in/{uuid.uuid4().hex}.mp3",
+        content_base64=base64.b64encode(audio).decode(),
+    )
+    return Outgoing(session, client_text, voice=True, attachments=(recording,), spoken=spoken)
+
+
+def upload(session: str, text: str, name: str, data: bytes) -> Outgoing:
+    """A message with one file uploaded inline, stored under ``<tenant>/uploads/<name>``."""
+    attachment = Attachment(
+        attachment_id=name,
+        content_type="application/octet-stream",
+        size_bytes=len(data),
+        storage_key=f"{TENANT}/uploads/{name}",
+        content_base64=base64.b64encode(data).decode(),
+    )
+    return Outgoing(session, text, attachments=(attachment,))
+
+
+@dataclass(frozen=True)
+class UploadCount:
+    """Uploads sent against what the primary store holds."""
+
+    sent: int
+    stored: int
+    """In the primary store with every byte sent."""
+    lost: int
+    """Not in the primary store, or not with the bytes sent."""
+    duplicated: int
+    """Tasks published on ``upload.retry`` more than once for one upload."""
+    queued: int
+    """Uploads with a task on ``upload.retry``."""
+    temporary_left: int
+    """Copies still in a temporary store."""
+
+
+def count_uploads(
+    sent: Mapping[str, bytes],
+    stored: Mapping[str, bytes],
+    tasks: Mapping[str, int],
+    temporary: int,
+) -> UploadCount:
+    """Compare ``sent`` (storage key to bytes) with ``stored`` (the primary's objects) and
+    the ``upload.retry`` tasks published (by storage key)."""
+    kept = sum(1 for key, data in sent.items() if stored.get(key) == data)
+    return UploadCount(
+        sent=len(sent),
+        stored=kept,
+        lost=len(sent) - kept,
+        duplicated=sum(max(0, tasks.get(key, 0) - 1) for key in sent),
+        queued=sum(1 for key in sent if tasks.get(key, 0)),
+        temporary_left=temporary,
+    )
 
 
 @dataclass(frozen=True)
@@ -64,7 +171,9 @@ class TopicReader:
         self.settings = settings
         self.outbound = settings.topic(CONVERSATION_OUTBOUND)
         self.events_topic = settings.topic(DEGRADATION_EVENTS)
+        self.uploads_topic = settings.topic(UPLOAD_RETRY)
         self._lock = threading.Lock()
+        self._upload_tasks: Counter[str] = Counter()
         self._replies: list[SeenReply] = []
         self._events: list[DegradationEvent] = []
         self._new_replies: list[SeenReply] = []
@@ -90,7 +199,7 @@ class TopicReader:
         )
         assignment: list[TopicPartition] = []
         try:
-            for topic in (self.outbound, self.events_topic):
+            for topic in (self.outbound, self.events_topic, self.uploads_topic):
                 meta = consumer.list_topics(topic, timeout=10).topics[topic]
                 assignment += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
         except (KafkaException, KeyError):
@@ -136,6 +245,10 @@ class TopicReader:
                 with self._lock:
                     self._replies.append(seen)
                     self._new_replies.append(seen)
+            elif topic == self.uploads_topic:
+                task = decode_message(UploadTask, value or b"")
+                with self._lock:
+                    self._upload_tasks[task.storage_key] += 1
             else:
                 event = decode_message(DegradationEvent, value or b"")
                 with self._lock:
@@ -163,6 +276,11 @@ class TopicReader:
         """Every degradation event read so far, in the order read."""
         with self._lock:
             return list(self._events)
+
+    def upload_tasks(self) -> Counter[str]:
+        """How many tasks ``upload.retry`` carried for each storage key."""
+        with self._lock:
+            return Counter(self._upload_tasks)
 
     def answered(self) -> set[str]:
         """The ids of the messages that have at least one reply."""
@@ -231,15 +349,17 @@ class Sender:
         """Flush and stop the producer."""
         await self.producer.stop()
 
-    async def send(self, scenario: str, session: str, text: str) -> SentMessage:
-        """Send one message of ``session``; returns once Kafka or the outbox holds it."""
+    async def send(self, scenario: str, outgoing: Outgoing) -> SentMessage:
+        """Send one message; returns once Kafka or the outbox holds it."""
         message = ConversationInbound(
             message_id=str(uuid.uuid4()),
-            tenant_id="demo-tenant",
-            session_id=session,
+            tenant_id=TENANT,
+            session_id=outgoing.session,
             agent_id="demo-agent",
-            text=text,
+            text=outgoing.text,
             created_at=datetime.now(UTC),
+            voice=outgoing.voice,
+            attachments=outgoing.attachments,
         )
         result = await self.producer.send(
             message_record(self.topic, message.partition_key, message, message.message_id)

@@ -2,28 +2,41 @@
 
 A scenario is a :class:`Scenario` in :data:`SCENARIOS`: its seed number, the seed's row
 (detection, response, user impact, recovery) and an async function that drives the stack
-through a :class:`Demo`. A scenario whose loopback servers do not exist yet has no
-function and is shown as skipped; adding it later is one function and one entry.
+through a :class:`Demo`. A scenario that cannot run here has no function (or, for
+Kafka, a reason found at run time) and is shown as skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-from demo.observer import Backlog, SeenReply, Sender, SentMessage, TopicReader
+from demo.observer import (
+    TENANT,
+    Backlog,
+    Outgoing,
+    SeenReply,
+    Sender,
+    SentMessage,
+    TopicReader,
+    count_uploads,
+    upload,
+    voice_note,
+)
 from demo.stack import CHAT_CHAIN, DemoStack, StackError
 from demo.ui import UI
-from loopback import FailureMode
+from loopback import FailureMode, transcript_of
 from outbox.producer import DeliveryPath
 from schemas.messages import ConversationReply, DegradationEvent
 
 __all__ = [
     "PLACEHOLDER_MODEL",
     "SCENARIOS",
+    "UPLOADS_PREFIX",
     "WARM_UP",
     "Demo",
     "Scenario",
@@ -38,6 +51,10 @@ ScenarioRun = Callable[["Demo"], Awaitable[None]]
 SHOWN_PER_BATCH: Final = 4
 #: The model of the immediate reply when every model is down (the real answer follows).
 PLACEHOLDER_MODEL: Final = "none"
+#: Where the uploads of scenario 4 are stored (in S3 and, meanwhile, on the local disk).
+UPLOADS_PREFIX: Final = f"{TENANT}/uploads/"
+VOICE_FALLBACK: Final = "Voice in fallback mode"
+UPLOAD_QUEUED: Final = "Upload queued"
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,8 @@ class Demo:
         self.fast = fast
         self.result: ScenarioResult | None = None
         self.outbox_peak = 0
+        self.uploads: dict[str, bytes] = {}
+        """Every upload sent: storage key to bytes."""
         self._labels: dict[str, str] = {}
         self._shown: set[str] = set()
         self._session_counts: dict[str, int] = {}
@@ -165,6 +184,10 @@ class Demo:
         reply = seen.reply
         label = self._labels.get(reply.in_reply_to, reply.in_reply_to[:8])
         extra = ""
+        if reply.voice_provider is not None:
+            spoken = " +audio" if reply.attachments else ""
+            voice = f"voice={reply.voice_provider}{spoken}"
+            extra += "  " + ui.paint(voice, "bold" if spoken else "yellow")
         if reply.degraded:
             extra += "  " + ui.paint(f"degraded={list(reply.degraded)}", "yellow")
         if reply.notices:
@@ -181,18 +204,25 @@ class Demo:
     async def send(
         self,
         scenario: str,
-        texts: Sequence[tuple[str, str]],
+        texts: Sequence[tuple[str, str] | Outgoing],
         *,
         pace: float = 0.0,
         label: str = "sending",
         watch_outbox: bool = False,
     ) -> list[SentMessage]:
-        """Send ``(session, text)`` messages in order, with a progress bar."""
+        """Send ``(session, text)`` messages (or :class:`Outgoing` ones) in order, with a
+        progress bar."""
         sent: list[SentMessage] = []
         paths = {DeliveryPath.KAFKA: 0, DeliveryPath.OUTBOX: 0}
         with self.ui.progress(label, len(texts), unit="messages") as bar:
-            for session, text in texts:
-                message = await self.sender.send(scenario, session, text)
+            for item in texts:
+                outgoing = item if isinstance(item, Outgoing) else Outgoing(*item)
+                session = outgoing.session
+                message = await self.sender.send(scenario, outgoing)
+                for attachment in outgoing.attachments:
+                    data = attachment.content()
+                    if data is not None and attachment.storage_key.startswith(UPLOADS_PREFIX):
+                        self.uploads[attachment.storage_key] = data
                 number = self._session_counts.get(session, 0) + 1
                 self._session_counts[session] = number
                 self._labels[message.message.message_id] = f"{session} #{number}"
@@ -276,7 +306,8 @@ class Demo:
         async def arrived() -> bool:
             return _contains_in_order(self.transitions(service, since), states)
 
-        await self.wait_for(arrived, timeout=timeout)
+        if await self.wait_for(arrived, timeout=timeout) is not None:
+            await asyncio.sleep(0.3)  # let the echo print the events before the check
         seen = self.transitions(service, since)
         self.check(
             _contains_in_order(seen, states),
@@ -309,6 +340,61 @@ class Demo:
                     break
                 await asyncio.sleep(0.25)
         return left == 0, peak
+
+    async def fill(
+        self,
+        label: str,
+        count: Callable[[], Awaitable[int]],
+        total: int,
+        *,
+        timeout: float,
+        unit: str,
+    ) -> int:
+        """A bar that fills as ``count`` rises to ``total``; returns the last count."""
+        deadline = time.monotonic() + timeout
+        with self.ui.progress(label, total, unit=unit) as bar:
+            while True:
+                done = await count()
+                bar.update(done)
+                if done >= total or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.25)
+        return done
+
+    async def show_health(
+        self, services: Sequence[str], *, circuits: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        """Print ``services`` as the worker's ``/status`` has them (state, reason), with
+        the state of each provider's circuit from ``/metrics``; return their entries.
+
+        A store's probe checks the store itself and never reads its circuit, whose gauge
+        then moves only with calls: ``circuits=False`` leaves it out."""
+        ui = self.ui
+        document = await self.stack.status() or {}
+        found: dict[str, Any] = document.get("services", {})
+        states = {
+            labels.get("name", ""): round(value)
+            for name, labels, value in await self.stack.metrics()
+            if name == "circuit_breaker_state"
+        }
+        shown: dict[str, dict[str, Any]] = {}
+        for service in services:
+            entry = found.get(service) or {}
+            state = str(entry.get("state", "unknown"))
+            chain, _, provider = service.partition(".")
+            code = states.get(f"{chain}:{provider}") if provider and circuits else None
+            circuit = f"circuit {_CIRCUIT_STATES.get(code, '?')}" if code is not None else ""
+            reason = str(entry.get("reason") or "")
+            reason = reason if len(reason) <= 58 else reason[:55] + "..."
+            painted = ui.paint(f"{state:<11}", state)
+            text = f"    {ui.paint('status', 'cyan')} {service:<15} {painted} {circuit:<17}"
+            ui.line(f"{text} {ui.paint(reason, 'dim')}".rstrip())
+            shown[service] = entry
+        return shown
+
+
+#: ``circuit_breaker_state`` gauge values.
+_CIRCUIT_STATES: Final = {0: "closed", 1: "open", 2: "half_open", 3: "forced_open", 4: "disabled"}
 
 
 def is_placeholder(seen: SeenReply) -> bool:
@@ -491,6 +577,257 @@ async def llm_unavailable(demo: Demo) -> None:
     await demo.expect_events("llm", ["degraded", "healthy"], since)
 
 
+VOICE_SERVICES: Final = (
+    "tts",
+    "tts.elevenlabs",
+    "tts.openai",
+    "tts.kokoro",
+    "stt",
+    "stt.openai",
+    "stt.deepgram",
+)
+STORAGE_SERVICES: Final = ("storage", "storage.s3", "storage.local")
+
+
+async def _say(demo: Demo, spoken: str) -> ConversationReply:
+    """Send a voice message saying ``spoken``; check it is answered, what was heard."""
+    [sent] = await demo.send("audio", [voice_note("voice", spoken)], label="voice message")
+    replies = await demo.replies_to([sent], timeout=60)
+    reply = replies.get(sent.message.message_id)
+    if reply is None:
+        demo.check(False, "the voice message was not answered")
+        raise ScenarioFailed("a voice message was not answered")
+    demo.check(
+        reply.text.endswith(spoken),
+        f'answered, and the model got what was said ("{spoken}")',
+    )
+    return reply
+
+
+async def _check_spoken(demo: Demo, reply: ConversationReply) -> None:
+    """Check that the reply's audio is in S3 and speaks the reply's text."""
+    if not reply.attachments:
+        demo.check(False, "the reply carries its spoken audio")
+        return
+    key = reply.attachments[0].storage_key
+    data = (await demo.stack.s3_objects(key)).get(key)
+    demo.check(
+        data is not None and transcript_of(data) == reply.text,
+        f"the spoken reply is in S3 ({key.split('/', 1)[1]}, {len(data or b'')} bytes) "
+        "and says the reply's text",
+    )
+
+
+def _primaries(reply: ConversationReply) -> bool:
+    return (
+        reply.voice_provider == "elevenlabs"
+        and not reply.notices
+        and not {"tts", "stt"} & set(reply.degraded)
+    )
+
+
+async def audio_unavailable(demo: Demo) -> None:
+    """Seed scenario 3: the voice providers fail one after the other; every voice message
+    is answered, with "Voice in fallback mode" once a fallback serves; then the primaries
+    serve again after their circuits' trial calls."""
+    ui = demo.ui
+    stack = demo.stack
+    since = len(demo.reader.events)
+    before = await stack.provider_failovers()
+    ui.step("The voice providers as the worker sees them (TTS and STT chains of the seed)")
+    await demo.show_health(VOICE_SERVICES)
+    ui.note("tts reads degraded from the start: kokoro, its third link, is not installed here")
+
+    ui.step("A user speaks: OpenAI Whisper transcribes, the models answer, ElevenLabs speaks")
+    whisper = stack.openai_audio.call_counts()["openai_stt"]
+    first = await _say(demo, "Is it going to rain in Lisbon today?")
+    demo.check(
+        _primaries(first) and stack.openai_audio.call_counts()["openai_stt"] == whisper + 1,
+        "transcribed by OpenAI, spoken by ElevenLabs (the primaries): no notice, not degraded",
+    )
+    await _check_spoken(demo, first)
+
+    ui.step("ElevenLabs refuses connections: the TTS primary is down")
+    stack.elevenlabs.set_mode(FailureMode.REFUSE)
+    second = await _say(demo, "Should I take an umbrella?")
+    demo.check(
+        second.voice_provider == "openai"
+        and VOICE_FALLBACK in second.notices
+        and "tts" in second.degraded
+        and "stt" not in second.degraded,
+        f'spoken by OpenAI TTS (fallback 1): notices ["{VOICE_FALLBACK}"], degraded ["tts"]',
+    )
+    await _check_spoken(demo, second)
+    await demo.expect_events("tts.elevenlabs", ["unavailable"], since, timeout=15)
+
+    ui.step("OpenAI audio answers HTTP 500 as well: the STT primary and TTS fallback 1 fail")
+    stack.openai_audio.set_mode(FailureMode.ERROR_500)
+    heard = stack.deepgram.stt_count
+    third = await _say(demo, "What about tomorrow morning?")
+    demo.check(
+        stack.deepgram.stt_count == heard + 1 and "stt" in third.degraded,
+        'Deepgram transcribed it (STT fallback 1): degraded ["stt"]',
+    )
+    demo.check(
+        third.voice_provider == "native"
+        and not third.attachments
+        and "tts" in third.degraded
+        and VOICE_FALLBACK in third.notices,
+        "no TTS provider left (kokoro is not installed): the client's own voice speaks the "
+        f'reply (voice=native, no audio), notices ["{VOICE_FALLBACK}"]',
+    )
+    await demo.expect_events("stt.openai", ["unavailable"], since, timeout=15)
+    ui.step("The worker's /status: the health of each voice provider")
+    health = await demo.show_health(VOICE_SERVICES)
+    kokoro = health.get("tts.kokoro", {})
+    demo.check(
+        kokoro.get("state") == "unavailable" and "not installed" in str(kokoro.get("reason")),
+        f"tts.kokoro unavailable: {kokoro.get('reason') or '(no reason)'}",
+    )
+    after = await stack.provider_failovers()
+    moved = {key: n - before.get(key, 0) for key, n in after.items() if key[0] in ("tts", "stt")}
+    wanted = [("tts", "elevenlabs", "openai"), ("stt", "openai", "deepgram")]
+    demo.check(
+        all(moved.get(key, 0) >= 1 for key in wanted),
+        "provider_failover_count moved: "
+        + ", ".join(f"{c} {a} -> {b} +{n}" for (c, a, b), n in sorted(moved.items()) if n),
+    )
+
+    ui.step("ElevenLabs and OpenAI answer again; each open circuit waits for its trial call")
+    for server in stack.audio_servers.values():
+        server.set_mode(FailureMode.OK)
+    timeout = 4 * stack.options.breaker_wait_seconds + 30
+    for service in ("tts.elevenlabs", "tts.openai", "stt.openai"):
+        await demo.expect_state(service, "healthy", timeout=timeout)
+    ui.note("their circuits are half-open: the next voice message makes the trial calls")
+    whisper = stack.openai_audio.call_counts()["openai_stt"]
+    fourth = await _say(demo, "Thanks, that is all for today.")
+    demo.check(
+        _primaries(fourth) and stack.openai_audio.call_counts()["openai_stt"] == whisper + 1,
+        "the primaries are back: transcribed by OpenAI, spoken by ElevenLabs, no notice",
+    )
+    await _check_spoken(demo, fourth)
+    health = await demo.show_health(VOICE_SERVICES)
+    demo.check(
+        all(health.get(s, {}).get("state") == "healthy" for s in ("stt", "tts.elevenlabs")),
+        "stt and tts.elevenlabs healthy again (tts stays degraded: kokoro)",
+    )
+    await demo.expect_events("tts.elevenlabs", ["unavailable", "healthy"], since)
+    await demo.expect_events("stt.openai", ["unavailable", "healthy"], since)
+
+
+def _upload_bytes(number: int) -> bytes:
+    """A file of a few KiB, different for each upload (random bytes behind a header)."""
+    return f"demo upload {number:02d}\n".encode() + os.urandom(1024 * (2 + number % 7))
+
+
+async def storage_unavailable(demo: Demo) -> None:
+    """Seed scenario 4: S3 and the local disk fail; uploads are queued on upload.retry and
+    the user reads "Upload queued"; once the stores are back each lands in S3 once."""
+    ui = demo.ui
+    stack = demo.stack
+    since = len(demo.reader.events)
+    await demo.expect_state("storage", "healthy")
+    ui.step(
+        "S3 stops (the loopback server closes its port) and the local disk fails "
+        "(the store's directory is now a regular file)"
+    )
+    await asyncio.to_thread(stack.s3.stop)
+    stack.block_local_store()
+    await demo.expect_state("storage", "unavailable")
+    await demo.show_health(STORAGE_SERVICES, circuits=False)
+    queued_before = await stack.metric("uploads_total", outcome="queued")
+    done_before = await stack.metric("upload_tasks_total")
+    failed_before = await stack.metric("upload_task_attempts_total")
+    total = demo.count(20, 10)
+    items = [
+        upload("uploads", f"Here is file {n} of {total}.", f"file-{n:02d}.bin", _upload_bytes(n))
+        for n in range(1, total + 1)
+    ]
+    keys = [item.attachments[0].storage_key for item in items]
+    size = sum(item.attachments[0].size_bytes for item in items)
+    ui.step(f"A user uploads {total} files ({size // 1024} KiB) while no store can take them")
+    sent = await demo.send("storage", items)
+    replies = await demo.replies_to(sent)
+    demo.check(len(replies) == len(sent), f"{len(replies)}/{len(sent)} answered at once")
+    demo.check(
+        len(replies) == len(sent)
+        and all(UPLOAD_QUEUED in r.notices and "storage" in r.degraded for r in replies.values()),
+        f'every reply says notices ["{UPLOAD_QUEUED}"], degraded ["storage"]',
+    )
+
+    async def published() -> bool:
+        tasks = demo.reader.upload_tasks()
+        return all(tasks.get(key, 0) for key in keys)
+
+    await demo.wait_for(published, timeout=30)
+    tasks = demo.reader.upload_tasks()
+    on_topic = sum(1 for key in keys if tasks.get(key, 0))
+    queued = round(await stack.metric("uploads_total", outcome="queued") - queued_before)
+    demo.check(
+        on_topic == total and queued == total,
+        f"{on_topic} tasks on upload.retry, each written to the outbox with its reply "
+        f'(uploads_total{{outcome="queued"}} +{queued})',
+    )
+    await asyncio.sleep(demo.count(3, 2))
+    done = round(await stack.metric("upload_tasks_total") - done_before)
+    failed = round(await stack.metric("upload_task_attempts_total") - failed_before)
+    demo.check(
+        on_topic - done == total and failed > 0,
+        f"upload.retry backlog {on_topic - done} (upload_tasks_total +{done}); "
+        f"{failed} failed attempts so far, each retried with backoff (0.2 s doubling to 1 s)",
+    )
+
+    ui.step("The local disk is back: the upload agent parks each queued upload there")
+    stack.unblock_local_store()
+
+    async def parked() -> int:
+        return len(stack.local_files(UPLOADS_PREFIX))
+
+    held = await demo.fill("parked on the local disk", parked, total, timeout=60, unit="uploads")
+    demo.check(held == total, f"{held} temporary copies on the local disk (readable meanwhile)")
+
+    ui.step("S3 is back: each upload moves to S3 once S3's circuit lets a trial through")
+    await asyncio.to_thread(stack.s3.start)
+    await demo.expect_state("storage.s3", "healthy")
+
+    async def in_s3() -> int:
+        return len(await stack.s3_objects(UPLOADS_PREFIX))
+
+    timeout = 8 * stack.options.breaker_wait_seconds + 60
+    await demo.fill("uploads in S3", in_s3, total, timeout=timeout, unit="objects")
+    await demo.drain("temporary copies deleted", parked, timeout=60, unit="deleted", initial=held)
+    stored = await stack.s3_objects(UPLOADS_PREFIX)
+    count = count_uploads(
+        {key: demo.uploads[key] for key in keys},
+        stored,
+        demo.reader.upload_tasks(),
+        len(stack.local_files(UPLOADS_PREFIX)),
+    )
+    demo.check(
+        count.stored == total and set(stored) == set(keys),
+        f"S3 holds the {count.stored}/{total} uploads, every byte as sent "
+        f"({sum(len(data) for data in stored.values())} bytes)",
+    )
+    demo.check(
+        count.duplicated == 0 and count.queued == total,
+        f"each upload's task was published once on upload.retry ({count.duplicated} twice)",
+    )
+    outcomes = {
+        outcome: round(await stack.metric("upload_tasks_total", outcome=outcome))
+        for outcome in ("stored", "promoted", "dead_lettered")
+    }
+    demo.check(
+        outcomes["dead_lettered"] == 0
+        and round(await stack.metric("upload_tasks_total") - done_before) == total,
+        "upload_tasks_total: " + ", ".join(f"{k} {v}" for k, v in outcomes.items()),
+    )
+    demo.check(count.temporary_left == 0, "no temporary copy is left on the local disk")
+    await demo.expect_state("storage", "healthy")
+    await demo.show_health(STORAGE_SERVICES, circuits=False)
+    await demo.expect_events("storage", ["unavailable", "healthy"], since)
+
+
 async def kafka_unavailable(demo: Demo) -> None:
     """Seed scenario 5: the broker stops; messages and replies wait in the outbox, then drain."""
     ui = demo.ui
@@ -548,8 +885,7 @@ WARM_UP: Final = Scenario(
     run=warm_up,
 )
 
-#: The seed's scenarios in its order. Scenarios 3 and 4 wait for their loopback servers:
-#: give each a function like the others and replace ``run=None``.
+#: The seed's scenarios in its order.
 SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario(
         key="somabrain",
@@ -579,8 +915,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         response="browser native fallback",
         impact='"Voice in fallback mode" message',
         recovery="primary monitored",
-        run=None,  # not yet available: needs the loopback TTS/STT servers
-        unavailable="not yet available: needs the loopback TTS/STT servers in the demo",
+        run=audio_unavailable,
     ),
     Scenario(
         key="storage",
@@ -590,8 +925,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         response="uploads queued via the outbox",
         impact='"Upload queued" message',
         recovery="automatic retry",
-        run=None,  # not yet available: needs the loopback storage server
-        unavailable="not yet available: needs the loopback storage servers in the demo",
+        run=storage_unavailable,
     ),
     Scenario(
         key="kafka",
@@ -650,5 +984,8 @@ async def run_scenario(demo: Demo, scenario: Scenario) -> ScenarioResult:
         if demo.stack.broker_stopped:  # never leave the broker down for the next scenario
             ui.step("Start the broker again: scripts/services.sh start kafka")
             await demo.stack.start_broker()
+        healed = await demo.stack.heal_providers()  # nor a provider this scenario failed
+        if healed:
+            ui.note(f"restored for the next scenario: {', '.join(healed)}")
     result.seconds = time.monotonic() - started
     return result

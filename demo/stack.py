@@ -1,5 +1,9 @@
 """The demo's own stack: isolated settings, loopback servers, a worker and a relay process.
 
+Loopback servers stand for every external provider: the chat chain's three models,
+SomaBrain, the voice providers (ElevenLabs, OpenAI audio, Deepgram) and S3 (moto); the
+local file store lives under the run directory, where the demo can make it fail.
+
 Everything the demo creates is its own: topic prefix, PostgreSQL schema, Faust app id,
 web port and data directory, so it can run beside other workers on the same services.
 Kafka, PostgreSQL and Redis are the ones ``scripts/services.sh`` runs (``make services``);
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,13 +36,15 @@ from pydantic import SecretStr
 
 from core.settings import Settings
 from core.topics import ensure_topics
-from loopback import LLMServer, SomaBrainServer
+from loopback import AudioServer, FailureMode, LLMServer, S3Server, SomaBrainServer
+from loopback.s3_server import ACCESS_KEY, SECRET_KEY
 from outbox.migrate import migrate
 from providers.llm_config import SEED_CHAINS
 
 __all__ = [
     "CHAT_CHAIN",
     "ROOT",
+    "STORAGE_CHAIN",
     "DemoStack",
     "ManagedProcess",
     "StackError",
@@ -51,6 +58,12 @@ SERVICES_SCRIPT: Final = ROOT / "scripts" / "services.sh"
 FAUST: Final = str(Path(sys.executable).parent / "faust")
 #: The seed's chat chain (SRS 5.1): primary, fallback 1, fallback 2.
 CHAT_CHAIN: Final[tuple[str, ...]] = tuple(SEED_CHAINS["chat"])
+#: The storage chain of the demo: the seed's ``s3,local,redis`` without Redis, so that with
+#: S3 and the local disk down no store takes an upload and the user reads "Upload queued"
+#: (stopping Redis would take the sessions' context with it).
+STORAGE_CHAIN: Final = "s3,local"
+_SAMPLE: Final = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$")
+_LABEL: Final = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 _LOCAL_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
@@ -67,7 +80,7 @@ class StackOptions:
     web_port: int = 0
     """The worker's web port (0: a free one)."""
     breaker_wait_seconds: float = 5.0
-    """How long an open model circuit waits before its trial call."""
+    """How long an open model, voice or storage circuit waits before its trial call."""
     keep: bool = False
     """Keep the topics and the schema at the end (for inspection)."""
 
@@ -154,6 +167,14 @@ class DemoStack:
         self.fallback = LLMServer(name="fallback-1")
         self.fallback2 = LLMServer(name="fallback-2")
         self.somabrain = SomaBrainServer(name="somabrain")
+        self.elevenlabs = AudioServer(name="elevenlabs")
+        self.openai_audio = AudioServer(name="openai")
+        self.deepgram = AudioServer(name="deepgram")
+        self.s3 = S3Server()
+        self.s3_bucket = f"{self.demo_id}-uploads"
+        self.local_store_dir = self.run_dir / "local-store"
+        """Where the local store's root lives; a regular file here makes the store fail."""
+        self.local_root = self.local_store_dir / "files"
         self.web_port = options.web_port or free_port()
         self.base = base
         self.settings = base  # replaced in start() once the servers have their ports
@@ -170,6 +191,26 @@ class DemoStack:
     def servers(self) -> dict[str, LLMServer]:
         """The loopback LLM server behind each model of the chat chain."""
         return dict(zip(CHAT_CHAIN, (self.primary, self.fallback, self.fallback2), strict=True))
+
+    @property
+    def audio_servers(self) -> dict[str, AudioServer]:
+        """The loopback server behind each voice provider."""
+        return {
+            "elevenlabs": self.elevenlabs,
+            "openai": self.openai_audio,
+            "deepgram": self.deepgram,
+        }
+
+    def _loopback_servers(self) -> list[Any]:
+        return [
+            self.primary,
+            self.fallback,
+            self.fallback2,
+            self.somabrain,
+            self.elevenlabs,
+            self.openai_audio,
+            self.deepgram,
+        ]
 
     def _chains_file(self) -> Path:
         primary, fallback, fallback2 = CHAT_CHAIN
@@ -217,7 +258,29 @@ class DemoStack:
                 "somabrain_timeout_seconds": 2.0,
                 "memory_enabled": True,
                 "memory_sync_interval_seconds": 1.0,
-                "health_probes": "postgres,kafka,redis,somabrain",
+                # Voice (seed 5.2): the seed's chains; every provider on a loopback server.
+                "elevenlabs_url": self.elevenlabs.base_url,
+                "elevenlabs_api_key": SecretStr("xi-demo-loopback"),
+                "openai_audio_api_base": self.openai_audio.openai_base_url,
+                "deepgram_url": self.deepgram.base_url,
+                "deepgram_api_key": SecretStr("dg-demo-loopback"),
+                "audio_timeout_seconds": 10.0,
+                "audio_breaker_consecutive_failures": 1,
+                "audio_breaker_wait_seconds": self.options.breaker_wait_seconds,
+                # Storage (seed 5.3): S3 on moto, the local store under the run directory.
+                "storage_chain": STORAGE_CHAIN,
+                "s3_endpoint_url": self.s3.endpoint_url,
+                "s3_bucket": self.s3_bucket,
+                "aws_access_key_id": SecretStr(ACCESS_KEY),
+                "aws_secret_access_key": SecretStr(SECRET_KEY),
+                "storage_local_root": str(self.local_root),
+                "backup_local_root": str(self.run_dir / "backup"),
+                "storage_timeout_seconds": 3.0,
+                "upload_retry_backoff_seconds": 0.2,
+                "upload_retry_max_backoff_seconds": 1.0,
+                # The outages are on purpose: a queued upload is never given up in the demo.
+                "upload_max_attempts": 10_000,
+                "health_probes": "postgres,kafka,redis,somabrain,storage,audio",
                 "health_interval_seconds": 1.0,
                 "health_timeout_seconds": 2.0,
                 # The demo is about outages: a probe slowed by a busy machine must not
@@ -231,8 +294,10 @@ class DemoStack:
     async def start(self) -> None:
         """Start the loopback servers, prepare schema and topics, start relay and worker."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for server in (self.primary, self.fallback, self.fallback2, self.somabrain):
+        self.local_root.mkdir(parents=True, exist_ok=True)
+        for server in self._loopback_servers():
             server.start()
+        await asyncio.to_thread(self.s3.start)
         self.settings = self._worker_settings()
         await migrate(self.settings)
         self._created_schema = True
@@ -284,9 +349,11 @@ class DemoStack:
         for process in (self.worker, self.relay):
             if process is not None:
                 await asyncio.to_thread(process.terminate)
-        for server in (self.primary, self.fallback, self.fallback2, self.somabrain):
+        for server in self._loopback_servers():
             with contextlib.suppress(Exception):
                 server.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.s3.stop)
         await self._http.aclose()
         if not self.options.keep:
             try:
@@ -338,24 +405,109 @@ class DemoStack:
         state = document.get("services", {}).get(service, {}).get("state")
         return str(state) if state is not None else None
 
-    async def failovers(self) -> dict[tuple[str, str], int]:
-        """``llm_failover_count`` from the worker's ``/metrics``, by (from, to) model."""
+    async def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """The samples of the worker's ``/metrics``: (name, labels, value); none when it
+        does not answer."""
         try:
             response = await self._http.get(f"http://127.0.0.1:{self.web_port}/metrics")
         except httpx.HTTPError:
-            return {}
-        counts: dict[tuple[str, str], int] = {}
+            return []
+        samples: list[tuple[str, dict[str, str], float]] = []
         for line in response.text.splitlines():
-            if not line.startswith("llm_failover_count_total{"):
+            match = _SAMPLE.match(line)
+            if match is None or line.startswith("#"):
                 continue
-            labels, _, value = line.rpartition(" ")
-            parsed = dict(
-                part.split("=", 1) for part in labels[labels.index("{") + 1 : -1].split('",')
-            )
-            source = parsed.get("from_provider", "").strip('"')
-            target = parsed.get("to_provider", "").strip('"')
-            counts[(source, target)] = round(float(value))
+            name, labels, value = match.groups()
+            with contextlib.suppress(ValueError):
+                samples.append((name, dict(_LABEL.findall(labels or "")), float(value)))
+        return samples
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``."""
+        return sum(
+            value
+            for sample, found, value in await self.metrics()
+            if sample == name and labels.items() <= found.items()
+        )
+
+    async def failovers(self) -> dict[tuple[str, str], int]:
+        """``llm_failover_count`` from the worker's ``/metrics``, by (from, to) model."""
+        return await self._failovers("llm_failover_count_total")
+
+    async def provider_failovers(self) -> dict[tuple[str, str, str], int]:
+        """``provider_failover_count`` by (chain, from, to) provider."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for name, labels, value in await self.metrics():
+            if name == "provider_failover_count_total":
+                key = (labels.get("chain", ""), labels.get("from_provider", ""))
+                counts[(*key, labels.get("to_provider", ""))] = round(value)
         return counts
+
+    async def _failovers(self, name: str) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for sample, labels, value in await self.metrics():
+            if sample == name:
+                pair = (labels.get("from_provider", ""), labels.get("to_provider", ""))
+                counts[pair] = round(value)
+        return counts
+
+    # ------------------------------------------------------------------ the stores
+
+    def block_local_store(self) -> None:
+        """Make the local store fail: a regular file where its root's parent should be."""
+        shutil.rmtree(self.local_store_dir, ignore_errors=True)
+        self.local_store_dir.write_text("a file where the local store's directory should be\n")
+
+    def unblock_local_store(self) -> None:
+        """Give the local store its directory back (idempotent)."""
+        if self.local_store_dir.is_file():
+            self.local_store_dir.unlink()
+        self.local_root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def local_store_blocked(self) -> bool:
+        """True while the local store's directory is a regular file."""
+        return self.local_store_dir.is_file()
+
+    def local_files(self, prefix: str = "") -> list[str]:
+        """The objects the local store holds (keys under ``prefix``), its own temporary
+        files excluded."""
+        root = self.local_root
+        if not root.is_dir():
+            return []
+        keys = [
+            path.relative_to(root).as_posix()
+            for path in root.rglob("*")
+            if path.is_file() and not path.name.startswith(".upload-")
+        ]
+        return sorted(key for key in keys if key.startswith(prefix))
+
+    async def s3_objects(self, prefix: str = "") -> dict[str, bytes]:
+        """The demo bucket's objects under ``prefix`` (none while S3 or the bucket is missing)."""
+        if not self.s3.running:
+            return {}
+        try:
+            found = await asyncio.to_thread(self.s3.objects, self.s3_bucket)
+        except Exception as exc:
+            if "NoSuchBucket" in f"{type(exc).__name__} {exc}":
+                return {}
+            raise
+        return {key: data for key, data in found.items() if key.startswith(prefix)}
+
+    async def heal_providers(self) -> list[str]:
+        """Voice providers answering, S3 running, the local store writable; what was healed."""
+        healed: list[str] = []
+        for name, server in self.audio_servers.items():
+            if server.mode is not FailureMode.OK:
+                server.set_mode(FailureMode.OK)
+                healed.append(f"{name} audio")
+        if not self.s3.running:
+            await asyncio.to_thread(self.s3.start)
+            healed.append("S3")
+        if self.local_store_blocked:
+            self.unblock_local_store()
+            healed.append("the local store")
+        return healed
 
     # ------------------------------------------------------------------ the broker
 

@@ -1,4 +1,5 @@
-"""The demo's final count: sent, answered, duplicated, lost, and what happened on the way."""
+"""The demo's final count: sent, answered, duplicated, lost (messages and uploads), and
+what happened on the way."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from demo.observer import SeenReply, SentMessage
+from demo.observer import SeenReply, SentMessage, UploadCount
 from demo.scenarios import ScenarioResult, is_placeholder
 from demo.ui import UI
 from outbox.producer import DeliveryPath
@@ -20,7 +21,8 @@ __all__ = ["Summary", "print_summary", "tally"]
 
 @dataclass
 class Summary:
-    """Counts at the end of the demo (``lost`` and ``duplicates`` must be 0)."""
+    """Counts at the end of the demo (``lost``, ``duplicates``, ``uploads_lost`` and
+    ``uploads_duplicated`` must be 0)."""
 
     sent: int
     via_kafka: int
@@ -40,17 +42,30 @@ class Summary:
     outbox_peak: int
     outbox_left: int
     seconds: float
+    voice_messages: int = 0
+    uploads_sent: int = 0
+    uploads_stored: int = 0
+    uploads_lost: int = 0
+    uploads_duplicated: int = 0
+    uploads_queued: int = 0
+    uploads_temporary_left: int = 0
     failover_pairs: dict[str, int] = field(default_factory=dict)
     transitions: dict[str, list[str]] = field(default_factory=dict)
     degraded: dict[str, int] = field(default_factory=dict)
     models: dict[str, int] = field(default_factory=dict)
+    voice_providers: dict[str, int] = field(default_factory=dict)
     scenarios: list[dict[str, Any]] = field(default_factory=list)
     lost_ids: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, nothing duplicated."""
-        return self.lost == 0 and self.duplicates == 0
+        """Nothing lost, nothing duplicated: messages and uploads."""
+        return (
+            self.lost == 0
+            and self.duplicates == 0
+            and self.uploads_lost == 0
+            and self.uploads_duplicated == 0
+        )
 
     @property
     def scenarios_ok(self) -> bool:
@@ -97,8 +112,9 @@ def tally(
     outbox_left: int,
     results: Sequence[ScenarioResult],
     seconds: float,
+    uploads: UploadCount | None = None,
 ) -> Summary:
-    """Count what was sent against what users received."""
+    """Count what was sent against what users received (and uploads against S3)."""
     ids = {s.message.message_id for s in sent}
     ours = [r for r in replies if r.reply.in_reply_to in ids]
     copies = Counter(r.reply.message_id for r in ours)
@@ -111,6 +127,12 @@ def tally(
             transitions[event.service].append(event.previous_state.value)
         transitions[event.service].append(event.state.value)
     degraded = Counter(name for r in ours for name in r.reply.degraded)
+    voice = {s.message.message_id for s in sent if s.message.voice}
+    spoken: dict[str, str] = {}
+    for seen in ours:
+        if seen.reply.in_reply_to in voice and seen.reply.voice_provider is not None:
+            spoken.setdefault(seen.reply.in_reply_to, seen.reply.voice_provider)
+    uploads = uploads or UploadCount(0, 0, 0, 0, 0, 0)
     return Summary(
         sent=len(sent),
         via_kafka=sum(1 for s in sent if s.path is DeliveryPath.KAFKA),
@@ -130,10 +152,18 @@ def tally(
         outbox_peak=outbox_peak,
         outbox_left=outbox_left,
         seconds=round(seconds, 1),
+        voice_messages=len(voice),
+        uploads_sent=uploads.sent,
+        uploads_stored=uploads.stored,
+        uploads_lost=uploads.lost,
+        uploads_duplicated=uploads.duplicated,
+        uploads_queued=uploads.queued,
+        uploads_temporary_left=uploads.temporary_left,
         failover_pairs={f"{a} -> {b}": n for (a, b), n in sorted(failovers.items())},
         transitions=dict(sorted(transitions.items())),
         degraded=dict(sorted(degraded.items())),
         models=dict(Counter(r.reply.model for r in ours).most_common()),
+        voice_providers=dict(Counter(spoken.values()).most_common()),
         scenarios=[
             {
                 "key": r.scenario.key,
@@ -204,6 +234,30 @@ def print_summary(ui: UI, summary: Summary) -> None:
         f"stored in SomaBrain; pending: {summary.memories_pending}{missing}",
     )
     row("outbox", summary.outbox_left, f"rows left (peak {summary.outbox_peak})")
+    voices = ", ".join(f"{p} {n}" for p, n in summary.voice_providers.items()) or "none"
+    row("voice messages", summary.voice_messages, f"spoken by: {voices}")
+    row(
+        "uploads sent",
+        summary.uploads_sent,
+        f"files uploaded with a message; {summary.uploads_queued} queued on upload.retry",
+    )
+    row(
+        "uploads stored",
+        summary.uploads_stored,
+        f"in S3, byte for byte; temporary copies left: {summary.uploads_temporary_left}",
+    )
+    row(
+        "uploads lost",
+        summary.uploads_lost,
+        "not in S3 (or not the bytes sent)",
+        good=summary.uploads_lost == 0,
+    )
+    row(
+        "uploads duplicated",
+        summary.uploads_duplicated,
+        "tasks published twice on upload.retry",
+        good=summary.uploads_duplicated == 0,
+    )
     for scenario in summary.scenarios:
         number = scenario["number"] or "warm-up"
         status = str(scenario["status"])
@@ -216,16 +270,22 @@ def print_summary(ui: UI, summary: Summary) -> None:
         )
     row("time", _minutes(summary.seconds))
     ui.line()
+    uploads = (
+        f" {summary.uploads_stored}/{summary.uploads_sent} uploads stored in S3, "
+        f"{summary.uploads_lost} lost, {summary.uploads_duplicated} duplicated."
+        if summary.uploads_sent
+        else ""
+    )
     if summary.ok:
         verdict = (
             f"RESULT: everything answered, nothing lost: {summary.answered}/{summary.sent} "
-            f"messages answered, 0 lost, 0 duplicated."
+            f"messages answered, 0 lost, 0 duplicated.{uploads}"
         )
         ui.line(ui.paint(verdict, "green"))
     else:
         verdict = (
             f"RESULT: {summary.lost} lost and {summary.duplicates} duplicated of "
-            f"{summary.sent} messages."
+            f"{summary.sent} messages.{uploads}"
         )
         ui.line(ui.paint(verdict, "red"))
         for message_id in summary.lost_ids[:10]:
