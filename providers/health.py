@@ -15,7 +15,7 @@ from core.settings import Settings
 from providers.audio import NATIVE, AudioChains, KokoroTTS, kokoro_installed
 from providers.storage import StorageChain
 from resilience.circuit_breaker import CircuitBreaker
-from resilience.health import ServiceSpec, provider_specs
+from resilience.health import DegradationLevel, ServiceSpec, provider_specs
 from resilience.probes import (
     BreakerProbe,
     ChainProbe,
@@ -33,11 +33,18 @@ def multimodal_specs(audio: AudioChains, storage: StorageChain) -> list[ServiceS
     """The specs of the TTS, STT and storage chains and of their providers."""
     tts = [link.name for link in audio.tts.links if link.name != NATIVE]
     stt = [link.name for link in audio.stt.links if link.name != NATIVE]
-    return [
+    specs = [
         *provider_specs("tts", tts, fallback="browser/native voice"),
         *provider_specs("stt", stt, fallback="browser/native transcript"),
         *provider_specs("storage", [s.name for s in storage.stores], fallback="upload.retry"),
     ]
+    if "kokoro" in tts and not kokoro_installed():
+        # An optional voice that is not installed is reported, but costs nothing.
+        specs = [s for s in specs if s.name != "tts.kokoro"]
+        specs.append(
+            ServiceSpec("tts.kokoro", DegradationLevel.NONE, DegradationLevel.NONE, fallback="tts")
+        )
+    return specs
 
 
 def _audio_probes(settings: Settings, audio: AudioChains, chain: str) -> list[Probe]:
@@ -80,6 +87,9 @@ def _audio_chain_probes(settings: Settings, audio: AudioChains) -> list[Probe]:
     for chain in ("tts", "stt"):
         members = _audio_probes(settings, audio, chain)
         probes += members
-        if members:
-            probes.append(ChainProbe(settings, chain, members))
+        # A provider that is not installed is skipped by the chain: it does not make the
+        # chain degraded.
+        usable = [p for p in members if not isinstance(p, StaticProbe)]
+        if usable:
+            probes.append(ChainProbe(settings, chain, usable))
     return probes
