@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -28,6 +29,7 @@ def main() -> int:
     chosen = args.only or list(BENCHES)
     for name in chosen:
         print(f"\n== {name} ==", flush=True)
+        started = time.monotonic()
         if name == "breaker":
             from bench import breaker_overhead
 
@@ -56,6 +58,7 @@ def main() -> int:
             from bench import footprint
 
             asyncio.run(footprint.run(args.quick))
+        print(f"({name}: {time.monotonic() - started:.0f} s)", flush=True)
     return 0
 
 

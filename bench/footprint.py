@@ -132,7 +132,7 @@ def _ratio(values: list[float], base: list[float]) -> str:
 async def run(quick: bool) -> dict[str, Any]:
     """Measure; print the table; write ``footprint.json``."""
     repeats = 2 if quick else 5
-    n = 1000 if quick else 5000
+    n = 500 if quick else 5000
     python, bare, worker, relay = Samples(), Samples(), Samples(), Samples()
     for _ in range(repeats):
         await asyncio.to_thread(bare_python_run, python)

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,8 +26,7 @@ import httpx
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-FAUST = str(BIN / "faust")
+FAUST = str(Path(sys.executable).parent / "faust")
 SERVICES = ROOT / "scripts" / "services.sh"
 LOGS = Path(tempfile.gettempdir()) / "sa01-bench-logs"
 
@@ -225,16 +224,6 @@ def start_relay(settings: Settings) -> FaustProc:
 def python_proc(name: str, args: list[str]) -> Proc:
     """``python ARGS`` with this environment; it signals readiness with a ``ready`` line."""
     return Proc(name, [sys.executable, *args], dict(os.environ), watch_stdout=True)
-
-
-@contextlib.contextmanager
-def running(*procs: Proc) -> Iterator[None]:
-    """Stop the given processes on the way out, last started first."""
-    try:
-        yield
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
 
 
 def _port(url: str, default: int) -> int:

@@ -132,9 +132,9 @@ def _row(label: str, f: Figures, base: Figures) -> tuple[str, ...]:
 async def run(quick: bool) -> dict[str, Any]:
     """Measure the three targets; print the table; write ``worker_throughput.json``."""
     plan = Plan(
-        messages=600 if quick else 3000,
+        messages=400 if quick else 3000,
         repeats=2 if quick else 5,
-        latency_seconds=6.0 if quick else 20.0,
+        latency_seconds=5.0 if quick else 20.0,
     )
     with llm_server() as api_base:
         # The slowest target first: its half throughput is everyone's offered load.
