@@ -216,7 +216,7 @@ def print_summary(ui: UI, summary: Summary) -> None:
     steady: list[str] = []
     for service, states in summary.transitions.items():
         if len(states) > 1:
-            ui.line(f"  {'':<18}{'':>6}  {service:<12} {arrow.join(states)}")
+            ui.line(f"  {'':<18}{'':>6}  {service:<14} {arrow.join(states)}")
         else:
             steady.append(f"{service} {states[0]}")
     for text in textwrap.wrap("steady: " + ", ".join(steady), 70) if steady else []:
