@@ -14,7 +14,9 @@ from agents import degradation as _degradation_agent
 from agents import memory as _memory_agent
 from agents import uploads as _upload_agents
 from core.errors import ConfigurationError
+from streams import circuits as _circuits
 from streams import commands as _commands
+from streams import dlq as _dlq
 from streams import timers as _timers
 from streams import web as _web
 from streams.app import StreamsApp, create_app
@@ -34,6 +36,7 @@ _timers.register(app)
 _web.register(app)
 _commands.register(app)
 _commands.register_operator_commands(app)
-_commands.register_dlq_command(app)
+_dlq.register(app)
+_circuits.register(app)
 _commands.register_memory_command(app)
 _commands.register_storage_commands(app)

@@ -30,7 +30,6 @@ from streams.uploads import inline_attachment, read_upload
 
 __all__ = [
     "register",
-    "register_dlq_command",
     "register_memory_command",
     "register_operator_commands",
     "register_storage_commands",
@@ -245,54 +244,6 @@ def register_operator_commands(app: StreamsApp) -> None:
         console.line(f"({origin})")
         for line in format_status(document, console):
             console.line(line)
-
-
-def register_dlq_command(app: StreamsApp) -> None:
-    """``dlq list|show|replay|purge``."""
-    settings = app.settings
-
-    @app.command(
-        argument("action", type=click.Choice(["list", "show", "replay", "purge"])),
-        argument("ids", nargs=-1, type=int),
-        option("--topic", default=None, help="Only dead letters from this original topic."),
-        option("--error", default=None, help="Only error classes containing this text."),
-        option("--since", default=None, help="Only newer than this (30m, 2h, 1d)."),
-        option("--limit", default=100, type=int, help="At most this many (list)."),
-        option("--include-replayed", is_flag=True, default=False, help="Also replayed ones."),
-        option("--dry-run", is_flag=True, default=False, help="Say what would happen."),
-        option("--json", "as_json", is_flag=True, default=False, help="JSON output."),
-    )
-    async def dlq(
-        self: Any,
-        action: str,
-        ids: tuple[int, ...],
-        topic: str | None,
-        error: str | None,
-        since: str | None,
-        limit: int,
-        include_replayed: bool,
-        dry_run: bool,
-        as_json: bool,
-    ) -> None:
-        """Dead letters: list, show ID, replay [IDS] (to their topic), purge."""
-        from outbox.dead_letters import DeadLetterFilter
-        from streams.dlq import parse_since, run_dlq
-
-        try:
-            selection = DeadLetterFilter(
-                ids=ids,
-                topic=settings.topic(topic)
-                if topic and not topic.startswith(settings.topic_prefix or "\0")
-                else topic,
-                error=error,
-                since_seconds=parse_since(since) if since else None,
-                include_replayed=include_replayed or action in ("list", "show", "purge"),
-            )
-            await run_dlq(
-                settings, action, selection, limit=limit, dry_run=dry_run, as_json=as_json
-            )
-        except ResilienceError as exc:
-            _fail(exc)
 
 
 def register_memory_command(app: StreamsApp) -> None:
