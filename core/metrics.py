@@ -156,7 +156,7 @@ class Metrics:
         )
         self.backup_objects_total = Counter(
             "backup_objects",
-            "Objects handled by backup.tasks, by outcome: copied, missing, dead_lettered.",
+            "Objects handled by backup.tasks, by outcome: copied, missing.",
             ["outcome"],
             registry=r,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -139,6 +140,15 @@ class DegradationMonitor:
         previous = self._observed.get(service)
         self._update_gauges(service, result.state)
         if previous is not None and previous.state is result.state:
+            if (previous.reason, previous.circuit) != (result.reason, result.circuit):
+                # Same state, new details (e.g. another provider of a chain is down now):
+                # /status shows them; no event, since nothing changed for the agent.
+                self._observed[service] = dataclasses.replace(
+                    previous,
+                    reason=result.reason,
+                    circuit=result.circuit,
+                    latency_ms=result.latency_ms,
+                )
             return None
         now = datetime.now(UTC)
         self._observed[service] = ServiceHealth(

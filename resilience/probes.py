@@ -228,13 +228,18 @@ class BreakerProbe(_TimedProbe):
         self.states = states
 
     async def check(self) -> ProbeResult:
-        """All circuits open: unavailable; some: degraded; none: healthy."""
+        """All circuits open: unavailable; some open or waiting for a trial: degraded."""
         states = self.states()
         open_ = sorted(name for name, state in states.items() if state in ("open", "forced_open"))
+        trial = sorted(name for name, state in states.items() if state == "half_open")
         if states and len(open_) == len(states):
-            return ProbeResult(ServiceState.UNAVAILABLE, "every circuit is open", CircuitState.OPEN)
-        if open_:
-            return ProbeResult(ServiceState.DEGRADED, f"open: {', '.join(open_)}")
+            reason = "circuit open" if len(states) == 1 else "every circuit is open"
+            return ProbeResult(ServiceState.UNAVAILABLE, reason, CircuitState.OPEN)
+        if open_ or trial:
+            parts = [f"open: {', '.join(open_)}"] if open_ else []
+            parts += [f"waiting for a trial call: {', '.join(trial)}"] if trial else []
+            circuit = CircuitState.HALF_OPEN if trial and not open_ else CircuitState.CLOSED
+            return ProbeResult(ServiceState.DEGRADED, "; ".join(parts), circuit)
         return ProbeResult(ServiceState.HEALTHY)
 
 
