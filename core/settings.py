@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         3, ge=1, description="Consecutive failures that open an audio provider's circuit."
     )
     audio_breaker_wait_seconds: float = Field(
-        30.0, gt=0, description="How long an open audio or storage circuit waits before a trial."
+        30.0, gt=0, description="How long an open audio circuit waits before a trial call."
     )
     elevenlabs_url: str = "https://api.elevenlabs.io"
     elevenlabs_voice_id: str = "21m00Tcm4TlvDq8ikWAM"
@@ -148,6 +148,12 @@ class Settings(BaseSettings):
         7 * 24 * 3600, ge=60, description="Lifetime of a temporary object kept in Redis."
     )
     storage_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one store call.")
+    storage_breaker_consecutive_failures: int = Field(
+        3, ge=1, description="Consecutive failures that open a store's circuit."
+    )
+    storage_breaker_wait_seconds: float = Field(
+        5.0, gt=0, description="How long an open store circuit waits before a trial call."
+    )
     upload_max_bytes: int = Field(
         4 * 1024 * 1024,
         ge=1,

@@ -267,6 +267,8 @@ class DemoStack:
                 "audio_timeout_seconds": 10.0,
                 "audio_breaker_consecutive_failures": 1,
                 "audio_breaker_wait_seconds": self.options.breaker_wait_seconds,
+                "storage_breaker_consecutive_failures": 1,
+                "storage_breaker_wait_seconds": self.options.breaker_wait_seconds,
                 # Storage (seed 5.3): S3 on moto, the local store under the run directory.
                 "storage_chain": STORAGE_CHAIN,
                 "s3_endpoint_url": self.s3.endpoint_url,

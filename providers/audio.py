@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import wave
 from collections.abc import Sequence
@@ -48,6 +49,8 @@ __all__ = [
     "build_audio_chains",
     "kokoro_installed",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The link that hands the work back to the client's own platform.
 NATIVE = "native"
@@ -345,10 +348,14 @@ class AudioChains:
         tts: FallbackChain[TextToSpeech],
         stt: FallbackChain[SpeechToText],
         client: httpx.AsyncClient,
+        *,
+        missing: tuple[str, ...] = (),
     ) -> None:
         self.tts = tts
         self.stt = stt
         self.client = client
+        #: TTS links the settings name whose package is not installed (left out).
+        self.missing = missing
 
     @property
     def tts_primary(self) -> str:
@@ -380,8 +387,11 @@ class AudioChains:
     async def start(self) -> None:
         """Import litellm in a thread when a link needs it, so that the first call's
         timeout is not spent importing (and the event loop is never blocked by it)."""
-        uses_litellm = any(isinstance(link.provider, OpenAITTS) for link in self.tts.links) or any(
-            isinstance(link.provider, OpenAISTT) for link in self.stt.links
+        providers: list[object] = [link.provider for link in self.tts.links]
+        providers += [link.provider for link in self.stt.links]
+        # Without a key the link fails at once and never imports litellm.
+        uses_litellm = any(
+            isinstance(p, OpenAITTS | OpenAISTT) and p.key is not None for p in providers
         )
         if uses_litellm:
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -430,6 +440,11 @@ def build_audio_chains(settings: Settings, metrics: Metrics) -> AudioChains:
         "deepgram": lambda: DeepgramSTT(settings, client),
         NATIVE: NativeSTT,
     }
+    tts_names = _names(settings.tts_chain, TTS_NAMES, "SA01_TTS_CHAIN")
+    missing = [name for name in tts_names if name == "kokoro" and not kokoro_installed()]
+    if missing:
+        # Not a link at all: no call, no failover counted to a provider that cannot answer.
+        logger.warning("TTS link kokoro skipped: %s", KokoroTTS.NOT_INSTALLED)
     tts_links: list[ChainLink[TextToSpeech]] = [
         ChainLink(
             name,
@@ -437,7 +452,8 @@ def build_audio_chains(settings: Settings, metrics: Metrics) -> AudioChains:
             CircuitBreaker(f"tts:{name}", config, metrics=metrics),
             timeout,
         )
-        for name in _names(settings.tts_chain, TTS_NAMES, "SA01_TTS_CHAIN")
+        for name in tts_names
+        if name not in missing
     ]
     stt_links: list[ChainLink[SpeechToText]] = [
         ChainLink(
@@ -452,4 +468,5 @@ def build_audio_chains(settings: Settings, metrics: Metrics) -> AudioChains:
         FallbackChain(tts_links, on_failover=failover_counter("tts"), name="tts"),
         FallbackChain(stt_links, on_failover=failover_counter("stt"), name="stt"),
         client,
+        missing=tuple(missing),
     )

@@ -9,11 +9,11 @@ per call, are judged by their breakers; a provider whose package is missing says
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from core.settings import Settings
-from providers.audio import NATIVE, AudioChains, KokoroTTS, kokoro_installed
-from providers.storage import StorageChain
+from providers.audio import NATIVE, AudioChains, KokoroTTS
+from providers.storage import ObjectStore, StorageChain
 from resilience.circuit_breaker import CircuitBreaker
 from resilience.health import DegradationLevel, ServiceSpec, provider_specs
 from resilience.probes import (
@@ -31,14 +31,14 @@ __all__ = ["multimodal_probes", "multimodal_specs"]
 
 def multimodal_specs(audio: AudioChains, storage: StorageChain) -> list[ServiceSpec]:
     """The specs of the TTS, STT and storage chains and of their providers."""
-    tts = [link.name for link in audio.tts.links if link.name != NATIVE]
+    tts = [link.name for link in audio.tts.links if link.name != NATIVE] + list(audio.missing)
     stt = [link.name for link in audio.stt.links if link.name != NATIVE]
     specs = [
         *provider_specs("tts", tts, fallback="browser/native voice"),
         *provider_specs("stt", stt, fallback="browser/native transcript"),
         *provider_specs("storage", [s.name for s in storage.stores], fallback="upload.retry"),
     ]
-    if "kokoro" in tts and not kokoro_installed():
+    if "kokoro" in audio.missing:
         # An optional voice that is not installed is reported, but costs nothing.
         specs = [s for s in specs if s.name != "tts.kokoro"]
         specs.append(
@@ -49,18 +49,27 @@ def multimodal_specs(audio: AudioChains, storage: StorageChain) -> list[ServiceS
 
 def _audio_probes(settings: Settings, audio: AudioChains, chain: str) -> list[Probe]:
     links = audio.tts.links if chain == "tts" else audio.stt.links
-    probes: list[Probe] = []
-    for link in links:
-        if link.name == NATIVE:
-            continue
-        service = f"{chain}.{link.name}"
-        if link.name == "kokoro" and not kokoro_installed():
-            probes.append(
-                StaticProbe(settings, service, ServiceState.UNAVAILABLE, KokoroTTS.NOT_INSTALLED)
-            )
-            continue
-        probes.append(BreakerProbe(settings, service, _single_state(link.name, link.breaker)))
+    probes: list[Probe] = [
+        BreakerProbe(settings, f"{chain}.{link.name}", _single_state(link.name, link.breaker))
+        for link in links
+        if link.name != NATIVE
+    ]
+    if chain == "tts":
+        probes += [
+            StaticProbe(settings, f"tts.{name}", ServiceState.UNAVAILABLE, KokoroTTS.NOT_INSTALLED)
+            for name in audio.missing
+        ]
     return probes
+
+
+def _checked_with(store: ObjectStore, breaker: CircuitBreaker) -> Callable[[], Awaitable[None]]:
+    async def check() -> None:
+        # Reading the state lets an idle breaker move on (open -> half_open) and keeps
+        # circuit_breaker_state current even when no upload calls through it.
+        _ = breaker.state
+        await store.check()
+
+    return check
 
 
 def _single_state(name: str, breaker: CircuitBreaker) -> Callable[[], Mapping[str, str]]:
@@ -75,7 +84,8 @@ def multimodal_probes(settings: Settings, audio: AudioChains, storage: StorageCh
         probes += _audio_chain_probes(settings, audio)
     if probes_enabled(settings, "storage"):
         stores: list[Probe] = [
-            StoreProbe(settings, f"storage.{store.name}", store.check) for store in storage.stores
+            StoreProbe(settings, f"storage.{link.name}", _checked_with(link.provider, link.breaker))
+            for link in storage.chain.links
         ]
         probes += stores
         probes.append(ChainProbe(settings, "storage", stores))

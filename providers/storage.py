@@ -417,9 +417,18 @@ def build_store(settings: Settings, kind: str, *, backup: bool = False) -> Objec
     )
 
 
-def provider_breaker_config(settings: Settings) -> BreakerConfig:
-    """The breaker of each audio and storage provider."""
-    wait = settings.audio_breaker_wait_seconds
+def provider_breaker_config(settings: Settings, *, storage: bool = False) -> BreakerConfig:
+    """The breaker of each audio provider, or (``storage``) of each store.
+
+    The wait in open grows on failed trials up to four times the configured wait, so a
+    provider that is back is tried again soon whatever the length of its outage.
+    """
+    wait = settings.storage_breaker_wait_seconds if storage else settings.audio_breaker_wait_seconds
+    failures = (
+        settings.storage_breaker_consecutive_failures
+        if storage
+        else settings.audio_breaker_consecutive_failures
+    )
     return BreakerConfig(
         window_type="count",
         window_size=20,
@@ -427,10 +436,10 @@ def provider_breaker_config(settings: Settings) -> BreakerConfig:
         failure_rate_threshold=50.0,
         slow_call_duration=max(settings.audio_timeout_seconds, settings.storage_timeout_seconds)
         + 1.0,
-        consecutive_failures_threshold=settings.audio_breaker_consecutive_failures,
+        consecutive_failures_threshold=failures,
         permitted_calls_in_half_open=1,
         wait_in_open=wait,
-        max_wait_in_open=max(wait * 4, 60.0),
+        max_wait_in_open=wait * 4,
         # A refused key or a missing object says nothing about the provider's health.
         ignore_exceptions=(PermanentError,),
     )
@@ -537,7 +546,7 @@ def build_storage_chain(
         if not names:
             raise ConfigurationError("SA01_STORAGE_CHAIN names no store")
         stores = [build_store(settings, name) for name in names]
-    config = provider_breaker_config(settings)
+    config = provider_breaker_config(settings, storage=True)
 
     def count_failover(from_name: str, to_name: str) -> None:
         metrics.provider_failover_count.labels(

@@ -92,6 +92,8 @@ def multimodal_settings(
         "audio_timeout_seconds": 3.0,
         "audio_breaker_consecutive_failures": 1,
         "audio_breaker_wait_seconds": 1.0,
+        "storage_breaker_consecutive_failures": 1,
+        "storage_breaker_wait_seconds": 1.0,
         "upload_retry_backoff_seconds": 0.2,
         "upload_retry_max_backoff_seconds": 1.0,
         "upload_max_attempts": 10_000,

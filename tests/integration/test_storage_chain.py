@@ -89,7 +89,7 @@ async def test_redis_temp_store_keeps_objects_with_a_ttl(services: ServiceEndpoi
 async def test_the_chain_fails_over_reads_any_copy_and_says_when_nothing_took_it(
     s3: S3Server, tmp_path: Path
 ) -> None:
-    settings = Settings(audio_breaker_consecutive_failures=1, storage_timeout_seconds=2.0)
+    settings = Settings(storage_breaker_consecutive_failures=1, storage_timeout_seconds=2.0)
     metrics = Metrics()
     primary = s3_store(s3)
     local = LocalFileStore(name="local", root=tmp_path / "local")

@@ -438,7 +438,7 @@ attachments = st.builds(
     size_bytes=st.integers(min_value=0, max_value=2**53),
     storage_key=st.lists(
         st.text(
-            st.characters(codec="utf-8", exclude_characters="/\\", min_codepoint=32),
+            st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"), exclude_characters="/\\"),
             min_size=1,
             max_size=40,
         ).filter(lambda s: s not in (".", "..")),
