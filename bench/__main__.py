@@ -14,6 +14,7 @@ BENCHES = (
     "breaker",
     "failover",
     "relay_drain",
+    "notify_wakeup",
     "producer_latency",
     "worker_throughput",
     "detection",
@@ -42,6 +43,10 @@ def main() -> int:
             from bench import relay_drain
 
             asyncio.run(relay_drain.run(args.quick))
+        elif name == "notify_wakeup":
+            from bench import notify_wakeup
+
+            asyncio.run(notify_wakeup.run(args.quick))
         elif name == "producer_latency":
             from bench import producer_latency
 

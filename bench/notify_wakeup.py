@@ -12,7 +12,6 @@ against polling's expected delay (half the poll interval).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -62,13 +61,17 @@ async def notify_latency(samples: int) -> list[float]:
         listener = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
         sender = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
         async with listener, sender:
+            arrived = asyncio.Event()
+            listener.add_notify_handler(lambda _notify: arrived.set())
             await listener.execute(f"LISTEN {CHANNEL}")
             delays: list[float] = []
-            notifies = listener.notifies()
             for _ in range(samples):
+                arrived.clear()
                 sent = time.perf_counter()
-                await sender.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(sent)))
-                await anext(notifies)
+                await sender.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+                # Handlers run while the connection reads; a cheap query makes it read.
+                while not arrived.is_set():
+                    await listener.execute("SELECT 1")
                 delays.append((time.perf_counter() - sent) * 1000)
             return delays
     finally:

@@ -183,7 +183,14 @@ class Settings(BaseSettings):
         True, description="The worker also competes for the relay lock (hot standby)."
     )
     relay_batch_size: int = Field(500, ge=1)
-    relay_poll_interval_seconds: float = Field(0.5, gt=0)
+    relay_poll_interval_seconds: float = Field(
+        0.5, gt=0, description="How often the active relay looks for rows without a wake-up."
+    )
+    relay_notify_interval_seconds: float = Field(
+        0.02,
+        gt=0,
+        description="At most one NOTIFY per interval wakes the active relay of another process.",
+    )
     relay_lock_retry_seconds: float = Field(1.0, gt=0)
     relay_transaction_timeout_seconds: float = Field(30.0, gt=0)
     outbox_max_attempts: int = Field(10, ge=1)

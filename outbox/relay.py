@@ -31,6 +31,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from core.errors import InfrastructureUnavailableError, PermanentError, ServiceUnavailableError
 from core.metrics import Metrics
@@ -86,11 +87,64 @@ class OutboxRelay:
         self.idempotency = IdempotencyStore()
         self.active = False
         self.backlog_refresh_seconds = BACKLOG_REFRESH_SECONDS
+        self._notify_task: asyncio.Task[None] | None = None
+        self._notify_conn: psycopg.AsyncConnection[Any] | None = None
+        self._last_notify = 0.0
 
     # ------------------------------------------------------------------ control
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel that wakes the active relay of this schema."""
+        return f"sa01_outbox_{self.settings.database_schema}"
+
     def wake(self) -> None:
-        """Look for new rows now instead of at the next poll."""
+        """New rows were committed: publish them now instead of at the next poll.
+
+        When this process's relay is the active one the wake-up is an in-process event.
+        Otherwise the active relay is elsewhere (another worker, ``publish-outbox``): it
+        is told with one ``NOTIFY`` per ``relay_notify_interval_seconds`` at most, sent
+        after the writers' commits and outside their transactions, so the global lock a
+        NOTIFY takes at commit never serialises them (bench/notify_wakeup.py measures
+        the cost a NOTIFY in every writer's transaction would have). Polling remains the
+        fallback if a notification is lost.
+        """
         self._wake.set()
+        if self.active or self._stopping.is_set():
+            return
+        if self._notify_task is None or self._notify_task.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._notify_task = loop.create_task(self._notify_active(), name="outbox-notify")
+
+    async def _notify_active(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._last_notify + self.settings.relay_notify_interval_seconds - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last_notify = loop.time()
+        try:
+            if self._notify_conn is None or self._notify_conn.closed:
+                self._notify_conn = await psycopg.AsyncConnection.connect(
+                    self.settings.database_url, autocommit=True, connect_timeout=5
+                )
+            await self._notify_conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
+        except psycopg.Error as exc:
+            logger.debug("relay wake-up not sent (the active relay will poll): %s", exc)
+            if self._notify_conn is not None:
+                await self._notify_conn.close()
+            self._notify_conn = None
+
+    async def _listen(self) -> None:
+        """While active: turn notifications on the channel into wake-ups."""
+        conn = await psycopg.AsyncConnection.connect(
+            self.settings.database_url, autocommit=True, connect_timeout=5
+        )
+        async with conn:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            async for _ in conn.notifies():
+                self._wake.set()
 
     async def start(self) -> None:
         """Run in the background: wait for the lock, then publish until stopped.
@@ -109,12 +163,15 @@ class OutboxRelay:
         """Stop publishing and release the lock."""
         self._stopping.set()
         self._wake.set()
-        for task in (self._task, self._backlog_task):
+        for task in (self._task, self._backlog_task, self._notify_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._backlog_task = None
+        self._task = self._backlog_task = self._notify_task = None
+        if self._notify_conn is not None:
+            await self._notify_conn.close()
+            self._notify_conn = None
 
     async def drain(self, lock_timeout: float = 30.0) -> int:
         """Take the lock, publish until no publishable row is left, return rows published."""
@@ -200,9 +257,11 @@ class OutboxRelay:
     @contextlib.asynccontextmanager
     async def _serving(self, lock_conn: psycopg.AsyncConnection[Any]) -> Any:
         publisher = TransactionalPublisher(self.settings, self.relay_id)
+        listener: asyncio.Task[None] | None = None
         try:
             await publisher.start()
             await self._reconcile()
+            listener = asyncio.create_task(self._listen_quietly(), name="outbox-listen")
             self.active = True
             self.metrics.outbox_relay_active.set(1)
             logger.info("outbox relay active (%s, from batch %d)", self.relay_id, self._seq)
@@ -210,7 +269,20 @@ class OutboxRelay:
         finally:
             self.active = False
             self.metrics.outbox_relay_active.set(0)
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
             await publisher.close()
+
+    async def _listen_quietly(self) -> None:
+        """:meth:`_listen`, restarted after a lost connection (polling covers the gap)."""
+        while True:
+            try:
+                await self._listen()
+            except psycopg.Error as exc:
+                logger.debug("relay LISTEN lost, polling meanwhile: %s", exc)
+            await asyncio.sleep(self.settings.relay_poll_interval_seconds)
 
     async def _reconcile(self) -> None:
         self._seq = await read_last_sequence(self.settings, self.ledger_topic, self.relay_id)
