@@ -228,19 +228,24 @@ class BreakerProbe(_TimedProbe):
         self.states = states
 
     async def check(self) -> ProbeResult:
-        """All circuits open: unavailable; some open or waiting for a trial: degraded."""
+        """All circuits open: unavailable; some: degraded; none: healthy.
+
+        A half-open circuit (its wait is over, the next call is a trial) counts as
+        available: a fallback nobody calls would otherwise read degraded for ever. The
+        reason says it is waiting for its trial.
+        """
         states = self.states()
         open_ = sorted(name for name, state in states.items() if state in ("open", "forced_open"))
         trial = sorted(name for name, state in states.items() if state == "half_open")
+        waiting = f"waiting for a trial call: {', '.join(trial)}" if trial else ""
         if states and len(open_) == len(states):
             reason = "circuit open" if len(states) == 1 else "every circuit is open"
             return ProbeResult(ServiceState.UNAVAILABLE, reason, CircuitState.OPEN)
-        if open_ or trial:
-            parts = [f"open: {', '.join(open_)}"] if open_ else []
-            parts += [f"waiting for a trial call: {', '.join(trial)}"] if trial else []
-            circuit = CircuitState.HALF_OPEN if trial and not open_ else CircuitState.CLOSED
-            return ProbeResult(ServiceState.DEGRADED, "; ".join(parts), circuit)
-        return ProbeResult(ServiceState.HEALTHY)
+        if open_:
+            reason = "; ".join(r for r in (f"open: {', '.join(open_)}", waiting) if r)
+            return ProbeResult(ServiceState.DEGRADED, reason)
+        circuit = CircuitState.HALF_OPEN if trial else CircuitState.CLOSED
+        return ProbeResult(ServiceState.HEALTHY, waiting, circuit)
 
 
 class StoreProbe(_TimedProbe):

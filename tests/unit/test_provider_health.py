@@ -16,10 +16,11 @@ def breaker_probe(service: str, states: dict[str, str]) -> BreakerProbe:
     return BreakerProbe(Settings(), service, lambda: states)
 
 
-async def test_a_circuit_waiting_for_its_trial_reads_degraded_not_healthy() -> None:
+async def test_a_circuit_waiting_for_its_trial_reads_available_and_says_so() -> None:
+    # A fallback nobody calls stays half-open: it must not read degraded for ever.
     result = await breaker_probe("tts.elevenlabs", {"elevenlabs": "half_open"}).check()
-    assert result.state is ServiceState.DEGRADED
-    assert "waiting for a trial call: elevenlabs" in result.reason
+    assert result.state is ServiceState.HEALTHY
+    assert result.reason == "waiting for a trial call: elevenlabs"
 
 
 async def test_one_open_circuit_of_one_reads_unavailable_with_a_plain_reason() -> None:
