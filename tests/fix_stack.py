@@ -20,6 +20,8 @@ from psycopg import sql
 from core.settings import Settings
 from core.topics import ensure_topics, project_topics
 from loopback import LLMServer, SomaBrainServer
+from loopback.audio_server import AudioServer
+from loopback.s3_server import S3Server
 from outbox.migrate import migrate
 from tests.fix_services import ServiceEndpoints
 from tests.support.worker import WorkerFactory
@@ -79,7 +81,7 @@ def _delete_topics(settings: Settings) -> None:
             pass
 
 
-def _serving(server: LLMServer | SomaBrainServer) -> Iterator[Any]:
+def _serving(server: LLMServer | SomaBrainServer | AudioServer | S3Server) -> Iterator[Any]:
     server.start()
     try:
         yield server
@@ -103,6 +105,30 @@ def fallback_llm_server() -> Iterator[LLMServer]:
 def somabrain() -> Iterator[SomaBrainServer]:
     """A loopback server speaking SomaBrain's API."""
     yield from _serving(SomaBrainServer(name="somabrain"))
+
+
+@pytest.fixture
+def elevenlabs() -> Iterator[AudioServer]:
+    """A loopback server standing for ElevenLabs (TTS)."""
+    yield from _serving(AudioServer(name="elevenlabs"))
+
+
+@pytest.fixture
+def openai_audio() -> Iterator[AudioServer]:
+    """A loopback server standing for OpenAI speech and transcription."""
+    yield from _serving(AudioServer(name="openai"))
+
+
+@pytest.fixture
+def deepgram() -> Iterator[AudioServer]:
+    """A loopback server standing for Deepgram (STT)."""
+    yield from _serving(AudioServer(name="deepgram"))
+
+
+@pytest.fixture
+def s3() -> Iterator[S3Server]:
+    """moto's S3 server on loopback; tests stop and start it for real."""
+    yield from _serving(S3Server())
 
 
 @pytest.fixture

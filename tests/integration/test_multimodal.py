@@ -12,10 +12,9 @@ import json
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -40,34 +39,6 @@ from tests.support.worker import WorkerFactory, WorkerProcess
 pytestmark = pytest.mark.integration
 
 VOICE_FALLBACK = "Voice in fallback mode"
-
-
-def _serving(server: Any) -> Iterator[Any]:
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def elevenlabs() -> Iterator[AudioServer]:
-    yield from _serving(AudioServer(name="elevenlabs"))
-
-
-@pytest.fixture
-def openai_audio() -> Iterator[AudioServer]:
-    yield from _serving(AudioServer(name="openai"))
-
-
-@pytest.fixture
-def deepgram() -> Iterator[AudioServer]:
-    yield from _serving(AudioServer(name="deepgram"))
-
-
-@pytest.fixture
-def s3() -> Iterator[S3Server]:
-    yield from _serving(S3Server())
 
 
 def multimodal_settings(

@@ -11,8 +11,9 @@ import pytest
 from core.settings import Settings
 from outbox.database import Database
 from outbox.dead_letters import DeadLetter, DeadLetterStore
+from tests.support.commands import command
 from tests.support.status import wait_status
-from tests.support.worker import FAUST, ROOT, WorkerFactory, settings_env
+from tests.support.worker import WorkerFactory
 
 pytestmark = pytest.mark.integration
 
@@ -28,19 +29,6 @@ CONTRACT_FIELDS = {
     "source",
     "schema_version",
 }
-
-
-def command(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    env.update(settings_env(settings))
-    return subprocess.run(
-        [FAUST, "-A", "streams", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,16 +21,6 @@ from providers.storage import (
 from tests.fix_services import ServiceEndpoints
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def s3() -> Iterator[S3Server]:
-    server = S3Server()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def s3_store(server: S3Server) -> S3Store:

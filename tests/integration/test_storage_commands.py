@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,23 +9,10 @@ import pytest
 from core.settings import Settings
 from schemas.codec import decode_message
 from schemas.messages import BackupTask, ConversationInbound
+from tests.support.commands import command
 from tests.support.kafka import consume
-from tests.support.worker import FAUST, ROOT, settings_env
 
 pytestmark = pytest.mark.integration
-
-
-def command(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    env.update(settings_env(settings))
-    return subprocess.run(
-        [FAUST, "-A", "streams", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_produce_sends_files_inline_and_a_voice_message(stack: Settings, tmp_path: Path) -> None:
