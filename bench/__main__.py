@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -23,6 +24,8 @@ BENCHES = (
 
 
 def main() -> int:
+    # The tables are the output: the chains' and clients' own warnings stay quiet.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="smaller workloads, fewer runs")
     parser.add_argument("--only", nargs="*", choices=BENCHES, help="run only these")

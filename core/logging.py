@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-__all__ = ["RateLimitFilter", "quiet_noisy_loggers"]
+__all__ = ["RateLimitFilter", "librdkafka_logger", "quiet_noisy_loggers"]
 
 
 class RateLimitFilter(logging.Filter):
@@ -39,3 +39,12 @@ def quiet_noisy_loggers(seconds: float = 10.0, prefixes: tuple[str, ...] = ("aio
         logger = logging.getLogger(name)
         if not any(isinstance(f, RateLimitFilter) for f in logger.filters):
             logger.addFilter(RateLimitFilter(seconds))
+
+
+def librdkafka_logger(seconds: float = 10.0) -> logging.Logger:
+    """The logger librdkafka's own lines go to (confluent-kafka's ``logger`` setting),
+    rate-limited: a stopped broker otherwise prints a connect failure every second."""
+    logger = logging.getLogger("librdkafka")
+    if not any(isinstance(f, RateLimitFilter) for f in logger.filters):
+        logger.addFilter(RateLimitFilter(seconds))
+    return logger

@@ -26,6 +26,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from core.errors import InfrastructureUnavailableError
+from core.logging import librdkafka_logger
 from core.metrics import Metrics
 from core.settings import Settings
 from outbox.database import Database
@@ -109,6 +110,7 @@ class ResilientProducer:
                 "acks": "all",
                 # No linger: a send waits for its own ack; concurrent sends still batch.
                 "linger.ms": 0,
+                "logger": librdkafka_logger(),
                 "message.max.bytes": self.settings.kafka_max_message_bytes + 65_536,
                 "message.timeout.ms": int(self.settings.producer_send_timeout_seconds * 1000),
                 "socket.timeout.ms": 5000,

@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from core.errors import InfrastructureUnavailableError
+from core.logging import librdkafka_logger
 from core.settings import Settings
 from outbox.store import ClaimedRow
 
@@ -88,6 +89,7 @@ class TransactionalPublisher:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 2,
+            "logger": librdkafka_logger(),
             "message.max.bytes": self.settings.kafka_max_message_bytes + 65_536,
             "compression.type": "lz4",
             "transaction.timeout.ms": max(timeout_ms * 2, 60_000),
