@@ -159,7 +159,7 @@ def tally(
         uploads_duplicated=uploads.duplicated,
         uploads_queued=uploads.queued,
         uploads_temporary_left=uploads.temporary_left,
-        failover_pairs={f"{a} -> {b}": n for (a, b), n in sorted(failovers.items())},
+        failover_pairs={f"{a} -> {b}": n for (a, b), n in sorted(failovers.items()) if n},
         transitions=dict(sorted(transitions.items())),
         degraded=dict(sorted(degraded.items())),
         models=dict(Counter(r.reply.model for r in ours).most_common()),
