@@ -154,6 +154,9 @@ class Metrics:
         self.upload_task_attempts_total = Counter(
             "upload_task_attempts", "Failed attempts of upload.retry tasks.", registry=r
         )
+        self.backup_task_attempts_total = Counter(
+            "backup_task_attempts", "Failed attempts of backup.tasks tasks.", registry=r
+        )
         self.backup_objects_total = Counter(
             "backup_objects",
             "Objects handled by backup.tasks, by outcome: copied, missing.",

@@ -282,14 +282,7 @@ class LoopbackServer(abc.ABC, Generic[_S]):
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT``, the base URL to give clients (a wildcard host via loopback)."""
-        host = self._host
-        with contextlib.suppress(ValueError):
-            address = ipaddress.ip_address(host)
-            if address.is_unspecified:  # bound to all interfaces: connect via loopback
-                host = "::1" if address.version == 6 else "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return http_base_url(self._host, self.port)
 
     @property
     def mode(self) -> FailureMode:
@@ -453,7 +446,77 @@ class LoopbackServer(abc.ABC, Generic[_S]):
         """The body of ``GET /_loopback/mode`` (and of a successful ``POST``)."""
 
 
+# ---------------------------------------------------------------------- provider servers
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """The mode of a provider API server, with SLOW's delay and RATE_LIMITED's Retry-After."""
+
+    mode: FailureMode = FailureMode.OK
+    delay_seconds: float = 0.0
+    retry_after_seconds: float = 1.0
+
+    def __str__(self) -> str:
+        return (
+            f"mode={self.mode} delay={self.delay_seconds}s retry_after={self.retry_after_seconds}s"
+        )
+
+
+class ProviderServer(LoopbackServer[ProviderSettings]):
+    """A loopback server for a provider API (LLM, audio): :meth:`set_mode` and its control
+    endpoint take a mode, ``delay_seconds`` and ``retry_after_seconds``."""
+
+    def set_mode(
+        self,
+        mode: FailureMode,
+        *,
+        delay_seconds: float = 0.0,
+        retry_after_seconds: float = 1.0,
+        revert_after_seconds: float | None = None,
+    ) -> None:
+        """Switch the failure mode (thread-safe); in effect when this returns.
+
+        ``delay_seconds`` applies to SLOW, ``retry_after_seconds`` to RATE_LIMITED. With
+        ``revert_after_seconds`` the server goes back to OK on its own after that long.
+        Requests hanging in HANG are answered according to the new mode.
+        """
+        settings = ProviderSettings(
+            FailureMode(mode), float(delay_seconds), float(retry_after_seconds)
+        )
+        if settings.delay_seconds < 0 or settings.retry_after_seconds < 0:
+            raise ValueError("delay_seconds and retry_after_seconds must not be negative")
+        self._change_mode(settings, revert_after_seconds)
+
+    async def _read_mode_request(
+        self, request: web.Request
+    ) -> tuple[ProviderSettings, float | None]:
+        body = await read_json_object(request)
+        if body is None:
+            raise ValueError("expected a JSON object")
+        settings = ProviderSettings(
+            FailureMode(body["mode"]),
+            float(body.get("delay_seconds", 0.0)),
+            float(body.get("retry_after_seconds", 1.0)),
+        )
+        revert_after = revert_after_of(body)
+        if min(settings.delay_seconds, settings.retry_after_seconds, revert_after or 0) < 0:
+            raise ValueError("durations must not be negative")
+        return settings, revert_after
+
+
 # ---------------------------------------------------------------------- wire helpers
+
+
+def http_base_url(host: str, port: int) -> str:
+    """``http://HOST:PORT`` for clients; a wildcard host is reached through loopback."""
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host)
+        if address.is_unspecified:  # bound to all interfaces: connect via loopback
+            host = "::1" if address.version == 6 else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def json_object(raw: bytes) -> dict[str, Any] | None:
@@ -518,8 +581,22 @@ def parse_cli_args(
     return args
 
 
-def serve_until_signalled(server: LoopbackServer[Any], name: str, banner: Callable[[], str]) -> int:
-    """Start ``server``, print ``banner()``, run until SIGINT or SIGTERM, then stop it."""
+class Serving(Protocol):
+    """Anything that starts and stops serving (every loopback server)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def serve_until_signalled(
+    server: Serving,
+    name: str,
+    banner: Callable[[], str],
+    on_started: Callable[[], None] = lambda: None,
+) -> int:
+    """Start ``server``, run ``on_started``, print ``banner()``, run until SIGINT or SIGTERM,
+    then stop it."""
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -528,8 +605,9 @@ def serve_until_signalled(server: LoopbackServer[Any], name: str, banner: Callab
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     server.start()
-    print(banner(), flush=True)
     try:
+        on_started()
+        print(banner(), flush=True)
         while not stop_requested.wait(0.5):
             pass
     finally:

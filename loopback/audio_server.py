@@ -45,14 +45,13 @@ from aiohttp import web
 from loopback._server import (
     DEFAULT_HOST,
     FailureMode,
-    LoopbackServer,
+    ProviderServer,
+    ProviderSettings,
     add_mode_arguments,
     cli_parser,
     drop,
     json_object,
     parse_cli_args,
-    read_json_object,
-    revert_after_of,
     serve_until_signalled,
 )
 
@@ -179,19 +178,7 @@ class AudioCall:
     """STT: the uploaded audio."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Settings:
-    mode: FailureMode = FailureMode.OK
-    delay_seconds: float = 0.0
-    retry_after_seconds: float = 1.0
-
-    def __str__(self) -> str:
-        return (
-            f"mode={self.mode} delay={self.delay_seconds}s retry_after={self.retry_after_seconds}s"
-        )
-
-
-class AudioServer(LoopbackServer[_Settings]):
+class AudioServer(ProviderServer):
     """A fake ElevenLabs + OpenAI audio + Deepgram HTTP server with switchable failures.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`::
@@ -222,7 +209,7 @@ class AudioServer(LoopbackServer[_Settings]):
         Every route requires its API's credential header; with ``api_key`` the credential must
         also equal it (otherwise 401 with the API's invalid-key body).
         """
-        super().__init__(port, name, host=host, default_settings=_Settings())
+        super().__init__(port, name, host=host, default_settings=ProviderSettings())
         if api_key is not None and not api_key.strip():
             raise ValueError("api_key must not be blank")
         self._api_key: Final = api_key
@@ -239,25 +226,6 @@ class AudioServer(LoopbackServer[_Settings]):
     def api_key(self) -> str | None:
         """The credential every route requires, or None when any non-empty one is accepted."""
         return self._api_key
-
-    def set_mode(
-        self,
-        mode: FailureMode,
-        *,
-        delay_seconds: float = 0.0,
-        retry_after_seconds: float = 1.0,
-        revert_after_seconds: float | None = None,
-    ) -> None:
-        """Switch the failure mode (thread-safe); in effect when this returns.
-
-        ``delay_seconds`` applies to SLOW, ``retry_after_seconds`` to RATE_LIMITED. With
-        ``revert_after_seconds`` the server goes back to OK on its own after that long.
-        Requests hanging in HANG are answered according to the new mode.
-        """
-        settings = _Settings(FailureMode(mode), float(delay_seconds), float(retry_after_seconds))
-        if settings.delay_seconds < 0 or settings.retry_after_seconds < 0:
-            raise ValueError("delay_seconds and retry_after_seconds must not be negative")
-        self._change_mode(settings, revert_after_seconds)
 
     @property
     def calls(self) -> list[AudioCall]:
@@ -310,7 +278,7 @@ class AudioServer(LoopbackServer[_Settings]):
 
     async def _admit(
         self, request: web.Request, api: _Api, credential: str | None, *, stt: bool = False
-    ) -> _Settings | web.StreamResponse:
+    ) -> ProviderSettings | web.StreamResponse:
         """Wait out HANG and SLOW, check the credential and answer the error modes."""
         settings = await self._settle()
         if settings is None or settings.mode is FailureMode.REFUSE:
@@ -357,7 +325,7 @@ class AudioServer(LoopbackServer[_Settings]):
             ),
         )
         admitted = await self._admit(request, "elevenlabs", request.headers.get("xi-api-key"))
-        if not isinstance(admitted, _Settings):
+        if not isinstance(admitted, ProviderSettings):
             return admitted
         if body is None:
             return _elevenlabs_invalid(raw, "json_invalid", "JSON decode error", ["body", 0])
@@ -404,7 +372,7 @@ class AudioServer(LoopbackServer[_Settings]):
             ),
         )
         admitted = await self._admit(request, "openai", _bearer(request))
-        if not isinstance(admitted, _Settings):
+        if not isinstance(admitted, ProviderSettings):
             return admitted
         if body is None:
             return _openai_invalid("We could not parse the JSON body of your request.")
@@ -443,7 +411,7 @@ class AudioServer(LoopbackServer[_Settings]):
             ),
         )
         admitted = await self._admit(request, "openai", _bearer(request), stt=True)
-        if not isinstance(admitted, _Settings):
+        if not isinstance(admitted, ProviderSettings):
             return admitted
         if audio is None:
             return _openai_invalid("'file' is a required property", param="file")
@@ -500,7 +468,7 @@ class AudioServer(LoopbackServer[_Settings]):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         credential = token.strip() if scheme.lower() in ("token", "bearer") else None
         admitted = await self._admit(request, "deepgram", credential, stt=True)
-        if not isinstance(admitted, _Settings):
+        if not isinstance(admitted, ProviderSettings):
             return admitted
         if request.content_type == "application/json":
             # {"url": ...} asks Deepgram to fetch remote audio, which this server never does.
@@ -517,20 +485,6 @@ class AudioServer(LoopbackServer[_Settings]):
 
     async def _handle_health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "name": self._name})
-
-    async def _read_mode_request(self, request: web.Request) -> tuple[_Settings, float | None]:
-        body = await read_json_object(request)
-        if body is None:
-            raise ValueError("expected a JSON object")
-        settings = _Settings(
-            FailureMode(body["mode"]),
-            float(body.get("delay_seconds", 0.0)),
-            float(body.get("retry_after_seconds", 1.0)),
-        )
-        revert_after = revert_after_of(body)
-        if min(settings.delay_seconds, settings.retry_after_seconds, revert_after or 0) < 0:
-            raise ValueError("durations must not be negative")
-        return settings, revert_after
 
     def _describe(self) -> dict[str, Any]:
         settings = self._current()

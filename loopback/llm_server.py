@@ -19,7 +19,6 @@ Run one in the foreground with ``python -m loopback.llm_server --port 8001 --nam
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -32,13 +31,13 @@ from aiohttp import web
 
 from loopback._server import (
     DEFAULT_HOST,
-    LoopbackServer,
+    ProviderServer,
+    ProviderSettings,
     add_mode_arguments,
     cli_parser,
     drop,
     parse_cli_args,
     read_json_object,
-    revert_after_of,
     serve_until_signalled,
 )
 from loopback._server import FailureMode as FailureMode
@@ -53,19 +52,7 @@ _OPENAI_CONTEXT_WINDOW: Final = 128_000
 _ANTHROPIC_CONTEXT_WINDOW: Final = 200_000
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Settings:
-    mode: FailureMode = FailureMode.OK
-    delay_seconds: float = 0.0
-    retry_after_seconds: float = 1.0
-
-    def __str__(self) -> str:
-        return (
-            f"mode={self.mode} delay={self.delay_seconds}s retry_after={self.retry_after_seconds}s"
-        )
-
-
-class LLMServer(LoopbackServer[_Settings]):
+class LLMServer(ProviderServer):
     """A fake OpenAI + Anthropic HTTP server on a background thread with switchable failures.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`::
@@ -86,7 +73,7 @@ class LLMServer(LoopbackServer[_Settings]):
 
     def __init__(self, port: int = 0, name: str = "llm", *, host: str = DEFAULT_HOST) -> None:
         """Create a stopped server; ``port=0`` picks a free port on :meth:`start`."""
-        super().__init__(port, name, host=host, default_settings=_Settings())
+        super().__init__(port, name, host=host, default_settings=ProviderSettings())
         self._reply: str | None = None
 
     # ------------------------------------------------------------------ public API
@@ -95,25 +82,6 @@ class LLMServer(LoopbackServer[_Settings]):
     def openai_base_url(self) -> str:
         """``base_url + "/v1"``, the ``api_base`` OpenAI clients expect."""
         return self.base_url + "/v1"
-
-    def set_mode(
-        self,
-        mode: FailureMode,
-        *,
-        delay_seconds: float = 0.0,
-        retry_after_seconds: float = 1.0,
-        revert_after_seconds: float | None = None,
-    ) -> None:
-        """Switch the failure mode (thread-safe); in effect when this returns.
-
-        ``delay_seconds`` applies to SLOW, ``retry_after_seconds`` to RATE_LIMITED. With
-        ``revert_after_seconds`` the server goes back to OK on its own after that long.
-        Requests hanging in HANG are answered according to the new mode.
-        """
-        settings = _Settings(FailureMode(mode), float(delay_seconds), float(retry_after_seconds))
-        if settings.delay_seconds < 0 or settings.retry_after_seconds < 0:
-            raise ValueError("delay_seconds and retry_after_seconds must not be negative")
-        self._change_mode(settings, revert_after_seconds)
 
     def set_reply(self, text: str | None) -> None:
         """Fix the reply text; None restores the default ``[name] <last user message>``."""
@@ -181,20 +149,6 @@ class LLMServer(LoopbackServer[_Settings]):
 
     async def _handle_health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "name": self._name})
-
-    async def _read_mode_request(self, request: web.Request) -> tuple[_Settings, float | None]:
-        body = await read_json_object(request)
-        if body is None:
-            raise ValueError("expected a JSON object")
-        settings = _Settings(
-            FailureMode(body["mode"]),
-            float(body.get("delay_seconds", 0.0)),
-            float(body.get("retry_after_seconds", 1.0)),
-        )
-        revert_after = revert_after_of(body)
-        if min(settings.delay_seconds, settings.retry_after_seconds, revert_after or 0) < 0:
-            raise ValueError("durations must not be negative")
-        return settings, revert_after
 
     async def _handle_set_reply(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)

@@ -18,20 +18,17 @@ Run one in the foreground with ``python -m loopback.s3_server --port 9000``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ipaddress
 import logging
-import signal
 import threading
 from collections.abc import Sequence
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Final, Self
 
 import botocore.config
 import botocore.session
 from moto.server import ThreadedMotoServer
 
-from loopback._server import DEFAULT_HOST
+from loopback._server import DEFAULT_HOST, http_base_url, serve_until_signalled
 
 logger = logging.getLogger(__name__)
 
@@ -149,14 +146,7 @@ class S3Server:
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT`` (a wildcard host via loopback)."""
-        host = self._host
-        with contextlib.suppress(ValueError):
-            address = ipaddress.ip_address(host)
-            if address.is_unspecified:
-                host = "::1" if address.version == 6 else "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return http_base_url(self._host, self.port)
 
     @property
     def endpoint_url(self) -> str:
@@ -220,29 +210,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop_requested.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
     server = S3Server(args.port, host=args.host)
-    server.start()
-    for bucket in args.bucket:
-        server.create_bucket(bucket)
-    print(
-        f"s3: endpoint_url={server.endpoint_url} access_key={ACCESS_KEY} "
-        f"secret_key={SECRET_KEY} region={REGION}",
-        flush=True,
+
+    def create_buckets() -> None:
+        for bucket in args.bucket:
+            server.create_bucket(bucket)
+
+    return serve_until_signalled(
+        server,
+        "s3",
+        lambda: (
+            f"s3: endpoint_url={server.endpoint_url} access_key={ACCESS_KEY} "
+            f"secret_key={SECRET_KEY} region={REGION}"
+        ),
+        on_started=create_buckets,
     )
-    try:
-        while not stop_requested.wait(0.5):
-            pass
-    finally:
-        server.stop()
-    print("s3: stopped", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

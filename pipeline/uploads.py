@@ -218,7 +218,12 @@ class BackupProcessor(_RetryingProcessor):
     async def process(self, message: InboundMessage) -> str:
         """``copied`` or ``dead_lettered`` (a key no store holds is counted ``missing``)."""
         done: set[str] = set()
-        return await self._run(message, BackupTask, lambda task: self._attempt(task, done), _noop)
+        return await self._run(
+            message,
+            BackupTask,
+            lambda task: self._attempt(task, done),
+            self.metrics.backup_task_attempts_total.inc,
+        )
 
     async def _attempt(self, task: BackupTask, done: set[str]) -> str:
         for key in task.storage_keys:
@@ -235,7 +240,3 @@ class BackupProcessor(_RetryingProcessor):
             self.metrics.backup_objects_total.labels(outcome="copied").inc()
             done.add(key)
         return "copied"
-
-
-def _noop() -> None:
-    return None

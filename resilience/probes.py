@@ -255,12 +255,26 @@ class StoreProbe(_TimedProbe):
         super().__init__(settings)
         self.service = service
         self._check = check
+        self._last: tuple[float, ProbeResult] | None = None
 
     async def check(self) -> ProbeResult:
-        """Run the store's check."""
+        """Run the store's check (and remember its answer for :meth:`recent`)."""
         started = time.monotonic()
-        await self._check()
-        return self._judge(started)
+        try:
+            await self._check()
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self._last = (time.monotonic(), ProbeResult(ServiceState.UNAVAILABLE, reason))
+            raise
+        result = self._judge(started)
+        self._last = (time.monotonic(), result)
+        return result
+
+    def recent(self) -> ProbeResult | None:
+        """The answer of the last check if it is younger than two intervals."""
+        if self._last is None or time.monotonic() - self._last[0] > 2 * self.interval:
+            return None
+        return self._last[1]
 
 
 class StaticProbe(_TimedProbe):
@@ -287,6 +301,11 @@ class ChainProbe(_TimedProbe):
         self.timeout = max((p.timeout for p in members), default=self.timeout) + 0.5
 
     async def _one(self, probe: Probe) -> ProbeResult:
+        # A store's own probe runs on its schedule: reuse its answer instead of asking the
+        # store twice per interval.
+        recent = probe.recent() if isinstance(probe, StoreProbe) else None
+        if recent is not None:
+            return recent
         try:
             return await asyncio.wait_for(probe.check(), probe.timeout)
         except Exception as exc:

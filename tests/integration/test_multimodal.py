@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -142,6 +141,13 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.25)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def unusable_dir(tmp_path: Path, name: str) -> Path:
+    """A directory path that cannot be created (a regular file stands in its way)."""
+    blocker = tmp_path / f"{name}-blocker"
+    blocker.write_text("a file where a directory should be")
+    return blocker / name
 
 
 def objects(s3: S3Server, bucket: str) -> dict[str, bytes]:
@@ -284,9 +290,7 @@ def test_uploads_while_every_store_is_down_are_queued_then_all_stored_once_in_th
     tmp_path: Path,
     s3: S3Server,
 ) -> None:
-    blocker = tmp_path / "blocker"
-    blocker.write_text("a file where the local store's root should be")
-    local_root = blocker / "storage"
+    local_root = unusable_dir(tmp_path, "storage")
     settings = multimodal_settings(
         stack, tmp_path, s3, storage_chain="s3,local", storage_local_root=str(local_root)
     )
@@ -303,7 +307,7 @@ def test_uploads_while_every_store_is_down_are_queued_then_all_stored_once_in_th
     assert all("storage" in r.degraded for r in replies)
 
     # The local store comes back first: queued uploads are parked there meanwhile.
-    blocker.unlink()
+    local_root.parent.unlink()
     local_root.mkdir(parents=True)
     wait_for(lambda: len(files_under(local_root)) == count, 120, "uploads parked locally")
 
@@ -389,14 +393,12 @@ def test_a_queued_upload_of_several_megabytes_reaches_the_primary_with_every_byt
     s3: S3Server,
 ) -> None:
     # The origin code stored queued uploads of 1 MB or more without their data.
-    blocker = tmp_path / "blocker"
-    blocker.write_text("no local store")
     settings = multimodal_settings(
         stack,
         tmp_path,
         s3,
         storage_chain="s3,local",
-        storage_local_root=str(blocker / "storage"),
+        storage_local_root=str(unusable_dir(tmp_path, "storage")),
     )
     s3.stop()
     worker = workers.start(settings)
@@ -418,14 +420,12 @@ def test_an_upload_still_unstored_after_its_attempts_goes_to_the_dead_letter_top
     tmp_path: Path,
     s3: S3Server,
 ) -> None:
-    blocker = tmp_path / "blocker"
-    blocker.write_text("no local store")
     settings = multimodal_settings(
         stack,
         tmp_path,
         s3,
         storage_chain="s3,local",
-        storage_local_root=str(blocker / "storage"),
+        storage_local_root=str(unusable_dir(tmp_path, "storage")),
         upload_max_attempts=3,
     )
     s3.stop()
@@ -454,9 +454,7 @@ def test_backup_tasks_copy_stored_objects_and_retry_until_the_backup_store_takes
     tmp_path: Path,
     s3: S3Server,
 ) -> None:
-    blocker = tmp_path / "backup-blocker"
-    blocker.write_text("not a directory")
-    backup_root = blocker / "backup"
+    backup_root = unusable_dir(tmp_path, "backup")
     settings = multimodal_settings(stack, tmp_path, s3, backup_local_root=str(backup_root))
     worker = workers.start(settings)
     produce_inbound(settings, [upload_message(n, f"keep {n}".encode()) for n in range(3)])
@@ -472,14 +470,14 @@ def test_backup_tasks_copy_stored_objects_and_retry_until_the_backup_store_takes
         ),
     )
     produce_raw(settings, settings.topic("backup.tasks"), [(b"nightly", encode_message(task))])
-    wait_for(lambda: metric(worker, "upload_task_attempts_total") >= 0, 5, "metrics")
-    time.sleep(2)  # the backup store is down: the task waits and retries
+    # The backup store is down: the task fails, waits and tries again.
+    wait_for(lambda: metric(worker, "backup_task_attempts_total") >= 2, 60, "backup retries")
     assert not backup_root.exists()
 
-    blocker.unlink()
+    backup_root.parent.unlink()
     wait_for(lambda: len(files_under(backup_root)) == 3, 60, "objects backed up")
     assert (backup_root / "tenant-a/uploads/file-1.bin").read_bytes() == b"keep 1"
     wait_for(
         lambda: metric(worker, 'backup_objects_total{outcome="missing"}') == 1, 10, "missing count"
     )
-    shutil.rmtree(tmp_path / "storage", ignore_errors=True)
+    assert consume(settings, settings.topic("backup.tasks.dlq"), 1, timeout=2, settle=0) == []

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import pytest
+
 from core.metrics import Metrics
 from core.settings import Settings
 from resilience.health import provider_specs
 from resilience.monitor import DegradationMonitor
-from resilience.probes import BreakerProbe, ChainProbe, Probe, ProbeResult
+from resilience.probes import BreakerProbe, ChainProbe, Probe, ProbeResult, StoreProbe
 from schemas.messages import DegradationEvent, ServiceState
 
 
@@ -83,3 +85,21 @@ async def test_a_new_reason_in_the_same_state_shows_in_status_without_an_event()
     assert monitor.observed()["tts"].reason == "unavailable: tts.openai"
     assert monitor.observed()["tts"].since == first[0].observed_at
     assert "tts" in observed
+
+
+async def test_the_storage_chain_reuses_its_stores_recent_answers_instead_of_asking_twice() -> None:
+    calls = {"s3": 0}
+
+    async def s3_down() -> None:
+        calls["s3"] += 1
+        raise ConnectionRefusedError("s3 refuses")
+
+    store = StoreProbe(Settings(), "storage.s3", s3_down)
+    chain = ChainProbe(Settings(), "storage", [store])
+    with pytest.raises(ConnectionRefusedError):
+        await store.check()  # the store's own probe, on its schedule
+
+    result = await chain.check()
+
+    assert result.state is ServiceState.UNAVAILABLE
+    assert calls["s3"] == 1
