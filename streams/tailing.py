@@ -21,7 +21,9 @@ from streams.console import Console, dump_json, format_event
 __all__ = ["follow", "status_document"]
 
 
-def _consumer(settings: Settings, topic: str, from_beginning: bool) -> Consumer:
+def _consumer(
+    settings: Settings, topic: str, from_beginning: bool, *, report_eof: bool = False
+) -> Consumer:
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap_servers,
@@ -30,6 +32,7 @@ def _consumer(settings: Settings, topic: str, from_beginning: bool) -> Consumer:
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "socket.timeout.ms": 5000,
+            "enable.partition.eof": report_eof,
         }
     )
     try:
@@ -99,22 +102,26 @@ async def follow(
     return printed
 
 
-def _fold_topic(settings: Settings) -> dict[str, ServiceHealth]:
+def _fold_topic(settings: Settings, timeout: float = 20.0) -> dict[str, ServiceHealth]:
+    """The latest event per service, reading every partition to its end (not to a pause:
+    a slow first fetch must not read as an empty topic)."""
     topic = settings.topic(DEGRADATION_EVENTS)
-    consumer = _consumer(settings, topic, from_beginning=True)
+    consumer = _consumer(settings, topic, from_beginning=True, report_eof=True)
+    partitions = len(consumer.assignment())
+    at_end: set[int] = set()
     latest: dict[str, ServiceHealth] = {}
+    deadline = time.monotonic() + timeout
     try:
-        idle_since = time.monotonic()
-        while time.monotonic() - idle_since < 2.0:
+        while len(at_end) < partitions and time.monotonic() < deadline:
             message = consumer.poll(0.3)
             if message is None:
                 continue
             error = message.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    idle_since = time.monotonic()
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(message.partition() or 0)
                 continue
-            idle_since = time.monotonic()
+            at_end.discard(message.partition() or 0)
             try:
                 event = decode_message(DegradationEvent, message.value())
             except (MessageDecodeError, PermanentError):
