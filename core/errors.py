@@ -13,16 +13,25 @@
      └── PermanentError              retrying the same input will fail the same way
           ├── MessageDecodeError         bytes that are not JSON / not UTF-8
           ├── MessageValidationError     JSON that does not match the schema
-          ├── UploadRefusedError         an upload the stores refuse (too large, key escapes)
+          ├── CallerError                the caller's request is at fault, not a provider:
+          │    │                         answered to its own message, never a breaker failure
+          │    ├── ProviderRequestError  a provider refused the request (4xx other than 429)
+          │    │    ├── RequestTooLongError   longer than the model's context window
+          │    │    └── AudioRefusedError     audio a speech provider cannot read or make
+          │    └── UploadRefusedError    an upload the stores refuse (too large, key escapes)
           └── ObjectNotFoundError        a stored object that no store holds
 
-Routing (retry, pause, dead-letter) is decided by class, never by message text.
+Routing (retry, pause, dead-letter) is decided by class, never by message text. Circuit
+breakers count only outages, timeouts, 5xx and 429 as failures: they ignore every
+:class:`PermanentError`, so no caller's mistake opens a circuit other tenants share.
 Third-party errors are translated at the boundary with ``raise ... from``.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AudioRefusedError",
+    "CallerError",
     "CircuitOpenError",
     "ConfigurationError",
     "FallbackExhaustedError",
@@ -31,6 +40,8 @@ __all__ = [
     "MessageValidationError",
     "ObjectNotFoundError",
     "PermanentError",
+    "ProviderRequestError",
+    "RequestTooLongError",
     "ResilienceError",
     "ServiceUnavailableError",
     "TransientError",
@@ -87,7 +98,23 @@ class FallbackExhaustedError(TransientError):
     """Every provider of a fallback chain failed or was skipped."""
 
 
-class UploadRefusedError(PermanentError):
+class CallerError(PermanentError):
+    """The caller's request is at fault: answered to its own message, never a breaker failure."""
+
+
+class ProviderRequestError(CallerError):
+    """A provider refused the request itself (HTTP 4xx other than 401, 403 and 429)."""
+
+
+class RequestTooLongError(ProviderRequestError):
+    """The request is longer than the model's context window."""
+
+
+class AudioRefusedError(ProviderRequestError):
+    """A speech provider cannot read the audio, or cannot speak the text, it was given."""
+
+
+class UploadRefusedError(CallerError):
     """An upload no store will take: too large, or a key that escapes the store's root."""
 
 

@@ -139,6 +139,19 @@ class Metrics:
             ["stt_provider", "tts_provider"],
             registry=r,
         )
+        self.caller_errors_total = Counter(
+            "caller_errors",
+            "Messages answered with a notice because the message itself was refused "
+            "(never counted against a provider's circuit), by error class.",
+            ["kind"],
+            registry=r,
+        )
+        self.lane_parked_messages = Gauge(
+            "lane_parked_messages",
+            "Messages held back because their session or tenant already uses its share "
+            "of the in-flight slots (their partition is paused meanwhile).",
+            registry=r,
+        )
         self.uploads_total = Counter(
             "uploads",
             "Attachments by outcome: primary, temporary (a fallback store), queued, refused.",

@@ -20,7 +20,13 @@ from core.errors import FallbackExhaustedError, UploadRefusedError
 from core.metrics import Metrics
 from core.settings import Settings
 from providers.storage import StorageChain
-from schemas.messages import Attachment, ConversationInbound, UploadTask
+from schemas.messages import (
+    Attachment,
+    ConversationInbound,
+    UploadTask,
+    storage_key_problem,
+    tenant_upload_key,
+)
 
 __all__ = ["UPLOAD_QUEUED", "AttachmentOutcome", "AttachmentStorer"]
 
@@ -73,22 +79,27 @@ class AttachmentStorer:
         data: bytes,
         outcome: AttachmentOutcome,
     ) -> None:
+        key = tenant_upload_key(inbound.tenant_id, attachment.storage_key)
+        problem = storage_key_problem(key)
+        if problem is not None:  # the caller's mistake: refused before any store is called
+            self._refuse(outcome, attachment, f"its storage key {problem}")
+            return
         task = UploadTask(
-            upload_id=f"{inbound.message_id}/{attachment.attachment_id}",
+            upload_id=f"{inbound.tenant_id}/{inbound.message_id}/{attachment.attachment_id}",
             tenant_id=inbound.tenant_id,
             message_id=inbound.message_id,
-            storage_key=attachment.storage_key,
+            storage_key=key,
             content_type=attachment.content_type,
             size_bytes=attachment.size_bytes,
             content_base64=attachment.content_base64,
         )
         try:
-            store = await self.storage.put(attachment.storage_key, data, attachment.content_type)
+            store = await self.storage.put(key, data, attachment.content_type)
         except UploadRefusedError as exc:
             self._refuse(outcome, attachment, str(exc))
             return
         except FallbackExhaustedError as exc:
-            logger.warning("no store took %s, queued: %s", attachment.storage_key, exc)
+            logger.warning("no store took %s, queued: %s", key, exc)
             outcome.tasks.append(task)
             _add(outcome.notices, UPLOAD_QUEUED)
             _add(outcome.degraded, "storage")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from core.errors import TransientError
+from core.errors import CallerError, RequestTooLongError, TransientError
 from journeys.session_context import SessionContext
 from journeys.voice import VoiceJourney
 from providers.responder import Responder
@@ -25,6 +25,7 @@ from schemas.messages import (
     MemoryRecord,
     ServiceState,
     reply_id_for,
+    scoped_key,
 )
 
 __all__ = ["ConversationJourney"]
@@ -89,13 +90,13 @@ class ConversationJourney:
         A voice message is transcribed first and its reply spoken (see
         :mod:`journeys.voice`); without a voice journey its ``text`` is answered.
         """
-        reply_id = reply_id or reply_id_for(inbound.message_id)
+        reply_id = reply_id or reply_id_for(inbound.tenant_id, inbound.message_id)
         transcript = None
         text = inbound.text
         if inbound.voice and self.voice is not None:
             transcript = await self.voice.transcribe(inbound)
             if transcript.text is None:
-                return self.voice.not_heard(inbound, reply_id)
+                return self.voice.not_heard(inbound, reply_id, transcript)
             text = transcript.text
         degraded = self.degraded_services()
         context = await self._context(inbound, degraded, text)
@@ -136,7 +137,7 @@ class ConversationJourney:
         """The immediate reply when every model is down (the real answer follows later)."""
         degraded = {"llm", *self.degraded_services()}
         return ConversationReply(
-            message_id=reply_id_for(inbound.message_id),
+            message_id=reply_id_for(inbound.tenant_id, inbound.message_id),
             in_reply_to=inbound.message_id,
             tenant_id=inbound.tenant_id,
             session_id=inbound.session_id,
@@ -147,11 +148,42 @@ class ConversationJourney:
             voice_provider="native" if inbound.voice else None,
         )
 
+    TOO_LONG_TEXT = (
+        "Your message is too long for me to read at once. "
+        "Please shorten it, or split it, and send it again."
+    )
+    TOO_LONG_NOTICE = "Message too long: please shorten it"
+    REFUSED_TEXT = (
+        "I could not answer this message: the model refused it as it is. "
+        "Please rephrase it and send it again."
+    )
+    REFUSED_NOTICE = "Message refused by the model"
+
+    def refusal(
+        self, inbound: ConversationInbound, error: CallerError, *, reply_id: str | None = None
+    ) -> ConversationReply:
+        """The reply to a message the models refused because of the message itself.
+
+        The caller's mistake is answered to its own message; it is no outage, so the
+        reply names no degraded service.
+        """
+        too_long = isinstance(error, RequestTooLongError)
+        return ConversationReply(
+            message_id=reply_id or reply_id_for(inbound.tenant_id, inbound.message_id),
+            in_reply_to=inbound.message_id,
+            tenant_id=inbound.tenant_id,
+            session_id=inbound.session_id,
+            text=self.TOO_LONG_TEXT if too_long else self.REFUSED_TEXT,
+            model="none",
+            notices=(self.TOO_LONG_NOTICE if too_long else self.REFUSED_NOTICE,),
+            voice_provider="native" if inbound.voice else None,
+        )
+
     @staticmethod
     def memory_for(inbound: ConversationInbound, reply: ConversationReply) -> MemoryRecord:
-        """The memory of one exchange (its id is the inbound message id)."""
+        """The memory of one exchange (its id: the tenant and the inbound message id)."""
         return MemoryRecord(
-            memory_id=inbound.message_id,
+            memory_id=scoped_key(inbound.tenant_id, inbound.message_id),
             tenant_id=inbound.tenant_id,
             agent_id=inbound.agent_id,
             session_id=inbound.session_id,

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from core.errors import (
+    AudioRefusedError,
     FallbackExhaustedError,
     ObjectNotFoundError,
     ServiceUnavailableError,
@@ -23,14 +24,21 @@ from core.errors import (
 from core.metrics import Metrics
 from providers.audio import NATIVE, AudioChains
 from providers.storage import StorageChain
-from schemas.messages import Attachment, ConversationInbound, ConversationReply
+from schemas.messages import (
+    Attachment,
+    ConversationInbound,
+    ConversationReply,
+    tenant_object_key,
+    tenant_upload_key,
+)
 
-__all__ = ["VOICE_FALLBACK", "Transcript", "VoiceJourney"]
+__all__ = ["UNREADABLE_AUDIO", "VOICE_FALLBACK", "Transcript", "VoiceJourney"]
 
 logger = logging.getLogger(__name__)
 
 VOICE_FALLBACK = "Voice in fallback mode"
 NOT_HEARD = "Sorry, I could not make out your voice message. Could you type it, or try again?"
+UNREADABLE_AUDIO = "Voice message unreadable: the recording could not be decoded"
 
 
 @dataclass
@@ -58,10 +66,17 @@ class VoiceJourney:
         data = recording.content()
         if data is not None:
             return data, recording.content_type
+        # Read only inside the sender's own upload space: never another tenant's object.
+        key = tenant_upload_key(inbound.tenant_id, recording.storage_key)
         try:
-            _, data = await self.storage.get(recording.storage_key)
-        except (ObjectNotFoundError, FallbackExhaustedError, ServiceUnavailableError) as exc:
-            logger.warning("voice audio %s unreadable: %s", recording.storage_key, exc)
+            _, data = await self.storage.get(key)
+        except (
+            ObjectNotFoundError,
+            UploadRefusedError,
+            FallbackExhaustedError,
+            ServiceUnavailableError,
+        ) as exc:
+            logger.warning("voice audio %s unreadable: %s", key, exc)
             return None, recording.content_type
         return data, recording.content_type
 
@@ -70,6 +85,12 @@ class VoiceJourney:
         audio, content_type = await self._audio_of(inbound)
         try:
             result = await self.audio.transcribe(audio, content_type, inbound.text)
+        except AudioRefusedError as exc:
+            # The recording itself is at fault, not a provider: no chain is degraded.
+            logger.info("voice message %s unreadable: %s", inbound.message_id, exc)
+            if inbound.text.strip():
+                return Transcript(inbound.text, NATIVE, [], [UNREADABLE_AUDIO])
+            return Transcript(None, "none", [], [UNREADABLE_AUDIO])
         except FallbackExhaustedError as exc:
             logger.warning("no STT link could transcribe %s: %s", inbound.message_id, exc)
             return Transcript(None, "none", ["stt"], [VOICE_FALLBACK])
@@ -77,7 +98,9 @@ class VoiceJourney:
             return Transcript(result.value, result.provider)
         return Transcript(result.value, result.provider, ["stt"], [VOICE_FALLBACK])
 
-    def not_heard(self, inbound: ConversationInbound, reply_id: str) -> ConversationReply:
+    def not_heard(
+        self, inbound: ConversationInbound, reply_id: str, transcript: Transcript
+    ) -> ConversationReply:
         """The reply when the voice message could not be transcribed at all."""
         return ConversationReply(
             message_id=reply_id,
@@ -86,8 +109,8 @@ class VoiceJourney:
             session_id=inbound.session_id,
             text=NOT_HEARD,
             model="none",
-            degraded=("stt",),
-            notices=(VOICE_FALLBACK,),
+            degraded=tuple(transcript.degraded),
+            notices=tuple(transcript.notices),
             voice_provider=NATIVE,
         )
 
@@ -106,7 +129,7 @@ class VoiceJourney:
             speech = None
         if speech is not None and speech.audio is not None:
             extension = "wav" if speech.content_type == "audio/wav" else "mp3"
-            key = f"{reply.tenant_id}/voice/{reply.message_id}.{extension}"
+            key = tenant_object_key(reply.tenant_id, "voice", f"{reply.message_id}.{extension}")
             try:
                 await self.storage.put_primary(key, speech.audio, speech.content_type)
                 attachments = (

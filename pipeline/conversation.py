@@ -22,7 +22,12 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from core.errors import FallbackExhaustedError, InfrastructureUnavailableError, PermanentError
+from core.errors import (
+    CallerError,
+    FallbackExhaustedError,
+    InfrastructureUnavailableError,
+    PermanentError,
+)
 from core.metrics import Metrics
 from core.settings import Settings
 from core.topics import CONVERSATION_OUTBOUND, MEMORY_REMEMBER, UPLOAD_RETRY
@@ -35,7 +40,7 @@ from outbox.store import OutboxStore
 from pipeline.dead_letters import DeadLetterWriter, InboundMessage
 from pipeline.records import message_record
 from schemas.codec import decode_message
-from schemas.messages import ConversationInbound, ConversationReply
+from schemas.messages import ConversationInbound, ConversationReply, scoped_key
 
 __all__ = ["ConversationProcessor", "InboundMessage", "Outcome"]
 
@@ -106,17 +111,25 @@ class ConversationProcessor:
             inbound = self.decode(message)
         except PermanentError as exc:
             return await self._retry_infrastructure(self._dead_letter, message, exc, 1)
-        key = f"{message.topic}:{inbound.message_id}"
+        key = scoped_key(message.topic, inbound.tenant_id, inbound.message_id)
         if await self._retry_infrastructure(self._already_processed, key):
             return Outcome.DUPLICATE
         stored = AttachmentOutcome()
         if self.attachments is not None and inbound.attachments:
             stored = await self.attachments.store(inbound)
         attempts = 0
+        remember = True
         while True:
             attempts += 1
             try:
                 reply = await self.journey.answer(inbound)
+                break
+            except CallerError as exc:
+                # The message itself is at fault: answer it with a notice that says so.
+                logger.info("message refused by the model: %s", type(exc).__name__)
+                self.metrics.caller_errors_total.labels(kind=type(exc).__name__).inc()
+                reply = self.journey.refusal(inbound, exc)
+                remember = False
                 break
             except InfrastructureUnavailableError as exc:
                 attempts -= 1
@@ -145,7 +158,7 @@ class ConversationProcessor:
                 )
                 await asyncio.sleep(delay)
         return await self._retry_infrastructure(
-            self._commit_reply, key, inbound, _with_uploads(reply, stored), stored
+            self._commit_reply, key, inbound, _with_uploads(reply, stored), stored, remember
         )
 
     # ------------------------------------------------------------- persistence
@@ -160,6 +173,7 @@ class ConversationProcessor:
         inbound: ConversationInbound,
         reply: ConversationReply,
         stored: AttachmentOutcome,
+        remember: bool = True,
     ) -> str:
         async with self.database.connection() as conn, conn.transaction():
             if not await self.idempotency.put(conn, key, reply.model_dump(mode="json"), self.ttl):
@@ -170,7 +184,7 @@ class ConversationProcessor:
                 self.settings.outbox_max_attempts,
             )
             await self._add_upload_tasks(conn, stored)
-            if self.settings.memory_enabled:
+            if self.settings.memory_enabled and remember:
                 memory = self.journey.memory_for(inbound, reply)
                 await self.outbox.add(
                     conn,

@@ -15,7 +15,7 @@ from core.topics import dlq
 from outbox.database import Database
 from outbox.dead_letters import DeadLetter, DeadLetterStore
 from outbox.store import OutboxRecord, OutboxStore
-from schemas.headers import ERRORS_EXCEPTION, dead_letter_headers
+from schemas.headers import ERRORS_EXCEPTION, ERRORS_MESSAGE, MAX_ERROR_TEXT, dead_letter_headers
 
 __all__ = ["DeadLetterWriter", "InboundMessage"]
 
@@ -48,9 +48,17 @@ class DeadLetterWriter:
         self.outbox = OutboxStore()
         self.store = DeadLetterStore()
 
-    async def write(self, message: InboundMessage, error: BaseException, attempts: int) -> bool:
-        """Dead-letter ``message`` once; True when this call wrote it."""
-        idempotency_key = f"dlq:{message.position}"
+    async def write(
+        self,
+        message: InboundMessage,
+        error: BaseException,
+        attempts: int,
+        *,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Dead-letter ``message`` once (per ``idempotency_key``, by default its position);
+        True when this call wrote it."""
+        idempotency_key = idempotency_key or f"dlq:{message.position}"
         headers = dead_letter_headers(
             error,
             topic=message.topic,
@@ -73,7 +81,7 @@ class DeadLetterWriter:
                     payload=value,
                     headers=headers,
                     error_class=headers[ERRORS_EXCEPTION],
-                    error_message=str(error),
+                    error_message=str(error)[:MAX_ERROR_TEXT],
                     attempts=attempts,
                 ),
             )
@@ -95,6 +103,6 @@ class DeadLetterWriter:
                 message.position,
                 attempts,
                 headers[ERRORS_EXCEPTION],
-                error,
+                headers[ERRORS_MESSAGE],
             )
         return inserted

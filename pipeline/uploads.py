@@ -35,7 +35,7 @@ from core.settings import Settings
 from pipeline.dead_letters import DeadLetterWriter, InboundMessage
 from providers.storage import ObjectStore, StorageChain
 from schemas.codec import decode_message
-from schemas.messages import BackupTask, UploadTask
+from schemas.messages import BackupTask, UploadTask, tenant_object_key
 
 __all__ = ["BackupProcessor", "UploadProcessor", "backoff_seconds"]
 
@@ -226,7 +226,8 @@ class BackupProcessor(_RetryingProcessor):
         )
 
     async def _attempt(self, task: BackupTask, done: set[str]) -> str:
-        for key in task.storage_keys:
+        for name in task.storage_keys:
+            key = tenant_object_key(task.tenant_id, name)  # only the task's tenant's objects
             if key in done:
                 continue
             try:

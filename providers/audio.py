@@ -8,7 +8,9 @@
 
 Each provider translates its client's failures into :class:`ServiceUnavailableError`
 (named ``tts.<name>`` or ``stt.<name>``), so the chain fails over on them; the native
-links never fail while they have something to give.
+links never fail while they have something to give. A provider's refusal of the input
+itself (HTTP 400, 413, 415 or 422: unreadable audio, text it cannot speak) is an
+:class:`AudioRefusedError`, the caller's mistake: breakers ignore it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from typing import Any, Protocol
 
 import httpx
 
-from core.errors import ConfigurationError, MessageValidationError, ServiceUnavailableError
+from core.errors import (
+    AudioRefusedError,
+    ConfigurationError,
+    MessageValidationError,
+    ServiceUnavailableError,
+)
 from core.metrics import Metrics
 from core.settings import Settings
 from providers.storage import provider_breaker_config
@@ -93,9 +100,26 @@ def _no_audio() -> MessageValidationError:
     return MessageValidationError("the voice message's audio is unavailable")
 
 
-def _http_failure(service: str, response: httpx.Response) -> ServiceUnavailableError:
+#: Statuses by which a provider refuses the input itself, not its own health.
+CALLER_ERROR_STATUSES = frozenset({400, 413, 415, 422})
+
+
+def _http_failure(
+    service: str, response: httpx.Response
+) -> ServiceUnavailableError | AudioRefusedError:
     body = response.text[:300].replace("\n", " ")
+    if response.status_code in CALLER_ERROR_STATUSES:
+        status = response.status_code
+        return AudioRefusedError(f"{service} refused the input: HTTP {status}: {body}")
     return ServiceUnavailableError(service, f"HTTP {response.status_code}: {body}")
+
+
+def _client_failure(service: str, exc: Exception) -> ServiceUnavailableError | AudioRefusedError:
+    """A litellm/OpenAI SDK exception, by the HTTP status it carries."""
+    text = f"{type(exc).__name__}: {str(exc)[:300]}"
+    if getattr(exc, "status_code", None) in CALLER_ERROR_STATUSES:
+        return AudioRefusedError(f"{service} refused the input: {text}")
+    return ServiceUnavailableError(service, text)
 
 
 def _extension(content_type: str) -> str:
@@ -175,7 +199,7 @@ class OpenAITTS:
                 max_retries=0,  # the chain fails over; the SDK would retry twice itself
             )
         except Exception as exc:  # litellm's errors: translate at the boundary
-            raise ServiceUnavailableError("tts.openai", f"{type(exc).__name__}: {exc}") from exc
+            raise _client_failure("tts.openai", exc) from exc
         return Speech(_content_of(response), "audio/mpeg", self.name)
 
 
@@ -280,8 +304,8 @@ class OpenAISTT:
                 timeout=self.timeout,
                 max_retries=0,  # the chain fails over; the SDK would retry twice itself
             )
-        except Exception as exc:
-            raise ServiceUnavailableError("stt.openai", f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # litellm's errors: translate at the boundary
+            raise _client_failure("stt.openai", exc) from exc
         text = getattr(response, "text", None)
         if not isinstance(text, str):
             raise ServiceUnavailableError("stt.openai", "the transcription has no text")
@@ -374,9 +398,14 @@ class AudioChains:
     async def transcribe(
         self, audio: bytes | None, content_type: str, client_text: str
     ) -> ChainResult[str]:
-        """The transcript from the first STT link that answers."""
+        """The transcript from the first STT link that answers.
+
+        :class:`AudioRefusedError` (the audio itself is unreadable) is raised at once:
+        the next provider would refuse it too, and it is nobody's outage.
+        """
         return await self.stt.run(
-            lambda provider: provider.transcribe(audio, content_type, client_text)
+            lambda provider: provider.transcribe(audio, content_type, client_text),
+            should_fail_over=lambda exc: not isinstance(exc, AudioRefusedError),
         )
 
     def states(self, chain: str) -> dict[str, str]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from core.errors import PermanentError, ProviderRequestError
 from core.metrics import Metrics
 from core.settings import Settings
 from providers.llm_config import BreakerSettings, ChainsConfig, load_chains
-from providers.responder import LiteLLMResponder, ProviderRequestError, ResponderAnswer
+from providers.responder import LiteLLMResponder, ResponderAnswer
 from resilience.circuit_breaker import BreakerConfig, CircuitBreaker
 from resilience.fallback import ChainLink, FallbackChain
 
@@ -40,6 +41,9 @@ def llm_breaker_config(
         permitted_calls_in_half_open=o.half_open_calls or 1,
         wait_in_open=wait,
         max_wait_in_open=max(wait * 8, 300.0),
+        # A request the model refuses (too long, invalid) is the caller's mistake: it
+        # says nothing about the model's health and must not open a shared circuit.
+        ignore_exceptions=(PermanentError,),
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from core.errors import PermanentError, ServiceUnavailableError
+from core.errors import ProviderRequestError, RequestTooLongError, ServiceUnavailableError
 from core.metrics import Metrics
 from core.settings import PROVIDER_KEY_VARIABLES, Settings
 
@@ -75,10 +75,6 @@ class EchoResponder:
     ) -> ResponderAnswer:
         """Echo ``text``."""
         return ResponderAnswer(text=f"echo: {text}", model=self.model)
-
-
-class ProviderRequestError(PermanentError):
-    """The provider refused the request itself (e.g. too long for the model)."""
 
 
 class RateLimitedError(ServiceUnavailableError):
@@ -161,7 +157,9 @@ class LiteLLMResponder:
                 timeout=self.timeout,
                 num_retries=0,
             )
-        except (litellm.BadRequestError, litellm.ContextWindowExceededError) as exc:
+        except litellm.ContextWindowExceededError as exc:
+            raise RequestTooLongError(f"{self.model}: the message is too long: {exc}") from exc
+        except (litellm.BadRequestError, litellm.UnprocessableEntityError) as exc:
             raise ProviderRequestError(f"{self.model} refused the request: {exc}") from exc
         except (litellm.AuthenticationError, litellm.PermissionDeniedError) as exc:
             raise ServiceUnavailableError(self.model, f"credentials refused: {exc}") from exc

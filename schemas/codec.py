@@ -18,6 +18,8 @@ from core.errors import MessageDecodeError, MessageValidationError
 __all__ = ["CONTENT_TYPE", "ModelCodec", "decode_message", "encode_message"]
 
 CONTENT_TYPE = "application/json"
+#: Schema problems named in a validation error (the rest are counted).
+MAX_REPORTED_PROBLEMS = 10
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -38,6 +40,10 @@ def decode_message(model: type[M], data: bytes | None) -> M:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MessageDecodeError(f"value is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise MessageDecodeError("value is JSON nested too deeply to read") from exc
+    except ValueError as exc:  # e.g. an integer literal past Python's digit limit
+        raise MessageDecodeError(f"value is not JSON this consumer can read: {exc}") from exc
     if not isinstance(document, dict):
         raise MessageValidationError(
             f"{model.__name__} must be a JSON object, got {type(document).__name__}"
@@ -47,9 +53,14 @@ def decode_message(model: type[M], data: bytes | None) -> M:
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors(include_url=False)
+            for err in exc.errors(include_url=False)[:MAX_REPORTED_PROBLEMS]
         )
+        more = exc.error_count() - MAX_REPORTED_PROBLEMS
+        if more > 0:
+            problems += f"; and {more} more"
         raise MessageValidationError(f"invalid {model.__name__}: {problems}") from exc
+    except RecursionError as exc:
+        raise MessageValidationError(f"invalid {model.__name__}: nested too deeply") from exc
 
 
 class ModelCodec(Codec):

@@ -16,6 +16,7 @@ __all__ = [
     "ERRORS_STACKTRACE",
     "ERRORS_TOPIC",
     "IDEMPOTENCY_KEY",
+    "MAX_ERROR_TEXT",
     "MAX_STACKTRACE_CHARS",
     "dead_letter_headers",
 ]
@@ -24,6 +25,8 @@ IDEMPOTENCY_KEY = "idempotency-key"
 CONTENT_TYPE = "content-type"
 ERRORS_EXCEPTION = "__streams.errors.exception"
 ERRORS_MESSAGE = "__streams.errors.message"
+#: Error text is cut to this many characters wherever it is stored or logged.
+MAX_ERROR_TEXT = 2000
 ERRORS_STACKTRACE = "__streams.errors.stacktrace"
 ERRORS_TOPIC = "__streams.errors.topic"
 ERRORS_PARTITION = "__streams.errors.partition"
@@ -50,7 +53,7 @@ def dead_letter_headers(
     error_class = type(error)
     return {
         ERRORS_EXCEPTION: f"{error_class.__module__}.{error_class.__qualname__}",
-        ERRORS_MESSAGE: str(error)[:2000],
+        ERRORS_MESSAGE: str(error)[:MAX_ERROR_TEXT],
         ERRORS_STACKTRACE: stack,
         ERRORS_TOPIC: topic,
         ERRORS_PARTITION: str(partition),

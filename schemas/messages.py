@@ -24,6 +24,8 @@ from pydantic import (
 )
 
 __all__ = [
+    "CLIENT_ID_PATTERN",
+    "MAX_ATTACHMENTS",
     "SCHEMA_VERSION",
     "Attachment",
     "BackupTask",
@@ -36,12 +38,30 @@ __all__ = [
     "UploadTask",
     "UseCase",
     "reply_id_for",
+    "scoped_key",
     "storage_key_problem",
+    "tenant_object_key",
+    "tenant_upload_key",
 ]
 
 SCHEMA_VERSION = 1
 
-Identifier = Annotated[str, Field(min_length=1, max_length=255)]
+#: The identifiers a client chooses (tenant, session, agent, message, attachment):
+#: ASCII letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit, at
+#: most 128 characters. No control character, no ``:`` or ``/`` (so ids joined with
+#: them stay unambiguous), and safe as an HTTP header value, a log field, a Redis key
+#: part and a storage path segment.
+CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ClientId = Annotated[str, Field(min_length=1, max_length=128, pattern=CLIENT_ID_PATTERN)]
+
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+#: Identifiers the system derives itself (reply, memory, upload, event and task ids):
+#: printable, at most 255 characters.
+Identifier = Annotated[str, Field(min_length=1, max_length=255, pattern=_NO_CONTROL)]
+
+#: The most attachments one message may carry.
+MAX_ATTACHMENTS = 16
+
 _REPLY_NAMESPACE = uuid.UUID("6f1c3f4e-4b1e-5d0a-9a57-2f3e8a1c9b10")
 
 
@@ -49,9 +69,35 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def reply_id_for(message_id: str) -> str:
-    """The deterministic id of the reply to ``message_id`` (same input, same reply id)."""
-    return str(uuid.uuid5(_REPLY_NAMESPACE, message_id))
+def scoped_key(*parts: str) -> str:
+    """``parts`` joined with ``:``: unambiguous because no client id contains ``:``."""
+    return ":".join(parts)
+
+
+def reply_id_for(tenant_id: str, message_id: str) -> str:
+    """The deterministic id of the reply to a tenant's message (same input, same id).
+
+    The tenant is part of it: two tenants' equal message ids get different replies.
+    """
+    return str(uuid.uuid5(_REPLY_NAMESPACE, scoped_key(tenant_id, message_id)))
+
+
+def tenant_object_key(tenant_id: str, *parts: str) -> str:
+    """The key of an object the server stores for ``tenant_id``: ``<tenant>/<parts...>``.
+
+    Every stored object of a tenant lives under its own prefix; ``tenant_id`` is a
+    client id, so it cannot be ``.``, ``..`` or hold a ``/``.
+    """
+    return "/".join((tenant_id, *parts))
+
+
+def tenant_upload_key(tenant_id: str, name: str) -> str:
+    """Where a client-named object of ``tenant_id`` lives: ``<tenant>/uploads/<name>``.
+
+    The client's ``storage_key`` is only a name inside its tenant's upload space, for
+    writes and for reads alike: no tenant can name another tenant's object.
+    """
+    return tenant_object_key(tenant_id, "uploads", name)
 
 
 class UseCase(StrEnum):
@@ -93,17 +139,27 @@ class _Message(BaseModel):
         return value
 
 
+#: S3's limit on a key, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
+#: The usual file-system limit on one path segment (NAME_MAX), in bytes.
+MAX_SEGMENT_BYTES = 255
+
+
 def storage_key_problem(key: str) -> str | None:
     """Why ``key`` cannot name a stored object, or None when it can.
 
     A key is a relative ``/``-separated path of non-empty segments: no ``.`` or ``..``
     segment, no leading ``/``, no backslash and no control character, so it cannot
-    escape a store's root (the local store checks the resolved path again).
+    escape a store's root (the local store checks the resolved path again). It is at
+    most 1024 UTF-8 bytes (S3's limit) and each segment at most 255 (a file name's):
+    checked before any store is called, so a long key is the caller's error, never a
+    store's failure.
     """
     if not key:
         return "is empty"
-    if len(key) > 1024:
-        return f"is {len(key)} characters long (at most 1024)"
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        return f"is {size} bytes long in UTF-8 (at most {MAX_KEY_BYTES})"
     if key.startswith("/"):
         return "starts with '/' (keys are relative to the store's root)"
     if "\\" in key:
@@ -113,6 +169,11 @@ def storage_key_problem(key: str) -> str | None:
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             return f"has a {segment or 'empty'!r} segment (path traversal is refused)"
+        segment_size = len(segment.encode("utf-8", "surrogatepass"))
+        if segment_size > MAX_SEGMENT_BYTES:
+            return (
+                f"has a path segment of {segment_size} bytes in UTF-8 (at most {MAX_SEGMENT_BYTES})"
+            )
     return None
 
 
@@ -136,7 +197,7 @@ class Attachment(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    attachment_id: Identifier
+    attachment_id: ClientId
     content_type: Annotated[str, Field(min_length=1, max_length=255)]
     size_bytes: Annotated[int, Field(ge=0)]
     storage_key: StorageKey
@@ -170,15 +231,15 @@ class Attachment(BaseModel):
 class ConversationInbound(_Message):
     """A user's message on ``conversation.inbound`` (key ``tenant_id:session_id``)."""
 
-    message_id: Identifier
-    tenant_id: Identifier
-    session_id: Identifier
-    agent_id: Identifier
+    message_id: ClientId
+    tenant_id: ClientId
+    session_id: ClientId
+    agent_id: ClientId
     text: Annotated[str, Field(max_length=100_000)]
     use_case: UseCase = UseCase.CHAT
     created_at: AwareDatetime
     voice: bool = False
-    attachments: tuple[Attachment, ...] = ()
+    attachments: Annotated[tuple[Attachment, ...], Field(max_length=MAX_ATTACHMENTS)] = ()
 
     @property
     def partition_key(self) -> str:
@@ -190,9 +251,9 @@ class ConversationReply(_Message):
     """The agent's answer on ``conversation.outbound`` (key ``tenant_id:session_id``)."""
 
     message_id: Identifier
-    in_reply_to: Identifier
-    tenant_id: Identifier
-    session_id: Identifier
+    in_reply_to: ClientId
+    tenant_id: ClientId
+    session_id: ClientId
     text: str
     model: Annotated[str, Field(max_length=255)]
     degraded: tuple[str, ...] = ()
@@ -227,9 +288,9 @@ class MemoryRecord(_Message):
     """
 
     memory_id: Identifier
-    tenant_id: Identifier
-    agent_id: Identifier
-    session_id: Identifier
+    tenant_id: ClientId
+    agent_id: ClientId
+    session_id: ClientId
     namespace: Identifier = "conversation"
     content: Annotated[str, Field(max_length=200_000)]
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -250,8 +311,8 @@ class UploadTask(_Message):
     """
 
     upload_id: Identifier
-    tenant_id: Identifier
-    message_id: Identifier
+    tenant_id: ClientId
+    message_id: ClientId
     storage_key: StorageKey
     content_type: Annotated[str, Field(min_length=1, max_length=255)]
     size_bytes: Annotated[int, Field(ge=0)]
@@ -263,13 +324,23 @@ class UploadTask(_Message):
     def _has_a_source(self) -> UploadTask:
         if self.content_base64 is None and self.held_in is None:
             raise ValueError("an upload task needs content_base64 or held_in")
+        if not self.storage_key.startswith(tenant_object_key(self.tenant_id, "")):
+            raise ValueError(
+                f"storage_key must lie under its tenant's prefix {self.tenant_id + '/'!r}"
+            )
         return self
 
 
 class BackupTask(_Message):
-    """Copy stored objects to the backup store, on ``backup.tasks`` (key: ``task_id``)."""
+    """Copy a tenant's stored objects to the backup store, on ``backup.tasks``
+    (key: ``task_id``).
+
+    ``storage_keys`` are relative to the tenant's prefix (``uploads/notes.txt``,
+    ``voice/<reply id>.mp3``): a task reads and writes only its tenant's objects.
+    """
 
     task_id: Identifier
+    tenant_id: ClientId
     storage_keys: Annotated[tuple[StorageKey, ...], Field(min_length=1, max_length=1000)]
     requested_by: Annotated[str, Field(max_length=255)] = ""
     created_at: AwareDatetime = Field(default_factory=_now)

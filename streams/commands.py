@@ -298,10 +298,12 @@ def register_storage_commands(app: StreamsApp) -> None:
 
     @app.command(
         argument("keys", nargs=-1, required=True),
+        option("--tenant", required=True, help="The tenant whose objects KEYS name."),
         option("--task-id", default=None, help="Id of the task (default: a new UUID)."),
     )
-    async def backup(self: Any, keys: tuple[str, ...], task_id: str | None) -> None:
-        """Queue a backup of the stored objects KEYS on backup.tasks; print the task id."""
+    async def backup(self: Any, keys: tuple[str, ...], tenant: str, task_id: str | None) -> None:
+        """Queue a backup of a tenant's stored objects KEYS on backup.tasks; print the
+        task id. KEYS are relative to the tenant's prefix (``uploads/notes.txt``)."""
         from pydantic import ValidationError
 
         from core.topics import BACKUP_TASKS
@@ -310,11 +312,14 @@ def register_storage_commands(app: StreamsApp) -> None:
         try:
             task = BackupTask(
                 task_id=task_id or str(uuid.uuid4()),
+                tenant_id=tenant,
                 storage_keys=keys,
                 requested_by="faust -A streams backup",
             )
         except ValidationError as exc:
-            problems = "; ".join(str(e["msg"]) for e in exc.errors())
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
             _fail(ValueError(f"cannot back up {', '.join(keys)}: {problems}"))
             return
         database = Database(settings)

@@ -128,7 +128,7 @@ class Runtime:
         )
         self.memory_sync = MemorySync(settings, self.database, self.somabrain)
         self.deferred_answers = DeferredAnswerer(
-            settings, self.database, journey, on_committed=self.relay.wake
+            settings, self.database, journey, self.dead_letters, on_committed=self.relay.wake
         )
         self.lanes = SessionLanes(settings.max_in_flight)
         self.acks = OrderedAcks()

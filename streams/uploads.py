@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import re
 import mimetypes
 from pathlib import Path
 
 from core.errors import UploadRefusedError
 from core.settings import Settings
-from schemas.messages import Attachment, storage_key_problem
+from schemas.messages import Attachment, storage_key_problem, tenant_upload_key
 
 __all__ = ["inline_attachment", "read_upload"]
 
@@ -25,16 +26,23 @@ def read_upload(settings: Settings, path: str) -> bytes:
     return file.read_bytes()
 
 
+def _attachment_id(name: str) -> str:
+    """``name`` made a valid client id (letters, digits, ``._-``; starts alphanumeric)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("._-")[:128]
+    return cleaned or "attachment"
+
+
 def inline_attachment(tenant: str, message_id: str, path: str, data: bytes) -> Attachment:
-    """``data`` as an attachment stored under ``<tenant>/uploads/<message id>/<file name>``."""
+    """``data`` as an attachment named ``<message id>/<file name>``: the worker stores it
+    under ``<tenant>/uploads/<message id>/<file name>``."""
     name = Path(path).name
-    key = f"{tenant}/uploads/{message_id}/{name}"
-    problem = storage_key_problem(key)
+    key = f"{message_id}/{name}"
+    problem = storage_key_problem(tenant_upload_key(tenant, key))
     if problem is not None:
         raise UploadRefusedError(f"cannot upload {path}: the storage key {key!r} {problem}")
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     return Attachment(
-        attachment_id=name,
+        attachment_id=_attachment_id(name),
         content_type=content_type,
         size_bytes=len(data),
         storage_key=key,
