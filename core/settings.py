@@ -66,6 +66,31 @@ class Settings(BaseSettings):
     )
     session_timeout_seconds: float = Field(10.0, gt=0)
     max_in_flight: int = Field(256, ge=1, description="Messages processed at once per worker.")
+    max_in_flight_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Bytes of messages processed at once per worker (one larger message "
+        "still passes alone).",
+    )
+    session_max_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Share of SA01_MAX_IN_FLIGHT one session may hold; its further messages "
+        "wait, holding no slot, and their partition is paused until it drains.",
+    )
+    tenant_max_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of SA01_MAX_IN_FLIGHT one tenant's sessions may hold together.",
+    )
+    max_parked: int = Field(
+        4096,
+        ge=1,
+        description="Messages held back over their session's or tenant's share before the "
+        "consumer stops reading altogether.",
+    )
     processing_max_attempts: int = Field(3, ge=1)
     processing_retry_backoff_seconds: float = Field(0.2, ge=0)
     infrastructure_retry_max_seconds: float = Field(5.0, gt=0)

@@ -1,7 +1,9 @@
 """Concurrency across sessions, order within a session, and acks that never skip.
 
 :class:`SessionLanes` runs the jobs of one session one after the other and the jobs
-of different sessions at the same time, with a bound on the jobs in flight.
+of different sessions at the same time, with a bound on the jobs (and bytes) in flight
+and a share of it per session and per tenant, so that one hot session or tenant cannot
+hold every slot while the others wait.
 :class:`OrderedAcks` acknowledges the offsets of each partition strictly in order:
 an offset is acked only when it and every offset before it are done, so the
 committed offset can never pass a message that was not processed.
@@ -13,7 +15,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["OrderedAcks", "SessionLanes"]
 
@@ -22,60 +24,246 @@ logger = logging.getLogger(__name__)
 Job = Callable[[], Awaitable[None]]
 
 
-class SessionLanes:
-    """Runs jobs in order per lane key and concurrently across keys."""
+@dataclass(eq=False)
+class _Job:
+    run: Job
+    lane: Hashable
+    group: Hashable | None
+    size: int
+    source: Hashable | None
+    admitted: bool = False
 
-    def __init__(self, max_in_flight: int) -> None:
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._lanes: dict[Hashable, deque[Job]] = {}
+
+@dataclass(eq=False)
+class _Lane:
+    jobs: deque[_Job] = field(default_factory=deque)
+    """Every unfinished job of the lane, in submission order (admitted ones first)."""
+    waiting: deque[_Job] = field(default_factory=deque)
+    """The tail of ``jobs`` not yet admitted."""
+    admitted: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SessionLanes:
+    """Runs jobs in order per lane key and concurrently across keys, fairly.
+
+    Admission: a job takes one of ``max_in_flight`` slots and its ``size`` from the
+    ``max_bytes`` budget (a job alone may exceed the budget). A lane may hold at most
+    ``lane_share`` of the slots, and a group of lanes (a tenant) at most
+    ``group_share``: a job over its lane's or group's share is *parked*, holding no
+    slot, and :meth:`submit` returns at once so that other lanes keep flowing. The
+    ``pause(source)`` callback is called when a source (a partition) first has a
+    parked job and ``resume(source)`` when it has none left, so that a hot session
+    stops being fetched while everybody else is served. Parked jobs are admitted in
+    order as their lane's and group's jobs finish. :meth:`submit` waits only while
+    every slot (or the byte budget) is taken, or while more than ``max_parked`` jobs
+    are parked: memory stays bounded even without a pausing source.
+    """
+
+    def __init__(
+        self,
+        max_in_flight: int,
+        *,
+        lane_share: float = 1.0,
+        group_share: float = 1.0,
+        max_bytes: int | None = None,
+        max_parked: int | None = None,
+        pause: Callable[[Hashable], None] | None = None,
+        resume: Callable[[Hashable], None] | None = None,
+        on_parked: Callable[[int], None] | None = None,
+    ) -> None:
+        self.max_in_flight = max_in_flight
+        self.lane_limit = max(1, int(max_in_flight * lane_share))
+        self.group_limit = max(1, int(max_in_flight * group_share))
+        self.max_bytes = max_bytes
+        self.max_parked = max_parked if max_parked is not None else 16 * max_in_flight
+        self._pause = pause
+        self._resume = resume
+        self._on_parked = on_parked
+        self._lanes: dict[Hashable, _Lane] = {}
+        self._groups: dict[Hashable, int] = {}
+        self._waiting_lanes: dict[Hashable, None] = {}  # insertion order: round robin
+        self._waiting_by_source: dict[Hashable, int] = {}
+        self._paused: set[Hashable] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._in_flight = 0
+        self._admitted = 0
+        self._bytes = 0
+        self._waiting = 0
+        self._submitted = 0
+        self._progress = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
     def in_flight(self) -> int:
-        """Jobs submitted and not yet finished."""
-        return self._in_flight
+        """Jobs holding a slot (admitted and not yet finished)."""
+        return self._admitted
 
-    async def submit(self, lane: Hashable, job: Job) -> None:
-        """Queue ``job`` behind the lane's earlier jobs; waits while the bound is reached."""
-        await self._slots.acquire()
-        self._in_flight += 1
+    @property
+    def parked(self) -> int:
+        """Jobs submitted but not yet admitted."""
+        return self._waiting
+
+    @property
+    def bytes_in_flight(self) -> int:
+        """The sizes of the admitted jobs, summed."""
+        return self._bytes
+
+    @property
+    def paused_sources(self) -> frozenset[Hashable]:
+        """Sources paused because they hold parked jobs."""
+        return frozenset(self._paused)
+
+    async def submit(
+        self,
+        lane: Hashable,
+        job: Job,
+        *,
+        group: Hashable | None = None,
+        size: int = 0,
+        source: Hashable | None = None,
+    ) -> None:
+        """Queue ``job`` behind the lane's earlier jobs (see the class docstring)."""
+        entry = _Job(job, lane, group, size, source)
+        state = self._lanes.get(lane)
+        if state is None:
+            state = self._lanes[lane] = _Lane()
+            task = asyncio.create_task(self._run_lane(lane, state), name="lane")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        state.jobs.append(entry)
+        state.waiting.append(entry)
+        self._waiting_lanes.setdefault(lane, None)
+        self._waiting += 1
+        self._submitted += 1
         self._idle.clear()
-        queue = self._lanes.get(lane)
-        if queue is not None:
-            queue.append(job)
-            return
-        self._lanes[lane] = deque([job])
-        task = asyncio.create_task(self._run_lane(lane), name=f"lane:{lane}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if source is not None:
+            self._waiting_by_source[source] = self._waiting_by_source.get(source, 0) + 1
+        self._admit()
+        while not entry.admitted and not (self._over_share(entry) and self._room_to_park()):
+            progress = self._progress
+            await progress.wait()
+        if not entry.admitted and source is not None and source not in self._paused:
+            self._paused.add(source)
+            if self._pause is not None:
+                self._pause(source)
+        self._report_parked()
 
-    async def _run_lane(self, lane: Hashable) -> None:
-        queue = self._lanes[lane]
+    def _over_share(self, entry: _Job) -> bool:
+        if self._lanes[entry.lane].admitted >= self.lane_limit:
+            return True
+        return entry.group is not None and self._groups.get(entry.group, 0) >= self.group_limit
+
+    def _room_to_park(self) -> bool:
+        return self._waiting <= self.max_parked
+
+    def _has_room(self, entry: _Job) -> bool:
+        if self._admitted >= self.max_in_flight:
+            return False
+        if self.max_bytes is None or self._admitted == 0:
+            return True
+        return self._bytes + entry.size <= self.max_bytes
+
+    def _admit(self) -> None:
+        """Admit waiting jobs, lane by lane in turn, while slots and shares allow."""
+        admitted_any = False
+        for lane in list(self._waiting_lanes):
+            state = self._lanes[lane]
+            while state.waiting:
+                entry = state.waiting[0]
+                if self._over_share(entry):
+                    break
+                if not self._has_room(entry):
+                    self._signal(admitted_any)
+                    return
+                state.waiting.popleft()
+                self._take(state, entry)
+                admitted_any = True
+            del self._waiting_lanes[lane]
+            if state.waiting:
+                self._waiting_lanes[lane] = None  # to the back: the other lanes go first
+        self._signal(admitted_any)
+
+    def _take(self, state: _Lane, entry: _Job) -> None:
+        entry.admitted = True
+        state.admitted += 1
+        state.wake.set()
+        if entry.group is not None:
+            self._groups[entry.group] = self._groups.get(entry.group, 0) + 1
+        self._admitted += 1
+        self._bytes += entry.size
+        self._waiting -= 1
+        source = entry.source
+        if source is not None:
+            left = self._waiting_by_source[source] - 1
+            if left:
+                self._waiting_by_source[source] = left
+            else:
+                del self._waiting_by_source[source]
+                if source in self._paused:
+                    self._paused.discard(source)
+                    if self._resume is not None:
+                        self._resume(source)
+
+    def _signal(self, changed: bool) -> None:
+        if changed:
+            self._progress.set()
+            self._progress = asyncio.Event()
+            self._report_parked()
+
+    def _report_parked(self) -> None:
+        if self._on_parked is not None:
+            self._on_parked(self._waiting)
+
+    def _release(self, state: _Lane, entry: _Job) -> None:
+        if entry.admitted:
+            state.admitted -= 1
+            self._admitted -= 1
+            self._bytes -= entry.size
+            if entry.group is not None:
+                left = self._groups[entry.group] - 1
+                if left:
+                    self._groups[entry.group] = left
+                else:
+                    del self._groups[entry.group]
+        else:  # dropped at cancellation before it was admitted
+            self._waiting -= 1
+            if entry.source is not None and entry.source in self._waiting_by_source:
+                self._waiting_by_source[entry.source] -= 1
+                if not self._waiting_by_source[entry.source]:
+                    del self._waiting_by_source[entry.source]
+        self._submitted -= 1
+        if self._submitted == 0:
+            self._idle.set()
+
+    async def _run_lane(self, lane: Hashable, state: _Lane) -> None:
         try:
-            while queue:
+            while state.jobs:
+                entry = state.jobs[0]
+                while not entry.admitted:
+                    state.wake.clear()
+                    await state.wake.wait()
                 try:
-                    await queue[0]()
+                    await entry.run()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    logger.exception("job of lane %r raised; jobs must handle their errors", lane)
+                    logger.exception("a lane's job raised; jobs must handle their errors")
                 finally:
-                    queue.popleft()
-                    self._finish_one()
+                    state.jobs.popleft()
+                    self._release(state, entry)
+                    self._admit()
+                    self._signal(True)
         finally:
-            while queue:  # cancelled: the jobs still queued will never run
-                queue.popleft()
-                self._finish_one()
-            del self._lanes[lane]
-
-    def _finish_one(self) -> None:
-        self._in_flight -= 1
-        self._slots.release()
-        if self._in_flight == 0:
-            self._idle.set()
+            while state.jobs:  # cancelled: the jobs still queued will never run
+                entry = state.jobs.popleft()
+                if not entry.admitted:
+                    state.waiting.remove(entry)
+                self._release(state, entry)
+            self._waiting_lanes.pop(lane, None)
+            if self._lanes.get(lane) is state:
+                del self._lanes[lane]
+            self._signal(True)
 
     async def wait_idle(self) -> None:
         """Wait until every submitted job has finished."""
@@ -86,6 +274,10 @@ class SessionLanes:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for source in list(self._paused):
+            self._paused.discard(source)
+            if self._resume is not None:
+                self._resume(source)
 
 
 @dataclass

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from core.errors import ResilienceError
 from core.logging import quiet_noisy_loggers
@@ -28,6 +30,23 @@ __all__ = ["StreamsApp", "create_app"]
 logger = logging.getLogger(__name__)
 
 
+class ConsumerFlow:
+    """Pauses and resumes partitions on the app's Faust consumer (fair lanes use it)."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    def pause(self, partition: Hashable) -> None:
+        """Stop fetching ``partition`` (a Faust TP) until :meth:`resume`."""
+        if isinstance(partition, TP):
+            self.app.consumer.pause_partitions([partition])
+
+    def resume(self, partition: Hashable) -> None:
+        """Fetch ``partition`` again."""
+        if isinstance(partition, TP):
+            self.app.consumer.resume_partitions([partition])
+
+
 class StreamsApp(faust.App):
     """The Faust app with the project's settings, metrics and runtime attached."""
 
@@ -37,7 +56,11 @@ class StreamsApp(faust.App):
         self.metrics = Metrics()
         self.service_health = service_health.declare(self, settings.topic_partitions)
         self.runtime = Runtime(
-            settings, self.metrics, is_leader=self.is_leader, table_rows=self.health_rows
+            settings,
+            self.metrics,
+            is_leader=self.is_leader,
+            table_rows=self.health_rows,
+            flow=ConsumerFlow(self),
         )
 
     def health_rows(self) -> dict[str, ServiceHealth]:

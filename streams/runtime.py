@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import Any, Protocol
 
 from core.errors import ConfigurationError, InfrastructureUnavailableError
 from core.metrics import Metrics
@@ -61,6 +61,25 @@ async def check_schema(settings: Settings) -> None:
         )
 
 
+class PartitionFlow(Protocol):
+    """Pauses and resumes fetching from a partition (Faust's consumer offers both)."""
+
+    def pause(self, partition: Hashable) -> None:
+        """Stop fetching ``partition``."""
+        ...
+
+    def resume(self, partition: Hashable) -> None:
+        """Fetch ``partition`` again."""
+        ...
+
+
+def lane_group(message: InboundMessage) -> bytes | None:
+    """The tenant of a conversation message, from its key ``tenant:session``."""
+    if message.key is None:
+        return None
+    return message.key.split(b":", 1)[0]
+
+
 class Runtime:
     """The worker's resources; constructing it does no I/O."""
 
@@ -71,6 +90,7 @@ class Runtime:
         *,
         is_leader: Callable[[], bool] = lambda: True,
         table_rows: Callable[[], Mapping[str, ServiceHealth]] = dict,
+        flow: PartitionFlow | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -130,7 +150,18 @@ class Runtime:
         self.deferred_answers = DeferredAnswerer(
             settings, self.database, journey, self.dead_letters, on_committed=self.relay.wake
         )
-        self.lanes = SessionLanes(settings.max_in_flight)
+        # Fair lanes: a hot session or tenant holds at most its share of the slots; its
+        # further messages are parked (no slot) and its partition paused meanwhile.
+        self.lanes = SessionLanes(
+            settings.max_in_flight,
+            lane_share=settings.session_max_share,
+            group_share=settings.tenant_max_share,
+            max_bytes=settings.max_in_flight_bytes,
+            max_parked=settings.max_parked,
+            pause=flow.pause if flow is not None else None,
+            resume=flow.resume if flow is not None else None,
+            on_parked=metrics.lane_parked_messages.set,
+        )
         self.acks = OrderedAcks()
         self.upload_lanes = SessionLanes(settings.max_in_flight)
         self.upload_acks = OrderedAcks()
@@ -219,7 +250,15 @@ class Runtime:
 
     async def submit(self, message: InboundMessage, partition: Any, ack: Any) -> None:
         """Track ``message`` for in-order acking and queue it on its session's lane."""
-        await self._submit(message, partition, ack, self.processor.process, self.lanes, self.acks)
+        await self._submit(
+            message,
+            partition,
+            ack,
+            self.processor.process,
+            self.lanes,
+            self.acks,
+            group=lane_group(message),
+        )
 
     async def submit_upload(self, message: InboundMessage, partition: Any, ack: Any) -> None:
         """Queue an ``upload.retry`` task on its upload's lane (uploads retry concurrently)."""
@@ -240,6 +279,8 @@ class Runtime:
         process: Callable[[InboundMessage], Awaitable[str]],
         lanes: SessionLanes,
         acks: OrderedAcks,
+        *,
+        group: Hashable | None = None,
     ) -> None:
         await self.ready.wait()
         acks.track(partition, message.offset, ack)
@@ -249,4 +290,5 @@ class Runtime:
             await process(message)
             acks.done(partition, message.offset)
 
-        await lanes.submit(lane, job)
+        size = len(message.value) if message.value is not None else 0
+        await lanes.submit(lane, job, group=group, size=size, source=partition)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import re
 import mimetypes
+import re
 from pathlib import Path
 
 from core.errors import UploadRefusedError

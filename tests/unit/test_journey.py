@@ -35,7 +35,7 @@ async def test_answer_builds_the_reply() -> None:
     assert reply.tenant_id == "tenant-a"
     assert reply.session_id == "session-7"
     assert reply.model == "echo"
-    assert reply.message_id == reply_id_for("m-1")
+    assert reply.message_id == reply_id_for("tenant-a", "m-1")
     assert reply.message_id != inbound.message_id
     assert reply.text == "echo: hello"
     assert reply.degraded == ()
@@ -46,7 +46,7 @@ async def test_answer_is_deterministic_in_its_id() -> None:
     first = await journey.answer(make_inbound("m-9"))
     second = await journey.answer(make_inbound("m-9"))
     other = await journey.answer(make_inbound("m-10"))
-    assert first.message_id == second.message_id == reply_id_for("m-9")
+    assert first.message_id == second.message_id == reply_id_for("tenant-a", "m-9")
     assert other.message_id != first.message_id
 
 

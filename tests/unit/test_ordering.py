@@ -497,3 +497,165 @@ async def test_cancel_releases_the_slots_of_queued_jobs() -> None:
     await asyncio.wait_for(lanes.submit("other", record), 1.0)
     await asyncio.wait_for(lanes.wait_idle(), 1.0)
     assert ran == [1]
+
+
+# --- fairness: shares per session and tenant, byte budget ---------------------------
+
+
+async def test_a_hot_session_cannot_hold_every_slot() -> None:
+    paused: list[str] = []
+    resumed: list[str] = []
+    lanes = SessionLanes(
+        max_in_flight=10, lane_share=0.2, pause=paused.append, resume=resumed.append
+    )
+    gate = asyncio.Event()
+    hot_done: list[int] = []
+    other_done = asyncio.Event()
+
+    def hot(index: int) -> Job:
+        async def job() -> None:
+            await gate.wait()
+            hot_done.append(index)
+
+        return job
+
+    async def other() -> None:
+        other_done.set()
+
+    # 100 messages of one session first: without shares they would take all 10 slots
+    # and the 101st submit would wait until the hot session freed one.
+    for index in range(100):
+        await asyncio.wait_for(lanes.submit("hot", hot(index), source="p0"), WAIT)
+    assert lanes.in_flight == 2  # 20% of 10 slots
+    assert lanes.parked == 98
+    assert paused == ["p0"]
+    await asyncio.wait_for(lanes.submit("quiet", other, source="p1"), WAIT)
+    await asyncio.wait_for(other_done.wait(), WAIT)  # served while the hot one is stuck
+
+    gate.set()
+    await asyncio.wait_for(lanes.wait_idle(), WAIT)
+    assert hot_done == list(range(100))  # order within the session holds
+    assert resumed == ["p0"]
+    assert lanes.parked == 0
+    assert lanes.in_flight == 0
+
+
+async def test_a_tenant_holds_at_most_its_share_across_its_sessions() -> None:
+    lanes = SessionLanes(max_in_flight=10, group_share=0.3)
+    gate = asyncio.Event()
+    peak = 0
+    running = 0
+
+    def job_of_a() -> Job:
+        async def job() -> None:
+            nonlocal peak, running
+            running += 1
+            peak = max(peak, running)
+            await gate.wait()
+            running -= 1
+
+        return job
+
+    for index in range(20):
+        await asyncio.wait_for(lanes.submit(f"a-{index}", job_of_a(), group="tenant-a"), WAIT)
+    await settle()
+    assert lanes.in_flight == 3
+    b_done = asyncio.Event()
+
+    async def job_of_b() -> None:
+        b_done.set()
+
+    await asyncio.wait_for(lanes.submit("b-0", job_of_b, group="tenant-b"), WAIT)
+    await asyncio.wait_for(b_done.wait(), WAIT)
+    gate.set()
+    await asyncio.wait_for(lanes.wait_idle(), WAIT)
+    assert peak == 3
+
+
+async def test_the_byte_budget_bounds_what_is_in_flight() -> None:
+    lanes = SessionLanes(max_in_flight=100, max_bytes=1000)
+    gate = asyncio.Event()
+
+    async def job() -> None:
+        await gate.wait()
+
+    for index in range(3):
+        await asyncio.wait_for(lanes.submit(f"lane-{index}", job, size=400), WAIT)
+        # the third waits: 800 + 400 is over the budget
+        if index == 1:
+            break
+    assert lanes.bytes_in_flight == 800
+    third = asyncio.create_task(lanes.submit("lane-2", job, size=400))
+    await settle()
+    assert not third.done()
+    gate.set()
+    await asyncio.wait_for(third, WAIT)
+    await asyncio.wait_for(lanes.wait_idle(), WAIT)
+    assert lanes.bytes_in_flight == 0
+
+
+async def test_one_message_larger_than_the_budget_still_passes_alone() -> None:
+    lanes = SessionLanes(max_in_flight=10, max_bytes=100)
+    ran: list[int] = []
+
+    async def job() -> None:
+        ran.append(1)
+
+    await asyncio.wait_for(lanes.submit("lane", job, size=5000), WAIT)
+    await asyncio.wait_for(lanes.wait_idle(), WAIT)
+    assert ran == [1]
+
+
+async def test_submit_waits_once_too_many_messages_are_parked() -> None:
+    lanes = SessionLanes(max_in_flight=10, lane_share=0.1, max_parked=5)
+    gate = asyncio.Event()
+
+    async def job() -> None:
+        await gate.wait()
+
+    for _ in range(6):  # one admitted, five parked
+        await asyncio.wait_for(lanes.submit("hot", job), WAIT)
+    seventh = asyncio.create_task(lanes.submit("hot", job))
+    await settle()
+    assert not seventh.done()
+    gate.set()
+    await asyncio.wait_for(seventh, WAIT)
+    await asyncio.wait_for(lanes.wait_idle(), WAIT)
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 2)), min_size=1, max_size=60),
+    st.floats(0.05, 1.0),
+    st.floats(0.05, 1.0),
+)
+def test_shares_keep_order_per_lane_and_finish_everything(
+    plan: list[tuple[int, int]], lane_share: float, group_share: float
+) -> None:
+    async def scenario() -> None:
+        lanes = SessionLanes(
+            max_in_flight=6, lane_share=lane_share, group_share=group_share, max_parked=8
+        )
+        seen: dict[int, list[int]] = {}
+
+        def make(lane: int, index: int) -> Job:
+            async def job() -> None:
+                await settle(1)
+                seen.setdefault(lane, []).append(index)
+
+            return job
+
+        for index, (lane, group) in enumerate(plan):
+            await asyncio.wait_for(
+                lanes.submit(lane, make(lane, index), group=group, source=group), WAIT
+            )
+            assert lanes.in_flight <= 6
+        await asyncio.wait_for(lanes.wait_idle(), WAIT)
+        expected: dict[int, list[int]] = {}
+        for index, (lane, _) in enumerate(plan):
+            expected.setdefault(lane, []).append(index)
+        assert seen == expected
+        assert lanes.parked == 0
+        assert lanes.paused_sources == frozenset()
+
+    asyncio.run(scenario())

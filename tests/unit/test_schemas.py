@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,8 @@ from core.errors import MessageDecodeError, MessageValidationError
 from schemas.codec import ModelCodec, decode_message, encode_message
 from schemas.export import EXPORTED_MODELS, SCHEMA_DIR, render_schema
 from schemas.messages import (
+    CLIENT_ID_PATTERN,
+    MAX_ATTACHMENTS,
     SCHEMA_VERSION,
     Attachment,
     BackupTask,
@@ -28,6 +31,8 @@ from schemas.messages import (
     UploadTask,
     UseCase,
     reply_id_for,
+    scoped_key,
+    storage_key_problem,
 )
 
 CREATED_AT = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
@@ -182,10 +187,70 @@ def test_inbound_empty_identifier_is_refused(field: str) -> None:
     assert info.value.errors()[0]["type"] == "string_too_short"
 
 
-def test_inbound_identifier_longer_than_255_is_refused() -> None:
-    ConversationInbound(**inbound_fields(message_id="m" * 255))
+def test_inbound_identifier_longer_than_128_is_refused() -> None:
+    ConversationInbound(**inbound_fields(message_id="m" * 128))
+    with pytest.raises(ValidationError, match="message_id"):
+        ConversationInbound(**inbound_fields(message_id="m" * 129))
+
+
+@pytest.mark.parametrize("field", ["message_id", "tenant_id", "session_id", "agent_id"])
+@pytest.mark.parametrize(
+    "value",
+    ["\n\r", "a\x00b", "t\u00e9nant", "a:b", "a/b", ".hidden", "..", "-x", " a", "a b", ""],
+)
+def test_client_ids_outside_the_documented_set_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        ConversationInbound(**inbound_fields(**{field: value}))
+
+
+def test_an_attachment_id_outside_the_set_is_refused() -> None:
+    with pytest.raises(ValidationError, match="attachment_id"):
+        Attachment(attachment_id="a\nb", content_type="text/plain", size_bytes=0, storage_key="x")
+
+
+def test_a_message_carries_at_most_max_attachments() -> None:
+    attachment = Attachment(
+        attachment_id="a", content_type="text/plain", size_bytes=0, storage_key="x.txt"
+    )
+    ConversationInbound(**inbound_fields(attachments=(attachment,) * MAX_ATTACHMENTS))
+    with pytest.raises(ValidationError, match="attachments"):
+        ConversationInbound(**inbound_fields(attachments=(attachment,) * (MAX_ATTACHMENTS + 1)))
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("a/" + "\u00e9" * 200, "segment of 400 bytes"),
+        ("x" * 1025, "1025 bytes"),
+        ("a/" + "\u00e9" * 512, "bytes long"),
+    ],
+)
+def test_storage_keys_are_measured_in_utf8_bytes(key: str, problem: str) -> None:
+    found = storage_key_problem(key)
+    assert found is not None
+    assert problem in found
+
+
+def test_keys_joined_from_client_ids_are_unambiguous() -> None:
+    # ("acme", "x:y") and ("acme:x", "y") used to share one Redis history.
     with pytest.raises(ValidationError):
-        ConversationInbound(**inbound_fields(message_id="m" * 256))
+        ConversationInbound(**inbound_fields(tenant_id="acme", session_id="x:y"))
+    with pytest.raises(ValidationError):
+        ConversationInbound(**inbound_fields(tenant_id="acme:x", session_id="y"))
+    assert scoped_key("t", "m") != scoped_key("t2", "m")
+
+
+def test_an_upload_task_outside_its_tenant_prefix_is_refused() -> None:
+    with pytest.raises(ValidationError, match="prefix"):
+        UploadTask(
+            upload_id="u",
+            tenant_id="tenant-a",
+            message_id="m",
+            storage_key="tenant-b/uploads/x",
+            content_type="text/plain",
+            size_bytes=1,
+            content_base64="eA==",
+        )
 
 
 def test_inbound_empty_text_is_accepted_but_over_long_text_refused() -> None:
@@ -311,21 +376,27 @@ def test_degradation_event_invalid_state_is_refused_in_json() -> None:
 
 
 def test_reply_id_for_is_deterministic() -> None:
-    assert reply_id_for("m-1") == reply_id_for("".join(["m", "-", "1"]))
+    assert reply_id_for("t", "m-1") == reply_id_for("t", "".join(["m", "-", "1"]))
     # A fixed value: the id must be the same in every process and every release,
-    # or a redelivered message would get a new reply id after an upgrade.
-    assert reply_id_for("m-1") == "bd90a453-2a2c-5d4e-a414-78ec05ec30e6"
+    # or a redelivered message would get a new reply id.
+    assert reply_id_for("t", "m-1") == str(
+        uuid.uuid5(uuid.UUID("6f1c3f4e-4b1e-5d0a-9a57-2f3e8a1c9b10"), "t:m-1")
+    )
 
 
 def test_reply_id_for_is_a_valid_identifier() -> None:
-    reply = ConversationReply(**reply_fields(message_id=reply_id_for("m-1")))
+    reply = ConversationReply(**reply_fields(message_id=reply_id_for("t", "m-1")))
     assert len(reply.message_id) == 36
+
+
+def test_two_tenants_equal_message_ids_get_different_replies() -> None:
+    assert reply_id_for("tenant-a", "m-1") != reply_id_for("tenant-b", "m-1")
 
 
 @given(st.lists(st.text(min_size=1, max_size=50), min_size=2, max_size=20, unique=True))
 @hypothesis_settings(database=None)
 def test_reply_id_for_is_distinct_per_input(message_ids: list[str]) -> None:
-    reply_ids = [reply_id_for(message_id) for message_id in message_ids]
+    reply_ids = [reply_id_for("t", message_id) for message_id in message_ids]
     assert len(set(reply_ids)) == len(message_ids)
     assert not set(reply_ids) & set(message_ids)
 
@@ -427,13 +498,16 @@ def test_encode_is_utf8_json() -> None:
     assert document["use_case"] == "chat"
 
 
-identifiers = st.text(min_size=1, max_size=255)
+client_ids = st.from_regex(CLIENT_ID_PATTERN, fullmatch=True)
+identifiers = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=255
+)
 aware_datetimes = st.datetimes(
     min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
 )
 attachments = st.builds(
     Attachment,
-    attachment_id=identifiers,
+    attachment_id=client_ids,
     content_type=identifiers,
     size_bytes=st.integers(min_value=0, max_value=2**53),
     storage_key=st.lists(
@@ -448,10 +522,10 @@ attachments = st.builds(
 )
 inbounds = st.builds(
     ConversationInbound,
-    message_id=identifiers,
-    tenant_id=identifiers,
-    session_id=identifiers,
-    agent_id=identifiers,
+    message_id=client_ids,
+    tenant_id=client_ids,
+    session_id=client_ids,
+    agent_id=client_ids,
     text=st.text(max_size=2000),
     use_case=st.sampled_from(UseCase),
     created_at=aware_datetimes,
@@ -461,9 +535,9 @@ inbounds = st.builds(
 replies = st.builds(
     ConversationReply,
     message_id=identifiers,
-    in_reply_to=identifiers,
-    tenant_id=identifiers,
-    session_id=identifiers,
+    in_reply_to=client_ids,
+    tenant_id=client_ids,
+    session_id=client_ids,
     text=st.text(max_size=2000),
     model=st.text(max_size=255),
     degraded=st.lists(st.text(max_size=20), max_size=3).map(tuple),
