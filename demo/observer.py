@@ -100,19 +100,20 @@ def voice_note(session: str, spoken: str, *, client_text: str = "") -> Outgoing:
         attachment_id="recording",
         content_type="audio/mpeg",
         size_bytes=len(audio),
-        storage_key=f"{TENANT}/voice-in/{uuid.uuid4().hex}.mp3",
+        storage_key=f"voice-in/{uuid.uuid4().hex}.mp3",
         content_base64=base64.b64encode(audio).decode(),
     )
     return Outgoing(session, client_text, voice=True, attachments=(recording,), spoken=spoken)
 
 
 def upload(session: str, text: str, name: str, data: bytes) -> Outgoing:
-    """A message with one file uploaded inline, stored under ``<tenant>/uploads/<name>``."""
+    """A message with one file uploaded inline, named ``files/<name>``: the worker stores it
+    under ``<tenant>/uploads/files/<name>``."""
     attachment = Attachment(
         attachment_id=name,
         content_type="application/octet-stream",
         size_bytes=len(data),
-        storage_key=f"{TENANT}/uploads/{name}",
+        storage_key=f"files/{name}",
         content_base64=base64.b64encode(data).decode(),
     )
     return Outgoing(session, text, attachments=(attachment,))

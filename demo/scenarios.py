@@ -31,7 +31,7 @@ from demo.stack import CHAT_CHAIN, DemoStack, StackError
 from demo.ui import UI
 from loopback import FailureMode, transcript_of
 from outbox.producer import DeliveryPath
-from schemas.messages import ConversationReply, DegradationEvent
+from schemas.messages import ConversationReply, DegradationEvent, tenant_upload_key
 
 __all__ = [
     "PLACEHOLDER_MODEL",
@@ -52,7 +52,7 @@ SHOWN_PER_BATCH: Final = 4
 #: The model of the immediate reply when every model is down (the real answer follows).
 PLACEHOLDER_MODEL: Final = "none"
 #: Where the uploads of scenario 4 are stored (in S3 and, meanwhile, on the local disk).
-UPLOADS_PREFIX: Final = f"{TENANT}/uploads/"
+UPLOADS_PREFIX: Final = tenant_upload_key(TENANT, "files/")
 VOICE_FALLBACK: Final = "Voice in fallback mode"
 UPLOAD_QUEUED: Final = "Upload queued"
 
@@ -221,8 +221,9 @@ class Demo:
                 message = await self.sender.send(scenario, outgoing)
                 for attachment in outgoing.attachments:
                     data = attachment.content()
-                    if data is not None and attachment.storage_key.startswith(UPLOADS_PREFIX):
-                        self.uploads[attachment.storage_key] = data
+                    key = tenant_upload_key(TENANT, attachment.storage_key)
+                    if data is not None and key.startswith(UPLOADS_PREFIX):
+                        self.uploads[key] = data
                 number = self._session_counts.get(session, 0) + 1
                 self._session_counts[session] = number
                 self._labels[message.message.message_id] = f"{session} #{number}"
@@ -745,7 +746,7 @@ async def storage_unavailable(demo: Demo) -> None:
         upload("uploads", f"Here is file {n} of {total}.", f"file-{n:02d}.bin", _upload_bytes(n))
         for n in range(1, total + 1)
     ]
-    keys = [item.attachments[0].storage_key for item in items]
+    keys = [tenant_upload_key(TENANT, item.attachments[0].storage_key) for item in items]
     size = sum(item.attachments[0].size_bytes for item in items)
     ui.step(f"A user uploads {total} files ({size // 1024} KiB) while no store can take them")
     sent = await demo.send("storage", items)

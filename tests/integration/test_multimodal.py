@@ -101,7 +101,7 @@ def voice_message(
                 attachment_id="recording",
                 content_type="audio/mpeg",
                 size_bytes=len(audio),
-                storage_key=f"tenant-a/voice-in/{message_id}.mp3",
+                storage_key=f"voice-in/{message_id}.mp3",
                 content_base64=base64.b64encode(audio).decode(),
             ),
         ),
@@ -122,7 +122,7 @@ def upload_message(n: int, data: bytes, *, session: str | None = None) -> Conver
                 attachment_id=f"file-{n}",
                 content_type="application/octet-stream",
                 size_bytes=len(data),
-                storage_key=f"tenant-a/uploads/file-{n}.bin",
+                storage_key=f"file-{n}.bin",
                 content_base64=base64.b64encode(data).decode(),
             ),
         ),
@@ -201,7 +201,7 @@ def test_a_voice_message_is_transcribed_answered_and_spoken_by_the_primaries(
     assert transcript_of(stored[spoken.storage_key]) == reply.text
     assert spoken.size_bytes == len(stored[spoken.storage_key])
     # The user's recording is an upload like any other: in the primary store.
-    assert message.attachments[0].storage_key in stored
+    assert f"tenant-a/uploads/{message.attachments[0].storage_key}" in stored
     assert openai_audio.call_counts()["openai_stt"] == 1
     assert elevenlabs.call_counts()["elevenlabs_tts"] == 1
     assert deepgram.stt_count == 0
@@ -462,11 +462,12 @@ def test_backup_tasks_copy_stored_objects_and_retry_until_the_backup_store_takes
 
     task = BackupTask(
         task_id="nightly",
+        tenant_id="tenant-a",
         storage_keys=(
-            "tenant-a/uploads/file-0.bin",
-            "tenant-a/uploads/file-1.bin",
-            "tenant-a/uploads/file-2.bin",
-            "tenant-a/uploads/never-stored.bin",
+            "uploads/file-0.bin",
+            "uploads/file-1.bin",
+            "uploads/file-2.bin",
+            "uploads/never-stored.bin",
         ),
     )
     produce_raw(settings, settings.topic("backup.tasks"), [(b"nightly", encode_message(task))])

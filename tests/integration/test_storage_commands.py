@@ -35,7 +35,7 @@ def test_produce_sends_files_inline_and_a_voice_message(stack: Settings, tmp_pat
     [attachment] = upload.attachments
     assert attachment.content() == b"meeting notes"
     assert attachment.content_type == "text/plain"
-    assert attachment.storage_key == f"tenant-1/uploads/{upload.message_id}/notes.txt"
+    assert attachment.storage_key == f"{upload.message_id}/notes.txt"  # in tenant-1/uploads/
     assert voice.voice is True and voice.text == ""
     assert voice.attachments[0].content_type == "audio/mpeg"
 
@@ -56,14 +56,20 @@ def test_produce_refuses_a_file_over_the_inline_limit_and_says_which(
 
 
 def test_backup_queues_a_task_and_refuses_keys_that_escape(stack: Settings) -> None:
-    queued = command(stack, "backup", "t/a.bin", "t/b.bin", "--task-id", "nightly-1")
-    refused = command(stack, "backup", "../../etc/shadow")
+    queued = command(
+        stack, "backup", "--tenant", "t", "uploads/a.bin", "uploads/b.bin", "--task-id", "nightly-1"
+    )
+    refused = command(stack, "backup", "--tenant", "t", "../../etc/shadow")
+    foreign = command(stack, "backup", "--tenant", "t:x", "uploads/a.bin")
 
     assert queued.returncode == 0, queued.stderr
     assert queued.stdout.strip() == "nightly-1"
     [record] = consume(stack, stack.topic("backup.tasks"), 1)
     task = decode_message(BackupTask, record.value)
-    assert task.storage_keys == ("t/a.bin", "t/b.bin")
+    assert task.storage_keys == ("uploads/a.bin", "uploads/b.bin")
+    assert task.tenant_id == "t"
     assert record.key == b"nightly-1"
     assert refused.returncode == 1
     assert "path traversal" in refused.stderr
+    assert foreign.returncode == 1
+    assert "tenant_id" in foreign.stderr

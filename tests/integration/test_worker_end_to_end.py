@@ -174,7 +174,7 @@ async def test_processing_that_keeps_failing_is_dead_lettered_after_bounded_retr
     assert llm_server.request_count == settings.processing_max_attempts + 1
 
 
-async def test_a_request_every_provider_would_refuse_is_dead_lettered_without_retries(
+async def test_a_request_the_model_refuses_is_answered_with_a_notice_without_retries(
     stack: Settings, workers: WorkerFactory, llm_server: LLMServer
 ) -> None:
     settings = with_llm(stack, llm_server)
@@ -182,11 +182,12 @@ async def test_a_request_every_provider_would_refuse_is_dead_lettered_without_re
     workers.start(settings)
     produce_inbound(settings, [inbound("far too long")])
 
-    [dead] = consume(settings, settings.topic("conversation.inbound.dlq"), 1)
+    [reply] = outbound(settings, 1)
 
-    assert dead.headers["dlq.attempts"] == "1"
-    assert dead.headers["__streams.errors.exception"] == "providers.responder.ProviderRequestError"
+    assert reply.notices == ("Message refused by the model",)
+    assert reply.degraded == ()
     assert llm_server.request_count == 1
+    assert consume(settings, settings.topic("conversation.inbound.dlq"), 1, timeout=2) == []
 
 
 async def test_a_duplicated_message_id_is_answered_once(
