@@ -59,5 +59,7 @@ async def test_with_every_model_down_each_message_is_answered_now_and_properly_l
         decode_message(MemoryRecord, r.value)
         for r in consume(settings, settings.topic("somabrain.memory.remember"), 20, settle=2.0)
     ]
-    assert sorted(m.memory_id for m in memories) == sorted(m.message_id for m in sent)
+    assert sorted(m.memory_id for m in memories) == sorted(
+        f"{m.tenant_id}:{m.message_id}" for m in sent
+    )
     assert all("[primary] question" in m.content for m in memories)
