@@ -60,6 +60,8 @@ class VoiceJourney:
         self.metrics = metrics
 
     async def _audio_of(self, inbound: ConversationInbound) -> tuple[bytes | None, str]:
+        """The recording's bytes and type; :class:`AudioRefusedError` when the message
+        names a recording its tenant does not have (the caller's mistake)."""
         recording = next((a for a in inbound.attachments if a.is_audio), None)
         if recording is None:
             return None, "audio/mpeg"
@@ -70,20 +72,17 @@ class VoiceJourney:
         key = tenant_upload_key(inbound.tenant_id, recording.storage_key)
         try:
             _, data = await self.storage.get(key)
-        except (
-            ObjectNotFoundError,
-            UploadRefusedError,
-            FallbackExhaustedError,
-            ServiceUnavailableError,
-        ) as exc:
+        except (ObjectNotFoundError, UploadRefusedError) as exc:
+            raise AudioRefusedError(f"the recording {recording.storage_key!r}: {exc}") from exc
+        except (FallbackExhaustedError, ServiceUnavailableError) as exc:
             logger.warning("voice audio %s unreadable: %s", key, exc)
             return None, recording.content_type
         return data, recording.content_type
 
     async def transcribe(self, inbound: ConversationInbound) -> Transcript:
         """The message's text; ``text`` None when nothing could be made of it."""
-        audio, content_type = await self._audio_of(inbound)
         try:
+            audio, content_type = await self._audio_of(inbound)
             result = await self.audio.transcribe(audio, content_type, inbound.text)
         except AudioRefusedError as exc:
             # The recording itself is at fault, not a provider: no chain is degraded.

@@ -71,10 +71,23 @@ class LLMServer(ProviderServer):
     _logger: ClassVar[logging.Logger] = logger
     _client_max_size: ClassVar[int] = 64 * 1024 * 1024
 
-    def __init__(self, port: int = 0, name: str = "llm", *, host: str = DEFAULT_HOST) -> None:
-        """Create a stopped server; ``port=0`` picks a free port on :meth:`start`."""
+    def __init__(
+        self,
+        port: int = 0,
+        name: str = "llm",
+        *,
+        host: str = DEFAULT_HOST,
+        context_window_tokens: int | None = None,
+    ) -> None:
+        """Create a stopped server; ``port=0`` picks a free port on :meth:`start`.
+
+        With ``context_window_tokens`` a prompt longer than that is refused as the real
+        APIs refuse it: 400 ``context_length_exceeded`` (OpenAI), ``prompt is too long``
+        (Anthropic), whatever the failure mode.
+        """
         super().__init__(port, name, host=host, default_settings=ProviderSettings())
         self._reply: str | None = None
+        self._context_window = context_window_tokens
 
     # ------------------------------------------------------------------ public API
 
@@ -112,6 +125,12 @@ class LLMServer(ProviderServer):
             return drop(request)
         if body is None:
             return _error(api, 400, "invalid_request", "The request body must be a JSON object.")
+        if self._context_window is not None:
+            tokens = _prompt_tokens(body)
+            if tokens > self._context_window:
+                return _error(
+                    api, 400, "context_length", window=self._context_window, tokens=tokens
+                )
         match settings.mode:
             case FailureMode.ERROR_500:
                 return _error(api, 500, "server_error")
@@ -185,8 +204,17 @@ _ErrorKind = Literal["server_error", "rate_limited", "context_length", "invalid_
 
 
 def _error(
-    api: _Api, status: int, kind: _ErrorKind, message: str | None = None, *, retry: float = 0.0
+    api: _Api,
+    status: int,
+    kind: _ErrorKind,
+    message: str | None = None,
+    *,
+    retry: float = 0.0,
+    window: int | None = None,
+    tokens: int | None = None,
 ) -> web.Response:
+    openai_window = window or _OPENAI_CONTEXT_WINDOW
+    anthropic_window = window or _ANTHROPIC_CONTEXT_WINDOW
     if api == "openai":
         error: dict[str, Any]
         match kind:
@@ -207,8 +235,8 @@ def _error(
                 }
             case "context_length":
                 error = {
-                    "message": f"This model's maximum context length is {_OPENAI_CONTEXT_WINDOW} "
-                    f"tokens. However, your messages resulted in {_OPENAI_CONTEXT_WINDOW + 1} "
+                    "message": f"This model's maximum context length is {openai_window} "
+                    f"tokens. However, your messages resulted in {tokens or openai_window + 1} "
                     "tokens. Please reduce the length of the messages.",
                     "type": "invalid_request_error",
                     "param": "messages",
@@ -231,8 +259,8 @@ def _error(
         ),
         "context_length": (
             "invalid_request_error",
-            f"prompt is too long: {_ANTHROPIC_CONTEXT_WINDOW + 1} tokens > "
-            f"{_ANTHROPIC_CONTEXT_WINDOW} maximum",
+            f"prompt is too long: {tokens or anthropic_window + 1} tokens > "
+            f"{anthropic_window} maximum",
         ),
         "invalid_request": ("invalid_request_error", message or "Invalid request."),
     }[kind]

@@ -52,10 +52,11 @@ class SessionLanes:
     ``lane_share`` of the slots, and a group of lanes (a tenant) at most
     ``group_share``: a job over its lane's or group's share is *parked*, holding no
     slot, and :meth:`submit` returns at once so that other lanes keep flowing. The
-    ``pause(source)`` callback is called when a source (a partition) first has a
-    parked job and ``resume(source)`` when it has none left, so that a hot session
-    stops being fetched while everybody else is served. Parked jobs are admitted in
-    order as their lane's and group's jobs finish. :meth:`submit` waits only while
+    ``pause(source)`` callback is called when a source (a partition) has
+    ``pause_after`` jobs waiting, and ``resume(source)`` once it is down to half of
+    that: a hot session stops being fetched while the sessions read before and after
+    it are served. Parked jobs are admitted in order as their lane's and group's jobs
+    finish. :meth:`submit` waits only while
     every slot (or the byte budget) is taken, or while more than ``max_parked`` jobs
     are parked: memory stays bounded even without a pausing source.
     """
@@ -68,6 +69,7 @@ class SessionLanes:
         group_share: float = 1.0,
         max_bytes: int | None = None,
         max_parked: int | None = None,
+        pause_after: int | None = None,
         pause: Callable[[Hashable], None] | None = None,
         resume: Callable[[Hashable], None] | None = None,
         on_parked: Callable[[int], None] | None = None,
@@ -77,6 +79,7 @@ class SessionLanes:
         self.group_limit = max(1, int(max_in_flight * group_share))
         self.max_bytes = max_bytes
         self.max_parked = max_parked if max_parked is not None else 16 * max_in_flight
+        self.pause_after = max(1, pause_after if pause_after is not None else max_in_flight)
         self._pause = pause
         self._resume = resume
         self._on_parked = on_parked
@@ -143,7 +146,11 @@ class SessionLanes:
         while not entry.admitted and not (self._over_share(entry) and self._room_to_park()):
             progress = self._progress
             await progress.wait()
-        if not entry.admitted and source is not None and source not in self._paused:
+        if (
+            source is not None
+            and source not in self._paused
+            and self._waiting_by_source.get(source, 0) >= self.pause_after
+        ):
             self._paused.add(source)
             if self._pause is not None:
                 self._pause(source)
@@ -200,10 +207,10 @@ class SessionLanes:
                 self._waiting_by_source[source] = left
             else:
                 del self._waiting_by_source[source]
-                if source in self._paused:
-                    self._paused.discard(source)
-                    if self._resume is not None:
-                        self._resume(source)
+            if source in self._paused and left <= self.pause_after // 2:
+                self._paused.discard(source)
+                if self._resume is not None:
+                    self._resume(source)
 
     def _signal(self, changed: bool) -> None:
         if changed:

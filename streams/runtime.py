@@ -158,6 +158,7 @@ class Runtime:
             group_share=settings.tenant_max_share,
             max_bytes=settings.max_in_flight_bytes,
             max_parked=settings.max_parked,
+            pause_after=settings.max_in_flight,
             pause=flow.pause if flow is not None else None,
             resume=flow.resume if flow is not None else None,
             on_parked=metrics.lane_parked_messages.set,

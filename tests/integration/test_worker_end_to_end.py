@@ -184,7 +184,7 @@ async def test_a_request_the_model_refuses_is_answered_with_a_notice_without_ret
 
     [reply] = outbound(settings, 1)
 
-    assert reply.notices == ("Message refused by the model",)
+    assert reply.notices == ("Message too long: please shorten it",)
     assert reply.degraded == ()
     assert llm_server.request_count == 1
     assert consume(settings, settings.topic("conversation.inbound.dlq"), 1, timeout=2) == []

@@ -24,6 +24,8 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: dict[str, str]
+    timestamp: float = 0.0
+    """The record's timestamp (producer's create time), in seconds since the epoch."""
 
 
 def inbound(
@@ -117,6 +119,7 @@ def consume(
                     key=message.key(),
                     value=message.value(),
                     headers={k: (v or b"").decode() for k, v in (message.headers() or [])},
+                    timestamp=message.timestamp()[1] / 1000,
                 )
             )
     finally:

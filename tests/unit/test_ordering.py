@@ -506,7 +506,11 @@ async def test_a_hot_session_cannot_hold_every_slot() -> None:
     paused: list[str] = []
     resumed: list[str] = []
     lanes = SessionLanes(
-        max_in_flight=10, lane_share=0.2, pause=paused.append, resume=resumed.append
+        max_in_flight=10,
+        lane_share=0.2,
+        pause_after=10,
+        pause=paused.append,
+        resume=resumed.append,
     )
     gate = asyncio.Event()
     hot_done: list[int] = []
