@@ -150,6 +150,20 @@ def fake_duration(audio: bytes) -> float:
     return round(max(1, len(text.split())) * _SECONDS_PER_WORD, 3)
 
 
+def looks_like_audio(audio: bytes) -> bool:
+    """Whether ``audio`` starts like a container the real STT APIs decode (ID3/MPEG, WAV,
+    Ogg, FLAC, WebM, MP4) or is :func:`fake_audio`. Other bytes are refused with 400, as
+    OpenAI ("Audio file might be corrupted or unsupported") and Deepgram ("corrupt or
+    unsupported data") refuse them."""
+    if audio.startswith((b"ID3", b"OggS", b"fLaC", b"\x1a\x45\xdf\xa3", AUDIO_MAGIC)):
+        return True
+    if audio[:4] == b"RIFF" and audio[8:12] == b"WAVE":
+        return True
+    if audio[4:8] == b"ftyp":
+        return True
+    return len(audio) >= 2 and audio[0] == 0xFF and audio[1] & 0xE0 == 0xE0  # MPEG frame sync
+
+
 def _heard(audio: bytes) -> str:
     text = transcript_of(audio)
     return text if text is not None else f"unrecognised audio of {len(audio)} bytes"
@@ -425,7 +439,7 @@ class AudioServer(ProviderServer):
                 param="response_format",
                 code="invalid_value",
             )
-        if not audio:
+        if not audio or not looks_like_audio(audio):
             return _openai_invalid(
                 "Audio file might be corrupted or unsupported", param="file", code="invalid_value"
             )
@@ -475,7 +489,7 @@ class AudioServer(ProviderServer):
             return _deepgram_error(
                 400, "REMOTE_CONTENT_ERROR", "The loopback server cannot fetch remote audio."
             )
-        if not audio:
+        if not audio or not looks_like_audio(audio):
             return _error("deepgram", 400, stt=True)
         return web.json_response(
             _deepgram_result(audio, query), headers={"dg-request-id": str(uuid.uuid4())}

@@ -204,11 +204,14 @@ def test_a_noisy_hostile_tenant_cannot_stop_cross_into_or_slow_another(
             f"voice-{n % 5}",
             "",
             voice=True,
-            attachments=(inline("rec", f"voice-in/junk-{n}.mp3", os.urandom(256), "audio/mpeg"),),
+            attachments=(
+                inline("rec", f"voice-in/junk-{n}.mp3", b"junk" + os.urandom(256), "audio/mpeg"),
+            ),
         )
         for n in range(20)
     ]
-    long_key = "/".join(["k" * 200] * 5)  # 1,004 bytes: over 1,024 with the tenant's prefix
+    # 1,011 bytes: a valid key for the client, over S3's 1,024 once under the tenant's prefix.
+    long_key = "/".join(["k" * 200] * 5) + "/extra"
     oversized_keys: list[tuple[bytes, bytes]] = []
     refused_uploads = []
     for n in range(10):

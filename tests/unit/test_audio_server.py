@@ -62,6 +62,10 @@ def litellm() -> Any:
 # ---------------------------------------------------------------------- requests per route
 
 
+#: Bytes that start like an MPEG frame: audio the loopback cannot transcribe but accepts.
+NOISE = b"\xff\xfbnoise"
+
+
 def eleven_tts(server: AudioServer, text: str = "hello", **kwargs: Any) -> httpx.Response:
     headers = kwargs.pop("headers", ELEVEN_KEY)
     return httpx.post(
@@ -83,7 +87,7 @@ def openai_tts(server: AudioServer, text: str = "hello", **kwargs: Any) -> httpx
     )
 
 
-def openai_stt(server: AudioServer, audio: bytes = b"noise", **kwargs: Any) -> httpx.Response:
+def openai_stt(server: AudioServer, audio: bytes = NOISE, **kwargs: Any) -> httpx.Response:
     headers = kwargs.pop("headers", OPENAI_KEY)
     data = {"model": "whisper-1", **kwargs.pop("data", {})}
     return httpx.post(
@@ -95,7 +99,7 @@ def openai_stt(server: AudioServer, audio: bytes = b"noise", **kwargs: Any) -> h
     )
 
 
-def deepgram_stt(server: AudioServer, audio: bytes = b"noise", **kwargs: Any) -> httpx.Response:
+def deepgram_stt(server: AudioServer, audio: bytes = NOISE, **kwargs: Any) -> httpx.Response:
     headers = {"Content-Type": "audio/mpeg", **kwargs.pop("headers", DEEPGRAM_KEY)}
     return httpx.post(
         f"{server.base_url}/v1/listen",
@@ -400,6 +404,18 @@ def test_openai_transcription_formats(server: AudioServer) -> None:
     assert server.call_counts()["openai_stt"] == 4
 
 
+def test_bytes_that_are_no_audio_are_refused_as_the_real_apis_refuse_them(
+    server: AudioServer,
+) -> None:
+    openai = openai_stt(server, b"junk" * 20)
+    assert openai.status_code == 400
+    assert openai.json()["error"]["message"] == "Audio file might be corrupted or unsupported"
+    deepgram = deepgram_stt(server, b"junk" * 20)
+    assert deepgram.status_code == 400
+    assert "corrupt or unsupported data" in deepgram.json()["err_msg"]
+    assert openai_stt(server, fake_audio("fine")).status_code == 200
+
+
 def test_deepgram_answers_its_json_shape(server: AudioServer) -> None:
     response = deepgram_stt(server, fake_audio("Hello, Deepgram."))
     assert response.status_code == 200
@@ -415,9 +431,12 @@ def test_deepgram_answers_its_json_shape(server: AudioServer) -> None:
     assert [w["punctuated_word"] for w in alternative["words"]] == ["Hello,", "Deepgram."]
     assert server.calls[0].query == {"model": "nova-2", "smart_format": "true", "language": "en"}
 
-    other = deepgram_stt(server, b"\x00" * 64).json()
+    other = deepgram_stt(server, b"\xff\xfb" * 32).json()
     transcript = other["results"]["channels"][0]["alternatives"][0]["transcript"]
     assert transcript == "unrecognised audio of 64 bytes"
+    junk = deepgram_stt(server, b"\x00" * 64)
+    assert junk.status_code == 400
+    assert "corrupt or unsupported data" in junk.json()["err_msg"]
     bearer = deepgram_stt(server, headers={"Authorization": "Bearer temp-jwt"})
     assert bearer.status_code == 200
     empty = deepgram_stt(server, b"")
