@@ -4,6 +4,8 @@
 
     ResilienceError
      ├── ConfigurationError          settings or environment are wrong (permanent)
+     │    ├── SchemaMissingError         the database lost the project's tables
+     │    └── TopicMissingError          the broker lost one of the project's topics
      ├── TransientError              worth retrying: the cause is outside the message
      │    ├── ServiceUnavailableError    a dependency (a provider, SomaBrain, ...) is down
      │    │    └── InfrastructureUnavailableError  the pipeline's own store (PostgreSQL,
@@ -43,7 +45,9 @@ __all__ = [
     "ProviderRequestError",
     "RequestTooLongError",
     "ResilienceError",
+    "SchemaMissingError",
     "ServiceUnavailableError",
+    "TopicMissingError",
     "TransientError",
     "UploadRefusedError",
 ]
@@ -55,6 +59,14 @@ class ResilienceError(Exception):
 
 class ConfigurationError(ResilienceError):
     """Settings, arguments or the environment are wrong; fix them and start again."""
+
+
+class SchemaMissingError(ConfigurationError):
+    """The database lacks the project's tables (dropped, or never migrated)."""
+
+
+class TopicMissingError(ConfigurationError):
+    """The broker lacks one of the project's topics (deleted under a running worker)."""
 
 
 class TransientError(ResilienceError):

@@ -65,6 +65,18 @@ class Settings(BaseSettings):
         None, description="Static group membership id: a restarted worker rejoins at once."
     )
     session_timeout_seconds: float = Field(10.0, gt=0)
+    shutdown_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="After SIGTERM or SIGINT the worker exits within this many seconds, "
+        "stopped cleanly or not (exit code 4 when the bound cut it short).",
+    )
+    topic_check_interval_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often the worker checks that the broker still has the project's "
+        "topics (a deleted topic stops it with one clear error, exit code 3).",
+    )
     max_in_flight: int = Field(256, ge=1, description="Messages processed at once per worker.")
     max_in_flight_bytes: int = Field(
         64 * 1024 * 1024,

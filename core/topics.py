@@ -24,6 +24,7 @@ __all__ = [
     "TopicSpec",
     "dlq",
     "ensure_topics",
+    "missing_topics",
     "project_topics",
 ]
 
@@ -100,16 +101,36 @@ def project_topics(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
-def _create_missing(settings: Settings, specs: list[TopicSpec], timeout: float) -> list[str]:
-    admin = AdminClient(
+def _admin(settings: Settings) -> AdminClient:
+    return AdminClient(
         {"bootstrap.servers": settings.kafka_bootstrap_servers, "socket.timeout.ms": 5000}
     )
+
+
+def _existing(settings: Settings, admin: AdminClient, timeout: float) -> set[str]:
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        return set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
         raise InfrastructureUnavailableError(
             "kafka", f"Kafka at {settings.kafka_bootstrap_servers} is not reachable ({exc})"
         ) from exc
+
+
+async def missing_topics(settings: Settings, timeout: float = 5.0) -> list[str]:
+    """The project's topics the broker does not have (InfrastructureUnavailableError when
+    it cannot be asked)."""
+    names = [spec.name for spec in project_topics(settings)]
+
+    def ask() -> set[str]:
+        return _existing(settings, _admin(settings), timeout)
+
+    existing = await asyncio.to_thread(ask)
+    return [name for name in names if name not in existing]
+
+
+def _create_missing(settings: Settings, specs: list[TopicSpec], timeout: float) -> list[str]:
+    admin = _admin(settings)
+    existing = _existing(settings, admin, timeout)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from core.errors import InfrastructureUnavailableError
+from core.errors import InfrastructureUnavailableError, SchemaMissingError
 from core.settings import Settings
 
-__all__ = ["Database", "database_unavailable"]
+__all__ = ["Database", "database_unavailable", "schema_missing"]
+
+#: What a lost table or schema looks like to the driver.
+_MISSING_SCHEMA_ERRORS = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 
 
 def _redact(url: str) -> str:
@@ -30,6 +33,15 @@ def database_unavailable(settings: Settings, exc: BaseException) -> Infrastructu
     )
 
 
+def schema_missing(settings: Settings, exc: BaseException) -> SchemaMissingError:
+    """The project error for tables that are not there: it says how to fix it."""
+    return SchemaMissingError(
+        f"schema {settings.database_schema!r} lacks the project's tables "
+        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+        "run `faust -A streams migrate` (or `make migrate`), then start the worker again"
+    )
+
+
 class Database:
     """An async connection pool whose connections use the configured schema.
 
@@ -37,8 +49,16 @@ class Database:
     connection's ``search_path`` is the settings' ``database_schema``.
     """
 
-    def __init__(self, settings: Settings, *, min_size: int = 1, max_size: int | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        min_size: int = 1,
+        max_size: int | None = None,
+        on_schema_missing: Callable[[SchemaMissingError], None] | None = None,
+    ):
         self.settings = settings
+        self.on_schema_missing = on_schema_missing
         self.pool = AsyncConnectionPool(
             settings.database_url,
             min_size=min_size,
@@ -72,10 +92,18 @@ class Database:
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
         """A pooled connection (autocommit; open a transaction with ``conn.transaction()``).
 
-        PostgreSQL being unreachable surfaces as :class:`InfrastructureUnavailableError`.
+        PostgreSQL being unreachable surfaces as :class:`InfrastructureUnavailableError`;
+        a table or schema that is not there as :class:`SchemaMissingError` (and
+        ``on_schema_missing`` is told, so that a worker can stop with one clear error
+        instead of failing every message).
         """
         try:
             async with self.pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise database_unavailable(self.settings, exc) from exc
+        except _MISSING_SCHEMA_ERRORS as exc:
+            error = schema_missing(self.settings, exc)
+            if self.on_schema_missing is not None:
+                self.on_schema_missing(error)
+            raise error from exc

@@ -27,6 +27,7 @@ from core.errors import (
     FallbackExhaustedError,
     InfrastructureUnavailableError,
     PermanentError,
+    SchemaMissingError,
 )
 from core.metrics import Metrics
 from core.settings import Settings
@@ -95,8 +96,8 @@ class ConversationProcessor:
         self.metrics.messages_in_flight.inc()
         try:
             outcome = await self._process(message)
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, SchemaMissingError):
+            raise  # the tables are gone: the worker stops (one report, nothing acked)
         except Exception as exc:  # a bug: keep the stream going, keep the message
             logger.exception("unexpected error processing %s", message.position)
             outcome = await self._retry_infrastructure(self._dead_letter, message, exc, 1)

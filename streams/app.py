@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from faust.types import TP
 
-from core.errors import ResilienceError
+from core.errors import ConfigurationError, ResilienceError
 from core.logging import quiet_noisy_loggers
 from core.metrics import Metrics
 from core.settings import Settings
@@ -25,7 +28,12 @@ from resilience.health import ServiceHealth
 from streams.runtime import Runtime
 from tables import service_health
 
-__all__ = ["StreamsApp", "create_app"]
+__all__ = ["EXIT_FATAL", "EXIT_STOP_TIMEOUT", "StreamsApp", "StreamsWorker", "create_app"]
+
+#: The worker's exit code after lost infrastructure state (a dropped table or topic).
+EXIT_FATAL = 3
+#: The worker's exit code when a stop did not finish within SA01_SHUTDOWN_TIMEOUT_SECONDS.
+EXIT_STOP_TIMEOUT = 4
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +69,13 @@ class StreamsApp(faust.App):
             is_leader=self.is_leader,
             table_rows=self.health_rows,
             flow=ConsumerFlow(self),
+            on_fatal=self.stop_on_fatal,
         )
+
+    def stop_on_fatal(self, error: ConfigurationError) -> None:
+        """Stop the worker as SIGTERM would (the runtime logged ``error`` once); it then
+        exits with :data:`EXIT_FATAL`."""
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def health_rows(self) -> dict[str, ServiceHealth]:
         """The service_health table as ServiceHealth values."""
@@ -90,6 +104,52 @@ class StreamsApp(faust.App):
         await self.runtime.stop()
 
 
+def _exit_after_stop_bound(timeout: float) -> None:
+    print(
+        f"error: the worker did not stop within {timeout:g} s of the signal "
+        f"(SA01_SHUTDOWN_TIMEOUT_SECONDS); exiting with code {EXIT_STOP_TIMEOUT}",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(EXIT_STOP_TIMEOUT)
+
+
+class StreamsWorker(faust.Worker):
+    """Faust's worker with a bounded stop and a non-zero exit after lost infrastructure.
+
+    A signal arms a timer: a stop still running ``shutdown_timeout_seconds`` later ends
+    the process with :data:`EXIT_STOP_TIMEOUT`, so SIGTERM always stops a worker.
+    """
+
+    _stop_bound: threading.Timer | None = None
+
+    def _arm_stop_bound(self) -> None:
+        if self._stop_bound is None:
+            app = self.app
+            timeout = app.settings.shutdown_timeout_seconds if isinstance(app, StreamsApp) else 30
+            self._stop_bound = threading.Timer(timeout, _exit_after_stop_bound, (timeout,))
+            self._stop_bound.daemon = True
+            self._stop_bound.start()
+
+    def _on_sigterm(self) -> None:
+        self._arm_stop_bound()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._arm_stop_bound()
+        super()._on_sigint()
+
+    def execute_from_commandline(self) -> NoReturn:
+        """Run until stopped; exit with :data:`EXIT_FATAL` after lost infrastructure."""
+        try:
+            super().execute_from_commandline()
+        except SystemExit:
+            app = self.app
+            if isinstance(app, StreamsApp) and app.runtime.fatal_error is not None:
+                raise SystemExit(EXIT_FATAL) from None
+            raise
+
+
 def create_app(settings: Settings | None = None) -> StreamsApp:
     """Build the app from ``settings`` (default: the environment)."""
     settings = settings or Settings()
@@ -111,4 +171,5 @@ def create_app(settings: Settings | None = None) -> StreamsApp:
         broker_commit_interval=1.0,
         producer_acks=-1,
         stream_wait_empty=True,
+        Worker=StreamsWorker,
     )

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Protocol
 
-from core.errors import ConfigurationError, InfrastructureUnavailableError
+from core.errors import ConfigurationError, InfrastructureUnavailableError, SchemaMissingError
 from core.metrics import Metrics
 from core.settings import Settings
 from core.topics import DEGRADATION_EVENTS, ensure_topics
@@ -91,11 +91,14 @@ class Runtime:
         is_leader: Callable[[], bool] = lambda: True,
         table_rows: Callable[[], Mapping[str, ServiceHealth]] = dict,
         flow: PartitionFlow | None = None,
+        on_fatal: Callable[[ConfigurationError], None] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.table_rows = table_rows
-        self.database = Database(settings)
+        self.on_fatal = on_fatal
+        self.fatal_error: ConfigurationError | None = None
+        self.database = Database(settings, on_schema_missing=self.fatal)
         self.relay = OutboxRelay(settings, self.database, metrics)
         self.producer = ResilientProducer(settings, self.database, metrics)
         self.producer.on_outbox_write = self.relay.wake
@@ -217,6 +220,18 @@ class Runtime:
         await self.backup_processor.backup.close()
         await self.audio.close()
 
+    def fatal(self, error: ConfigurationError) -> None:
+        """Lost infrastructure state (tables, topics): report it once and stop the worker.
+
+        Failing every message instead would spin, log without end and ack nothing.
+        """
+        if self.fatal_error is not None:
+            return
+        self.fatal_error = error
+        logger.error("the worker stops: %s", error)
+        if self.on_fatal is not None:
+            self.on_fatal(error)
+
     def breakers(self) -> dict[str, CircuitBreaker]:
         """Every circuit breaker of this worker by name (LLM models, audio, storage)."""
         found: dict[str, CircuitBreaker] = {}
@@ -288,7 +303,10 @@ class Runtime:
         lane = message.key if message.key is not None else message.position
 
         async def job() -> None:
-            await process(message)
+            try:
+                await process(message)
+            except SchemaMissingError:
+                return  # reported once (see fatal); never acked: the worker is stopping
             acks.done(partition, message.offset)
 
         size = len(message.value) if message.value is not None else 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from core.errors import InfrastructureUnavailableError, TopicMissingError
+from core.topics import missing_topics
 from streams.app import StreamsApp
 
 __all__ = ["register"]
@@ -21,3 +23,20 @@ def register(app: StreamsApp) -> None:
         await app.tables.recovery.completed.wait()  # type: ignore[attr-defined]
         await app.runtime.start_monitor()
         logger.info("degradation monitor started (%d probes)", len(app.runtime.monitor.probes))
+
+    @app.timer(interval=app.settings.topic_check_interval_seconds)  # type: ignore[untyped-decorator]
+    async def check_topics() -> None:
+        """A topic deleted under the worker stops it with one clear error (no spinning)."""
+        if not app.runtime.ready.is_set():
+            return
+        try:
+            gone = await missing_topics(app.settings)
+        except InfrastructureUnavailableError:
+            return  # the broker is down: the health monitor reports that
+        if gone:
+            app.runtime.fatal(
+                TopicMissingError(
+                    f"topics {', '.join(gone)} are gone from the broker; starting the worker "
+                    "again recreates them (or run `faust -A streams create-topics`)"
+                )
+            )

@@ -47,7 +47,7 @@ def test_docstring_tree_is_parsed() -> None:
     assert tree["ResilienceError"] == "Exception"
     assert tree["InfrastructureUnavailableError"] == "ServiceUnavailableError"
     assert tree["MessageDecodeError"] == "PermanentError"
-    assert len(tree) == 16
+    assert len(tree) == 18
 
 
 def test_docstring_tree_lists_every_class() -> None:
