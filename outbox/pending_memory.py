@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 
+from schemas.headers import MAX_ERROR_TEXT
 from schemas.messages import MemoryRecord
 
 __all__ = ["PendingMemoryStore"]
@@ -78,7 +79,7 @@ class PendingMemoryStore:
         await conn.execute(
             "UPDATE pending_memory SET attempts = attempts + 1, last_error = %s,"
             " next_attempt_at = now() + %s WHERE id = %s",
-            (error[:1000], backoff, row_id),
+            (error[:MAX_ERROR_TEXT], backoff, row_id),
         )
 
     async def unsynced_count(self, conn: Conn) -> int:

@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from schemas.headers import MAX_ERROR_TEXT
+
 __all__ = ["ClaimedRow", "OutboxRecord", "OutboxStore"]
 
 Conn = psycopg.AsyncConnection[Any]
@@ -124,7 +126,7 @@ class OutboxStore:
         cur = await conn.execute(
             "UPDATE outbox_message SET status = 'pending', last_error = coalesce(%s, last_error)"
             " WHERE status = 'publishing' AND claimed_by = %s AND claim_seq = %s",
-            (error, relay_id, seq),
+            (error[:MAX_ERROR_TEXT] if error is not None else None, relay_id, seq),
         )
         return cur.rowcount
 
@@ -154,7 +156,7 @@ class OutboxStore:
             "UPDATE outbox_message SET status = 'pending', attempts = attempts + 1,"
             " last_error = %s, next_attempt_at = now() + %s"
             " WHERE id = %s RETURNING attempts, max_attempts",
-            (error, backoff, row_id),
+            (error[:MAX_ERROR_TEXT], backoff, row_id),
         )
         row = await cur.fetchone()
         if row is None:
@@ -165,7 +167,7 @@ class OutboxStore:
         """Give up on a row (it has been dead-lettered)."""
         await conn.execute(
             "UPDATE outbox_message SET status = 'failed', last_error = %s WHERE id = %s",
-            (error, row_id),
+            (error[:MAX_ERROR_TEXT], row_id),
         )
 
     async def delete_published(self, conn: Conn, older_than: timedelta, limit: int) -> int:

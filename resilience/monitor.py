@@ -29,6 +29,7 @@ from resilience.health import (
     state_value,
 )
 from resilience.probes import Probe, ProbeResult
+from schemas.headers import MAX_ERROR_TEXT
 from schemas.messages import CircuitState, DegradationEvent, ServiceState
 
 __all__ = ["DegradationMonitor"]
@@ -151,6 +152,7 @@ class DegradationMonitor:
                 )
             return None
         now = datetime.now(UTC)
+        result = dataclasses.replace(result, reason=result.reason[:MAX_ERROR_TEXT])
         self._observed[service] = ServiceHealth(
             service, result.state, result.circuit, now, result.reason, result.latency_ms, source
         )
