@@ -24,7 +24,6 @@ from core.errors import PermanentError
 from core.settings import Settings
 from loopback import SomaBrainServer
 from schemas.codec import decode_message
-from schemas.headers import ERRORS_OFFSET, ERRORS_PARTITION
 from schemas.messages import (
     BackupTask,
     ConversationInbound,
