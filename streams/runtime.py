@@ -25,11 +25,13 @@ from outbox.migrate import applied_versions, available_migrations
 from outbox.producer import ResilientProducer
 from outbox.relay import OutboxRelay
 from outbox.store import OutboxStore
+from pipeline.consuming import LanedConsumer, RecordGuard
 from pipeline.conversation import ConversationProcessor
 from pipeline.dead_letters import DeadLetterWriter, InboundMessage
 from pipeline.deferred import DeferredAnswerer
 from pipeline.memory import MemoryProcessor, MemorySync
-from pipeline.ordering import OrderedAcks, SessionLanes
+from pipeline.ordering import SessionLanes
+from pipeline.priority import BackgroundShare
 from pipeline.records import message_record
 from pipeline.uploads import BackupProcessor, UploadProcessor
 from providers.audio import build_audio_chains
@@ -44,7 +46,14 @@ from resilience.monitor import DegradationMonitor
 from resilience.probes import BreakerProbe, default_probes
 from schemas.messages import DegradationEvent
 
-__all__ = ["Runtime", "check_schema"]
+__all__ = ["BACKUPS", "CONVERSATION", "DEGRADATION", "MEMORY", "UPLOADS", "Runtime", "check_schema"]
+
+#: Consumer (agent) names: the ``consumer`` label of the consumer metrics.
+CONVERSATION = "conversation"
+MEMORY = "memory"
+UPLOADS = "uploads"
+BACKUPS = "backups"
+DEGRADATION = "degradation"
 
 logger = logging.getLogger(__name__)
 
@@ -115,27 +124,65 @@ class Runtime:
             on_committed=self.relay.wake,
             attachments=AttachmentStorer(settings, self.storage, metrics),
         )
-        self.upload_processor = UploadProcessor(settings, self.storage, self.dead_letters, metrics)
+        self.ready = asyncio.Event()
+        self.status_ready = asyncio.Event()
+        self.share = BackgroundShare(
+            settings.background_max_in_flight, settings.background_max_in_flight_busy
+        )
+        self.upload_processor = UploadProcessor(
+            settings, self.storage, self.guard(UPLOADS), metrics, self.share
+        )
         self.backup_processor = BackupProcessor(
             settings,
             self.storage,
             build_store(settings, settings.backup_store, backup=True),
-            self.dead_letters,
+            self.guard(BACKUPS),
             metrics,
+            self.share,
         )
-        self.memory_processor = MemoryProcessor(
-            settings, self.database, self.somabrain, self.dead_letters, metrics
-        )
-        self.memory_sync = MemorySync(settings, self.database, self.somabrain)
+        self.memory_processor = MemoryProcessor(settings, self.database, self.somabrain, metrics)
+        self.memory_sync = MemorySync(settings, self.database, self.somabrain, self.share, metrics)
         self.deferred_answers = DeferredAnswerer(
             settings, self.database, journey, on_committed=self.relay.wake
         )
-        self.lanes = SessionLanes(settings.max_in_flight)
-        self.acks = OrderedAcks()
-        self.upload_lanes = SessionLanes(settings.max_in_flight)
-        self.upload_acks = OrderedAcks()
-        self.ready = asyncio.Event()
-        self.status_ready = asyncio.Event()
+        self.consumers: dict[str, LanedConsumer] = {
+            CONVERSATION: LanedConsumer(
+                self.guard(CONVERSATION),
+                self.processor.process,
+                settings.max_in_flight,
+                self.ready,
+                share=self.share,
+                foreground=True,
+            ),
+            MEMORY: LanedConsumer(
+                self.guard(MEMORY),
+                self.memory_processor.process,
+                settings.background_max_in_flight,
+                self.ready,
+                share=self.share,
+            ),
+            # Upload and backup tasks may wait long for a store: many lanes, and each
+            # attempt (not the wait between attempts) takes a background slot.
+            UPLOADS: self._waiting_tasks(UPLOADS, self.upload_processor.process),
+            BACKUPS: self._waiting_tasks(BACKUPS, self.backup_processor.process),
+        }
+        self.degradation_guard = self.guard(DEGRADATION)
+
+    def guard(self, consumer: str) -> RecordGuard:
+        """A :class:`RecordGuard` for ``consumer`` (dead letters wake the relay)."""
+        return RecordGuard(
+            consumer, self.settings, self.dead_letters, self.metrics, self.relay.wake, self.ready
+        )
+
+    def _waiting_tasks(
+        self, consumer: str, handle: Callable[[InboundMessage], Awaitable[str]]
+    ) -> LanedConsumer:
+        return LanedConsumer(self.guard(consumer), handle, self.settings.max_in_flight, self.ready)
+
+    @property
+    def lanes(self) -> SessionLanes:
+        """The conversation agent's lanes."""
+        return self.consumers[CONVERSATION].lanes
 
     async def start(self) -> None:
         """Create topics, check the schema, open the pool, start relay and producer."""
@@ -171,8 +218,8 @@ class Runtime:
     async def stop(self) -> None:
         """Stop lanes, monitor, relay and producer; close the pool."""
         self.ready.clear()
-        await self.lanes.cancel()
-        await self.upload_lanes.cancel()
+        for consumer in self.consumers.values():
+            await consumer.cancel()
         await self.monitor.stop()
         await self.memory_sync.stop()
         await self.deferred_answers.stop()
@@ -218,35 +265,5 @@ class Runtime:
             await self.producer.send(record)
 
     async def submit(self, message: InboundMessage, partition: Any, ack: Any) -> None:
-        """Track ``message`` for in-order acking and queue it on its session's lane."""
-        await self._submit(message, partition, ack, self.processor.process, self.lanes, self.acks)
-
-    async def submit_upload(self, message: InboundMessage, partition: Any, ack: Any) -> None:
-        """Queue an ``upload.retry`` task on its upload's lane (uploads retry concurrently)."""
-        await self._submit(
-            message,
-            partition,
-            ack,
-            self.upload_processor.process,
-            self.upload_lanes,
-            self.upload_acks,
-        )
-
-    async def _submit(
-        self,
-        message: InboundMessage,
-        partition: Any,
-        ack: Any,
-        process: Callable[[InboundMessage], Awaitable[str]],
-        lanes: SessionLanes,
-        acks: OrderedAcks,
-    ) -> None:
-        await self.ready.wait()
-        acks.track(partition, message.offset, ack)
-        lane = message.key if message.key is not None else message.position
-
-        async def job() -> None:
-            await process(message)
-            acks.done(partition, message.offset)
-
-        await lanes.submit(lane, job)
+        """Queue a ``conversation.inbound`` record on its session's lane."""
+        await self.consumers[CONVERSATION].submit(message, partition, ack)
