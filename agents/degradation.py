@@ -35,10 +35,10 @@ def register(app: StreamsApp) -> Any:
     @app.agent(topic, name=DEGRADATION)
     async def degradation(stream: Any) -> None:
         # One event at a time (table writes belong to the event being processed); the
-        # guard dead-letters what cannot be folded, and the offset is acked when the
-        # next event is taken, after this one was folded or dead-lettered.
+        # guard dead-letters what cannot be folded; the offset is acked once the event
+        # was folded or dead-lettered.
         guard = app.runtime.degradation_guard
-        async for event in stream.events():
+        async for event in stream.noack().events():
             message = event.message
             await guard.run(
                 InboundMessage(
@@ -46,5 +46,6 @@ def register(app: StreamsApp) -> Any:
                 ),
                 fold_event,
             )
+            event.ack()
 
     return degradation
