@@ -80,6 +80,9 @@ class Settings(BaseSettings):
         ge=1,
         description="Background records processed at once while any reply is in flight.",
     )
+    backlog_sample_seconds: float = Field(
+        2.0, gt=0, description="How often each agent's lag per partition is sampled."
+    )
     processing_max_attempts: int = Field(3, ge=1)
     processing_retry_backoff_seconds: float = Field(0.2, ge=0)
     infrastructure_retry_max_seconds: float = Field(5.0, gt=0)

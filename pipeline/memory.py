@@ -103,6 +103,8 @@ class MemorySync:
         self.metrics = metrics
         self.pending = PendingMemoryStore()
         self.lock_key = settings.memory_sync_lock_key
+        self.waiting: int | None = None
+        """Rows of ``pending_memory`` not yet replayed, as of the last pass."""
         self._task: asyncio.Task[None] | None = None
 
     async def sync_once(self) -> tuple[int, int]:
@@ -133,6 +135,7 @@ class MemorySync:
 
     async def _waiting(self, conn: psycopg.AsyncConnection[Any]) -> int:
         waiting = await self.pending.unsynced_count(conn)
+        self.waiting = waiting
         if self.metrics is not None:
             self.metrics.memory_pending_rows.set(waiting)
         return waiting

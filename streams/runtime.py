@@ -15,7 +15,14 @@ from typing import Any
 from core.errors import ConfigurationError, InfrastructureUnavailableError
 from core.metrics import Metrics
 from core.settings import Settings
-from core.topics import DEGRADATION_EVENTS, ensure_topics
+from core.topics import (
+    BACKUP_TASKS,
+    CONVERSATION_INBOUND,
+    DEGRADATION_EVENTS,
+    MEMORY_REMEMBER,
+    UPLOAD_RETRY,
+    ensure_topics,
+)
 from journeys.attachments import AttachmentStorer
 from journeys.conversation import ConversationJourney
 from journeys.session_context import SessionContext
@@ -45,6 +52,7 @@ from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
 from resilience.monitor import DegradationMonitor
 from resilience.probes import BreakerProbe, default_probes
 from schemas.messages import DegradationEvent
+from streams.backlog import BacklogMonitor
 
 __all__ = ["BACKUPS", "CONVERSATION", "DEGRADATION", "MEMORY", "UPLOADS", "Runtime", "check_schema"]
 
@@ -167,6 +175,17 @@ class Runtime:
             BACKUPS: self._waiting_tasks(BACKUPS, self.backup_processor.process),
         }
         self.degradation_guard = self.guard(DEGRADATION)
+        self.backlog = BacklogMonitor(
+            metrics,
+            {
+                settings.topic(CONVERSATION_INBOUND): CONVERSATION,
+                settings.topic(MEMORY_REMEMBER): MEMORY,
+                settings.topic(UPLOAD_RETRY): UPLOADS,
+                settings.topic(BACKUP_TASKS): BACKUPS,
+                settings.topic(DEGRADATION_EVENTS): DEGRADATION,
+            },
+            lambda name: self.consumers[name].in_flight if name in self.consumers else 0,
+        )
 
     def guard(self, consumer: str) -> RecordGuard:
         """A :class:`RecordGuard` for ``consumer`` (dead letters wake the relay)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from streams.app import StreamsApp
@@ -21,3 +22,15 @@ def register(app: StreamsApp) -> None:
         await app.tables.recovery.completed.wait()  # type: ignore[attr-defined]
         await app.runtime.start_monitor()
         logger.info("degradation monitor started (%d probes)", len(app.runtime.monitor.probes))
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def sample_backlog() -> None:
+        """Every ``backlog_sample_seconds``: lag per partition, in flight, drain rate."""
+        await app.runtime.ready.wait()
+        while True:
+            try:
+                app.runtime.backlog.sample(app.consumer)
+                app.metrics.background_slots_in_use.set(app.runtime.share.running)
+            except Exception:  # a sample must never stop the worker
+                logger.exception("backlog sample failed")
+            await asyncio.sleep(app.settings.backlog_sample_seconds)

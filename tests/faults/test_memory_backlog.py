@@ -80,15 +80,30 @@ def assert_once_in_order(server: SomaBrainServer, records: list[MemoryRecord]) -
 async def test_a_transactional_memory_backlog_drains_and_the_group_commits_to_the_end(
     stack: Settings, workers: WorkerFactory, somabrain: SomaBrainServer
 ) -> None:
-    settings = with_somabrain(stack, somabrain)
+    settings = with_somabrain(stack, somabrain).model_copy(update={"backlog_sample_seconds": 0.2})
     records = backlog(3_000)
     write_backlog(settings, records)
-    workers.start(settings)
-    wait_stored(somabrain, len(records), 240)
+    worker = workers.start(settings)
+    seen_left: list[int] = []
+    deadline = time.monotonic() + 240
+    while len(somabrain.memories()) < len(records) and time.monotonic() < deadline:
+        status = worker.get("/status").json()
+        if "backlog" in status:  # 503 "recovering" until the table is read
+            seen_left.append(status["backlog"]["memory"]["rows_left"])
+        time.sleep(0.2)
     assert_once_in_order(somabrain, records)
-    wait_committed_to_end(
-        settings, settings.topic("somabrain.memory.remember"), transactional=True, timeout=60
+    topic = settings.topic("somabrain.memory.remember")
+    wait_committed_to_end(settings, topic, transactional=True, timeout=60)
+
+    assert max(seen_left, default=0) > 0, "/status never showed the memory backlog"
+    time.sleep(1.0)
+    memory = worker.get("/status").json()["backlog"]["memory"]
+    assert memory["rows_left"] <= settings.topic_partitions  # one last marker each at most
+    metrics = worker.get("/metrics").text
+    assert (
+        f'consumer_records_total{{consumer="memory",outcome="stored"}} {len(records)}.0' in metrics
     )
+    assert f'consumer_lag{{consumer="memory",partition="0",topic="{topic}"}}' in metrics
 
 
 async def test_worker_killed_mid_memory_backlog_and_restarted_stores_each_memory_once_in_order(
