@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
-from core.errors import InfrastructureUnavailableError, PermanentError
 from core.topics import DEGRADATION_EVENTS
 from pipeline.dead_letters import InboundMessage
 from schemas.codec import decode_message
 from schemas.messages import DegradationEvent
 from streams.app import StreamsApp
+from streams.runtime import DEGRADATION
 from tables.service_health import fold
 
 __all__ = ["register"]
-
-logger = logging.getLogger(__name__)
 
 
 def register(app: StreamsApp) -> Any:
@@ -28,31 +24,28 @@ def register(app: StreamsApp) -> Any:
         partitions=app.settings.topic_partitions,
     )
 
-    @app.agent(topic, name="degradation")
+    async def fold_event(message: InboundMessage) -> str:
+        health = decode_message(DegradationEvent, message.value)
+        row = fold(app.service_health.get(health.service), health)
+        if row is None:
+            return "ignored"
+        app.service_health[health.service] = row
+        return "folded"
+
+    @app.agent(topic, name=DEGRADATION)
     async def degradation(stream: Any) -> None:
-        async for event in stream.events():
+        # One event at a time (table writes belong to the event being processed); the
+        # guard dead-letters what cannot be folded; the offset is acked once the event
+        # was folded or dead-lettered.
+        guard = app.runtime.degradation_guard
+        async for event in stream.noack().events():
             message = event.message
-            try:
-                health = decode_message(DegradationEvent, message.value)
-            except PermanentError as exc:
-                inbound = InboundMessage(
+            await guard.run(
+                InboundMessage(
                     message.topic, message.partition, message.offset, message.key, message.value
-                )
-                await _dead_letter(app, inbound, exc)
-                continue
-            row = fold(app.service_health.get(health.service), health)
-            if row is not None:
-                app.service_health[health.service] = row
+                ),
+                fold_event,
+            )
+            event.ack()
 
     return degradation
-
-
-async def _dead_letter(app: StreamsApp, message: InboundMessage, error: Exception) -> None:
-    while True:
-        try:
-            await app.runtime.dead_letters.write(message, error, 1)
-            app.runtime.relay.wake()
-            return
-        except InfrastructureUnavailableError as exc:
-            logger.warning("waiting to dead-letter %s: %s", message.position, exc)
-            await asyncio.sleep(1.0)

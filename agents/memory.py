@@ -7,6 +7,7 @@ from typing import Any
 from core.topics import MEMORY_REMEMBER
 from pipeline.dead_letters import InboundMessage
 from streams.app import StreamsApp
+from streams.runtime import MEMORY
 
 __all__ = ["register"]
 
@@ -20,18 +21,20 @@ def register(app: StreamsApp) -> Any:
         partitions=app.settings.topic_partitions,
     )
 
-    @app.agent(topic, name="memory")
+    @app.agent(topic, name=MEMORY)
     async def memory(stream: Any) -> None:
-        # One at a time per worker: order per tenant and agent, and the offset is acked
-        # (when the next event is taken) only after the memory was stored or kept.
-        async for event in stream.events():
+        # Lanes per tenant and agent (the record key): in order within one, concurrent
+        # across them; offsets acked in order once each memory is stored, kept or
+        # dead-lettered (pipeline.consuming).
+        consumer = app.runtime.consumers[MEMORY]
+        async for event in stream.noack().events():
             message = event.message
-            await app.runtime.ready.wait()
-            await app.runtime.memory_processor.process(
+            await consumer.submit(
                 InboundMessage(
                     message.topic, message.partition, message.offset, message.key, message.value
-                )
+                ),
+                message.tp,
+                event.ack,
             )
-            app.runtime.relay.wake()
 
     return memory

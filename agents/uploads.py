@@ -7,6 +7,7 @@ from typing import Any
 from core.topics import BACKUP_TASKS, UPLOAD_RETRY
 from pipeline.dead_letters import InboundMessage
 from streams.app import StreamsApp
+from streams.runtime import BACKUPS, UPLOADS
 
 __all__ = ["register"]
 
@@ -33,19 +34,18 @@ def register(app: StreamsApp) -> tuple[Any, Any]:
         partitions=partitions,
     )
 
-    @app.agent(uploads_topic, name="uploads")
+    # Each task runs on the lane of its key (upload id, backup task id); offsets are
+    # acked in order once each is done or dead-lettered (pipeline.consuming).
+    @app.agent(uploads_topic, name=UPLOADS)
     async def uploads(stream: Any) -> None:
-        # Each upload retries on its own lane; offsets are acked in order once done.
+        consumer = app.runtime.consumers[UPLOADS]
         async for event in stream.noack().events():
-            await app.runtime.submit_upload(_inbound(event.message), event.message.tp, event.ack)
+            await consumer.submit(_inbound(event.message), event.message.tp, event.ack)
 
-    @app.agent(backups_topic, name="backups")
+    @app.agent(backups_topic, name=BACKUPS)
     async def backups(stream: Any) -> None:
-        # One task at a time; the offset is acked when the next is taken, after this one
-        # was copied or dead-lettered.
-        async for event in stream.events():
-            await app.runtime.ready.wait()
-            await app.runtime.backup_processor.process(_inbound(event.message))
-            app.runtime.relay.wake()
+        consumer = app.runtime.consumers[BACKUPS]
+        async for event in stream.noack().events():
+            await consumer.submit(_inbound(event.message), event.message.tp, event.ack)
 
     return uploads, backups

@@ -176,6 +176,43 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        # --- every consumer (agent) and its backlog -----------------------------
+        self.consumer_records_total = Counter(
+            "consumer_records",
+            "Records finished by each agent (conversation, memory, uploads, backups,"
+            " degradation), by outcome; dead_lettered is the failed count.",
+            ["consumer", "outcome"],
+            registry=r,
+        )
+        self.consumer_record_failures_total = Counter(
+            "consumer_record_failures",
+            "Failed attempts at a record, by agent (retried or then dead-lettered).",
+            ["consumer"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag",
+            "Records of a partition this worker owns not yet committed by its group"
+            " (high watermark minus committed offset; a transaction's last marker counts 1).",
+            ["consumer", "topic", "partition"],
+            registry=r,
+        )
+        self.consumer_records_in_flight = Gauge(
+            "consumer_records_in_flight",
+            "Records taken by an agent and not finished.",
+            ["consumer"],
+            registry=r,
+        )
+        self.memory_pending_rows = Gauge(
+            "memory_pending_rows",
+            "Rows of pending_memory not yet replayed into SomaBrain.",
+            registry=r,
+        )
+        self.background_slots_in_use = Gauge(
+            "background_slots_in_use",
+            "Background records holding a slot of the background share.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

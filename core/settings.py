@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     memory_enabled: bool = Field(True, description="Recall and remember through SomaBrain.")
     memory_sync_batch_size: int = Field(200, ge=1)
     memory_sync_interval_seconds: float = Field(5.0, gt=0)
+    memory_sync_concurrency: int = Field(
+        8, ge=1, description="(tenant, agent) groups the memory sync replays at once."
+    )
     session_context_turns: int = Field(20, ge=1, description="Turns kept per session in Redis.")
     session_context_ttl_seconds: int = Field(86_400, ge=60)
     temporal_host: str = "127.0.0.1:7233"
@@ -102,6 +105,20 @@ class Settings(BaseSettings):
         ge=1,
         description="Messages held back over their session's or tenant's share before the "
         "consumer stops reading altogether.",
+    )
+    background_max_in_flight: int = Field(
+        64,
+        ge=1,
+        description="Background records (memories, uploads, backups, memory sync) processed"
+        " at once per worker while no reply is in flight; also the memory agent's bound.",
+    )
+    background_max_in_flight_busy: int = Field(
+        4,
+        ge=1,
+        description="Background records processed at once while any reply is in flight.",
+    )
+    backlog_sample_seconds: float = Field(
+        2.0, gt=0, description="How often each agent's lag per partition is sampled."
     )
     processing_max_attempts: int = Field(3, ge=1)
     processing_retry_backoff_seconds: float = Field(0.2, ge=0)

@@ -21,7 +21,8 @@ Endpoints (``/api/...`` aliases exist for the memory routes, as in the real serv
 Modes: OK; ERROR_500 (the memory routes answer 500, ``/health`` reports ``critical`` and not
 ready, as the real service does when its memory backend is down); HANG (memory routes and
 ``/health`` never answer until the mode changes); SLOW (they answer after ``delay_seconds``);
-REFUSE (the port is closed; any other mode re-opens the same port). Independently,
+REFUSE (the port is closed; any other mode re-opens the same port); BAD_REQUEST (remember
+answers 400 ``{"detail": ...}``, as for a payload the server rejects). Independently,
 :meth:`SomaBrainServer.set_queue_for_replay` opens the memory circuit: remember answers 200 with
 the ``memory-backend-unavailable:queued-for-replay`` warning and keeps the memory in a replay
 queue, which is replayed into the store when the circuit closes again.
@@ -79,6 +80,7 @@ SUPPORTED_MODES: Final = frozenset(
         FailureMode.HANG,
         FailureMode.SLOW,
         FailureMode.REFUSE,
+        FailureMode.BAD_REQUEST,
     }
 )
 """The failure modes this server implements (the others are LLM-specific)."""
@@ -411,6 +413,8 @@ class SomaBrainServer(LoopbackServer[_Settings]):
                 self._queued.append(memory)
         if not queued and settings.mode is FailureMode.ERROR_500:
             return _detail(500, f"store failed: {_BACKEND_ERROR}")
+        if settings.mode is FailureMode.BAD_REQUEST:
+            return _detail(400, "invalid memory payload")
         if not queued:
             with self._lock:
                 self._put(memory)

@@ -38,6 +38,7 @@ from outbox.database import Database
 from outbox.deferred import DeferredAnswerStore
 from outbox.idempotency import IdempotencyStore
 from outbox.store import OutboxStore
+from pipeline.consuming import RecordGuard
 from pipeline.dead_letters import DeadLetterWriter, InboundMessage
 from pipeline.records import message_record
 from schemas.codec import decode_message
@@ -82,6 +83,7 @@ class ConversationProcessor:
         self.outbox = OutboxStore()
         self.idempotency = IdempotencyStore()
         self.dead_letters = DeadLetterWriter(settings, database, metrics)
+        self.guard = RecordGuard("conversation", settings, self.dead_letters, metrics, on_committed)
         self.ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
         self.deferred = DeferredAnswerStore()
 
@@ -223,31 +225,18 @@ class ConversationProcessor:
             )
 
     async def _dead_letter(self, message: InboundMessage, error: Exception, attempts: int) -> str:
-        await self.dead_letters.write(message, error, attempts)
-        self.on_committed()
+        await self.guard.dead_letter(message, error, attempts)
         return Outcome.DEAD_LETTERED
 
     # ------------------------------------------------------------------ waiting
     async def _retry_infrastructure(
         self, operation: Callable[..., Awaitable[T]], *args: object
     ) -> T:
-        """Run ``operation`` until the infrastructure lets it finish."""
-        failures = 0
-        while True:
-            try:
-                return await operation(*args)
-            except InfrastructureUnavailableError as exc:
-                failures += 1
-                await self._pause(exc, failures)
+        """Run ``operation`` until the infrastructure lets it finish (the shared guard's)."""
+        return await self.guard.wait_for(operation, *args)
 
     async def _pause(self, exc: InfrastructureUnavailableError, failures: int = 1) -> None:
-        self.metrics.infrastructure_retries_total.labels(service=exc.service).inc()
-        delay = min(0.1 * 2**failures, self.settings.infrastructure_retry_max_seconds)
-        if failures in (1, 5) or failures % 20 == 0:
-            logger.warning(
-                "waiting for %s (retry %d in %.1fs): %s", exc.service, failures, delay, exc
-            )
-        await asyncio.sleep(delay)
+        await self.guard.pause(exc, failures)
 
 
 def _with_uploads(reply: ConversationReply, stored: AttachmentOutcome) -> ConversationReply:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 
@@ -19,82 +20,91 @@ from core.metrics import Metrics
 from core.settings import Settings
 from outbox.database import Database
 from outbox.pending_memory import PendingMemoryStore
-from pipeline.dead_letters import DeadLetterWriter, InboundMessage
+from pipeline.dead_letters import InboundMessage
+from pipeline.priority import BackgroundShare
 from providers.somabrain import SomaBrainClient
 from schemas.codec import decode_message
 from schemas.messages import MemoryRecord
 
-__all__ = ["MemoryProcessor", "MemorySync"]
+__all__ = ["MemoryProcessor", "MemorySync", "store_memory"]
 
 logger = logging.getLogger(__name__)
 
 
+async def store_memory(client: SomaBrainClient, record: MemoryRecord) -> None:
+    """Store ``record`` in SomaBrain, or raise: the one place a store outcome is decided.
+
+    Returning means the memory counts as stored; a :class:`TransientError` means keep
+    it and replay it later; a :class:`PermanentError` means SomaBrain refuses it.
+    """
+    await client.remember(record)
+
+
 class MemoryProcessor:
-    """Processes one record of ``somabrain.memory.remember``; :meth:`process` never raises."""
+    """Handles one record of ``somabrain.memory.remember`` (run under a RecordGuard).
+
+    Returns ``stored`` or ``pending``; raises :class:`PermanentError` for a record that
+    cannot be decoded or that SomaBrain refuses (dead-lettered by the guard) and
+    :class:`InfrastructureUnavailableError` while PostgreSQL is down (the record waits).
+    """
 
     def __init__(
         self,
         settings: Settings,
         database: Database,
         client: SomaBrainClient,
-        dead_letters: DeadLetterWriter,
         metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.database = database
         self.client = client
-        self.dead_letters = dead_letters
         self.metrics = metrics
         self.pending = PendingMemoryStore()
 
     async def process(self, message: InboundMessage) -> str:
-        """``stored``, ``pending`` or ``dead_lettered``; waits while PostgreSQL is down."""
-        try:
-            record = decode_message(MemoryRecord, message.value)
-        except PermanentError as exc:
-            await self._wait_for(self.dead_letters.write, message, exc, 1)
-            return "dead_lettered"
-        while True:
-            try:
-                return await self._store(message, record)
-            except InfrastructureUnavailableError as exc:
-                logger.warning("memory %s waits for %s", record.memory_id, exc.service)
-                await asyncio.sleep(self.settings.infrastructure_retry_max_seconds / 5)
-
-    async def _store(self, message: InboundMessage, record: MemoryRecord) -> str:
+        """``stored`` or ``pending`` (see the class)."""
+        record = decode_message(MemoryRecord, message.value)
         async with self.database.connection() as conn:
             backlog = await self.pending.has_unsynced(conn, record.tenant_id, record.agent_id)
         if not backlog:
             try:
-                await self.client.remember(record)
+                await store_memory(self.client, record)
                 return "stored"
             except TransientError as exc:
+                if isinstance(exc, InfrastructureUnavailableError):
+                    raise
                 logger.info("SomaBrain unavailable, memory %s kept: %s", record.memory_id, exc)
-            except PermanentError as exc:
-                await self.dead_letters.write(message, exc, 1)
-                return "dead_lettered"
         async with self.database.connection() as conn:
             await self.pending.add(conn, record)
         return "pending"
 
-    async def _wait_for(self, operation: object, *args: object) -> None:
-        while True:
-            try:
-                await operation(*args)  # type: ignore[operator]
-                return
-            except InfrastructureUnavailableError:
-                await asyncio.sleep(1.0)
-
 
 class MemorySync:
-    """Replays ``pending_memory`` into SomaBrain in order per tenant and agent, each once."""
+    """Replays ``pending_memory`` into SomaBrain in order per tenant and agent, each once.
 
-    def __init__(self, settings: Settings, database: Database, client: SomaBrainClient) -> None:
+    One process at a time holds the sync lock (a PostgreSQL advisory lock). Groups
+    (tenant, agent) replay concurrently, at most ``memory_sync_concurrency`` at once
+    and each memory under a slot of the :class:`BackgroundShare`; inside a group one
+    memory after the other, stopping at the first failure or one not yet due.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        client: SomaBrainClient,
+        share: BackgroundShare | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.database = database
         self.client = client
+        self.share = share or BackgroundShare(1_000_000, 1_000_000)
+        self.metrics = metrics
         self.pending = PendingMemoryStore()
         self.lock_key = settings.memory_sync_lock_key
+        self.waiting: int | None = None
+        """Rows of ``pending_memory`` not yet replayed, as of the last pass."""
         self._task: asyncio.Task[None] | None = None
 
     async def sync_once(self) -> tuple[int, int]:
@@ -112,30 +122,46 @@ class MemorySync:
             cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key,))
             row = await cur.fetchone()
             if not row or not row[0]:
-                return 0, await self.pending.unsynced_count(conn)
-            synced = 0
-            for tenant, agent in await self.pending.groups(conn):
-                synced += await self._sync_group(conn, tenant, agent)
-            return synced, await self.pending.unsynced_count(conn)
+                return 0, await self._waiting(conn)
+            groups = await self.pending.groups(conn)
+            limit = asyncio.Semaphore(self.settings.memory_sync_concurrency)
 
-    async def _sync_group(
-        self, conn: psycopg.AsyncConnection[object], tenant: str, agent: str
-    ) -> int:
+            async def replay(tenant: str, agent: str) -> int:
+                async with limit:
+                    return await self._sync_group(tenant, agent)
+
+            synced = await asyncio.gather(*(replay(t, a) for t, a in groups))
+            return sum(synced), await self._waiting(conn)
+
+    async def _waiting(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        waiting = await self.pending.unsynced_count(conn)
+        self.waiting = waiting
+        if self.metrics is not None:
+            self.metrics.memory_pending_rows.set(waiting)
+        return waiting
+
+    async def _sync_group(self, tenant: str, agent: str) -> int:
+        """Replay one group's due memories in order until done, failed or not yet due."""
         synced = 0
-        batch = await self.pending.next_batch(
-            conn, tenant, agent, self.settings.memory_sync_batch_size
-        )
-        for row_id, record, due in batch:
-            if not due:
-                break  # the oldest waits for its backoff: keep the order
-            try:
-                await self.client.remember(record)
-            except (TransientError, PermanentError) as exc:
-                await self.pending.fail(conn, row_id, str(exc), timedelta(seconds=2.0))
-                break
-            await self.pending.mark_synced(conn, row_id)
-            synced += 1
-        return synced
+        size = self.settings.memory_sync_batch_size
+        while True:
+            async with self.database.connection() as conn:
+                batch = await self.pending.next_batch(conn, tenant, agent, size)
+            for row_id, record, due in batch:
+                if not due:
+                    return synced  # the oldest waits for its backoff: keep the order
+                try:
+                    async with self.share.slot():
+                        await store_memory(self.client, record)
+                except (TransientError, PermanentError) as exc:
+                    async with self.database.connection() as conn:
+                        await self.pending.fail(conn, row_id, str(exc), timedelta(seconds=2.0))
+                    return synced
+                async with self.database.connection() as conn:
+                    await self.pending.mark_synced(conn, row_id)
+                synced += 1
+            if len(batch) < size:
+                return synced
 
     async def start(self) -> None:
         """Sync in the background every ``memory_sync_interval_seconds``."""

@@ -16,6 +16,8 @@ stores its object once.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -25,6 +27,7 @@ from pydantic import BaseModel
 
 from core.errors import (
     InfrastructureUnavailableError,
+    MessageValidationError,
     ObjectNotFoundError,
     PermanentError,
     ResilienceError,
@@ -32,7 +35,9 @@ from core.errors import (
 )
 from core.metrics import Metrics
 from core.settings import Settings
-from pipeline.dead_letters import DeadLetterWriter, InboundMessage
+from pipeline.consuming import DEAD_LETTERED, INPUT_ERRORS, RecordGuard
+from pipeline.dead_letters import InboundMessage
+from pipeline.priority import BackgroundShare
 from providers.storage import ObjectStore, StorageChain
 from schemas.codec import decode_message
 from schemas.messages import BackupTask, UploadTask, tenant_object_key
@@ -52,14 +57,25 @@ def backoff_seconds(settings: Settings, failures: int) -> float:
 
 
 class _RetryingProcessor:
-    """Decode, retry transient failures with backoff, dead-letter the rest."""
+    """Decode, retry transient failures with backoff, dead-letter the rest (via the guard).
+
+    Runs under a :class:`RecordGuard` (pipeline.consuming), which dead-letters what
+    escapes: a record that cannot be decoded, a :class:`PermanentError`, bad input.
+    Each attempt holds a slot of the :class:`BackgroundShare`; the waits between
+    attempts hold none, so tasks waiting for a store do not crowd out other work.
+    """
 
     def __init__(
-        self, settings: Settings, dead_letters: DeadLetterWriter, metrics: Metrics
+        self,
+        settings: Settings,
+        guard: RecordGuard,
+        metrics: Metrics,
+        share: BackgroundShare | None = None,
     ) -> None:
         self.settings = settings
-        self.dead_letters = dead_letters
+        self.guard = guard
         self.metrics = metrics
+        self.share = share or BackgroundShare(1_000_000, 1_000_000)
 
     async def _run(
         self,
@@ -68,24 +84,19 @@ class _RetryingProcessor:
         attempt: Callable[[M], Awaitable[str]],
         on_failure: Callable[[], None],
     ) -> str:
-        try:
-            task = decode_message(model, message.value)
-        except PermanentError as exc:
-            await self._dead_letter(message, exc, 1)
-            return "dead_lettered"
+        task = decode_message(model, message.value)
         failures = 0
         while True:
             try:
-                return await attempt(task)
-            except PermanentError as exc:
-                await self._dead_letter(message, exc, failures + 1)
-                return "dead_lettered"
+                async with self.share.slot():
+                    return await attempt(task)
             except TransientError as exc:
+                if isinstance(exc, InfrastructureUnavailableError):
+                    raise
                 failures += 1
                 on_failure()
                 if failures >= self.settings.upload_max_attempts:
-                    await self._dead_letter(message, exc, failures)
-                    return "dead_lettered"
+                    return await self.guard.dead_letter(message, exc, failures)
                 delay = backoff_seconds(self.settings, failures)
                 if failures in (1, 5) or failures % 10 == 0:
                     logger.warning(
@@ -97,15 +108,6 @@ class _RetryingProcessor:
                     )
                 await asyncio.sleep(delay)
 
-    async def _dead_letter(self, message: InboundMessage, error: Exception, attempts: int) -> None:
-        while True:
-            try:
-                await self.dead_letters.write(message, error, attempts)
-                return
-            except InfrastructureUnavailableError as exc:
-                logger.warning("dead letter of %s waits for %s", message.position, exc.service)
-                await asyncio.sleep(self.settings.infrastructure_retry_max_seconds / 5)
-
 
 class UploadProcessor(_RetryingProcessor):
     """Moves queued and temporary uploads to the primary store; never raises."""
@@ -114,21 +116,26 @@ class UploadProcessor(_RetryingProcessor):
         self,
         settings: Settings,
         storage: StorageChain,
-        dead_letters: DeadLetterWriter,
+        guard: RecordGuard,
         metrics: Metrics,
+        share: BackgroundShare | None = None,
     ) -> None:
-        super().__init__(settings, dead_letters, metrics)
+        super().__init__(settings, guard, metrics, share)
         self.storage = storage
 
     async def process(self, message: InboundMessage) -> str:
-        """``stored``, ``promoted`` or ``dead_lettered``."""
+        """``stored``, ``promoted`` or ``dead_lettered``; raises what the guard must handle."""
         parked: dict[str, str] = {}  # this task's temporary copy, once made
-        outcome = await self._run(
-            message,
-            UploadTask,
-            lambda task: self._attempt(task, parked),
-            self.metrics.upload_task_attempts_total.inc,
-        )
+        try:
+            outcome = await self._run(
+                message,
+                UploadTask,
+                lambda task: self._attempt(task, parked),
+                self.metrics.upload_task_attempts_total.inc,
+            )
+        except INPUT_ERRORS:
+            self.metrics.upload_tasks_total.labels(outcome=DEAD_LETTERED).inc()
+            raise
         self.metrics.upload_tasks_total.labels(outcome=outcome).inc()
         return outcome
 
@@ -195,9 +202,10 @@ class UploadProcessor(_RetryingProcessor):
 def _inline(task: UploadTask) -> bytes:
     if task.content_base64 is None:
         raise PermanentError(f"upload {task.upload_id} carries no bytes and no store holds them")
-    import base64
-
-    return base64.b64decode(task.content_base64)
+    try:
+        return base64.b64decode(task.content_base64, validate=True)
+    except binascii.Error as exc:
+        raise MessageValidationError(f"upload {task.upload_id}: content_base64: {exc}") from exc
 
 
 class BackupProcessor(_RetryingProcessor):
@@ -208,15 +216,17 @@ class BackupProcessor(_RetryingProcessor):
         settings: Settings,
         storage: StorageChain,
         backup: ObjectStore,
-        dead_letters: DeadLetterWriter,
+        guard: RecordGuard,
         metrics: Metrics,
+        share: BackgroundShare | None = None,
     ) -> None:
-        super().__init__(settings, dead_letters, metrics)
+        super().__init__(settings, guard, metrics, share)
         self.storage = storage
         self.backup = backup
 
     async def process(self, message: InboundMessage) -> str:
-        """``copied`` or ``dead_lettered`` (a key no store holds is counted ``missing``)."""
+        """``copied`` or ``dead_lettered`` (a key no store holds is counted ``missing``);
+        raises what the guard must handle."""
         done: set[str] = set()
         return await self._run(
             message,

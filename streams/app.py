@@ -25,6 +25,7 @@ from core.logging import quiet_noisy_loggers
 from core.metrics import Metrics
 from core.settings import Settings
 from resilience.health import ServiceHealth
+from streams.gaps import GapTrackingConsumer
 from streams.runtime import Runtime
 from tables import service_health
 
@@ -84,6 +85,17 @@ class StreamsApp(faust.App):
             for name, row in list(self.service_health.items())
             if row
         }
+
+    def _new_consumer(self) -> Any:
+        """Faust's consumer with O(1) gap tracking (see streams.gaps)."""
+        return GapTrackingConsumer(
+            self.transport,
+            callback=self.topics.on_message,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+            loop=self.transport.loop,
+        )
 
     async def on_first_start(self) -> None:
         """Prepare topics, schema and pool before the consumer subscribes."""

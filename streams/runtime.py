@@ -12,10 +12,17 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Protocol
 
-from core.errors import ConfigurationError, InfrastructureUnavailableError, SchemaMissingError
+from core.errors import ConfigurationError, InfrastructureUnavailableError
 from core.metrics import Metrics
 from core.settings import Settings
-from core.topics import DEGRADATION_EVENTS, ensure_topics
+from core.topics import (
+    BACKUP_TASKS,
+    CONVERSATION_INBOUND,
+    DEGRADATION_EVENTS,
+    MEMORY_REMEMBER,
+    UPLOAD_RETRY,
+    ensure_topics,
+)
 from journeys.attachments import AttachmentStorer
 from journeys.conversation import ConversationJourney
 from journeys.session_context import SessionContext
@@ -25,11 +32,13 @@ from outbox.migrate import applied_versions, available_migrations
 from outbox.producer import ResilientProducer
 from outbox.relay import OutboxRelay
 from outbox.store import OutboxStore
+from pipeline.consuming import LanedConsumer, RecordGuard
 from pipeline.conversation import ConversationProcessor
 from pipeline.dead_letters import DeadLetterWriter, InboundMessage
 from pipeline.deferred import DeferredAnswerer
 from pipeline.memory import MemoryProcessor, MemorySync
-from pipeline.ordering import OrderedAcks, SessionLanes
+from pipeline.ordering import SessionLanes
+from pipeline.priority import BackgroundShare
 from pipeline.records import message_record
 from pipeline.uploads import BackupProcessor, UploadProcessor
 from providers.audio import build_audio_chains
@@ -43,8 +52,16 @@ from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
 from resilience.monitor import DegradationMonitor
 from resilience.probes import BreakerProbe, default_probes
 from schemas.messages import DegradationEvent
+from streams.backlog import BacklogMonitor
 
-__all__ = ["Runtime", "check_schema"]
+__all__ = ["BACKUPS", "CONVERSATION", "DEGRADATION", "MEMORY", "UPLOADS", "Runtime", "check_schema"]
+
+#: Consumer (agent) names: the ``consumer`` label of the consumer metrics.
+CONVERSATION = "conversation"
+MEMORY = "memory"
+UPLOADS = "uploads"
+BACKUPS = "backups"
+DEGRADATION = "degradation"
 
 logger = logging.getLogger(__name__)
 
@@ -138,24 +155,30 @@ class Runtime:
             on_committed=self.relay.wake,
             attachments=AttachmentStorer(settings, self.storage, metrics),
         )
-        self.upload_processor = UploadProcessor(settings, self.storage, self.dead_letters, metrics)
+        self.ready = asyncio.Event()
+        self.status_ready = asyncio.Event()
+        self.share = BackgroundShare(
+            settings.background_max_in_flight, settings.background_max_in_flight_busy
+        )
+        self.upload_processor = UploadProcessor(
+            settings, self.storage, self.guard(UPLOADS), metrics, self.share
+        )
         self.backup_processor = BackupProcessor(
             settings,
             self.storage,
             build_store(settings, settings.backup_store, backup=True),
-            self.dead_letters,
+            self.guard(BACKUPS),
             metrics,
+            self.share,
         )
-        self.memory_processor = MemoryProcessor(
-            settings, self.database, self.somabrain, self.dead_letters, metrics
-        )
-        self.memory_sync = MemorySync(settings, self.database, self.somabrain)
+        self.memory_processor = MemoryProcessor(settings, self.database, self.somabrain, metrics)
+        self.memory_sync = MemorySync(settings, self.database, self.somabrain, self.share, metrics)
         self.deferred_answers = DeferredAnswerer(
             settings, self.database, journey, self.dead_letters, on_committed=self.relay.wake
         )
         # Fair lanes: a hot session or tenant holds at most its share of the slots; its
         # further messages are parked (no slot) and its partition paused meanwhile.
-        self.lanes = SessionLanes(
+        conversation_lanes = SessionLanes(
             settings.max_in_flight,
             lane_share=settings.session_max_share,
             group_share=settings.tenant_max_share,
@@ -166,11 +189,57 @@ class Runtime:
             resume=flow.resume if flow is not None else None,
             on_parked=metrics.lane_parked_messages.set,
         )
-        self.acks = OrderedAcks()
-        self.upload_lanes = SessionLanes(settings.max_in_flight)
-        self.upload_acks = OrderedAcks()
-        self.ready = asyncio.Event()
-        self.status_ready = asyncio.Event()
+        self.consumers: dict[str, LanedConsumer] = {
+            CONVERSATION: LanedConsumer(
+                self.guard(CONVERSATION),
+                self.processor.process,
+                settings.max_in_flight,
+                self.ready,
+                share=self.share,
+                foreground=True,
+                lanes=conversation_lanes,
+                group_of=lane_group,
+            ),
+            MEMORY: LanedConsumer(
+                self.guard(MEMORY),
+                self.memory_processor.process,
+                settings.background_max_in_flight,
+                self.ready,
+                share=self.share,
+            ),
+            # Upload and backup tasks may wait long for a store: many lanes, and each
+            # attempt (not the wait between attempts) takes a background slot.
+            UPLOADS: self._waiting_tasks(UPLOADS, self.upload_processor.process),
+            BACKUPS: self._waiting_tasks(BACKUPS, self.backup_processor.process),
+        }
+        self.degradation_guard = self.guard(DEGRADATION)
+        self.backlog = BacklogMonitor(
+            metrics,
+            {
+                settings.topic(CONVERSATION_INBOUND): CONVERSATION,
+                settings.topic(MEMORY_REMEMBER): MEMORY,
+                settings.topic(UPLOAD_RETRY): UPLOADS,
+                settings.topic(BACKUP_TASKS): BACKUPS,
+                settings.topic(DEGRADATION_EVENTS): DEGRADATION,
+            },
+            lambda name: self.consumers[name].in_flight if name in self.consumers else 0,
+        )
+
+    def guard(self, consumer: str) -> RecordGuard:
+        """A :class:`RecordGuard` for ``consumer`` (dead letters wake the relay)."""
+        return RecordGuard(
+            consumer, self.settings, self.dead_letters, self.metrics, self.relay.wake, self.ready
+        )
+
+    def _waiting_tasks(
+        self, consumer: str, handle: Callable[[InboundMessage], Awaitable[str]]
+    ) -> LanedConsumer:
+        return LanedConsumer(self.guard(consumer), handle, self.settings.max_in_flight, self.ready)
+
+    @property
+    def lanes(self) -> SessionLanes:
+        """The conversation agent's lanes."""
+        return self.consumers[CONVERSATION].lanes
 
     async def start(self) -> None:
         """Create topics, check the schema, open the pool, start relay and producer."""
@@ -206,8 +275,8 @@ class Runtime:
     async def stop(self) -> None:
         """Stop lanes, monitor, relay and producer; close the pool."""
         self.ready.clear()
-        await self.lanes.cancel()
-        await self.upload_lanes.cancel()
+        for consumer in self.consumers.values():
+            await consumer.cancel()
         await self.monitor.stop()
         await self.memory_sync.stop()
         await self.deferred_answers.stop()
@@ -265,49 +334,5 @@ class Runtime:
             await self.producer.send(record)
 
     async def submit(self, message: InboundMessage, partition: Any, ack: Any) -> None:
-        """Track ``message`` for in-order acking and queue it on its session's lane."""
-        await self._submit(
-            message,
-            partition,
-            ack,
-            self.processor.process,
-            self.lanes,
-            self.acks,
-            group=lane_group(message),
-        )
-
-    async def submit_upload(self, message: InboundMessage, partition: Any, ack: Any) -> None:
-        """Queue an ``upload.retry`` task on its upload's lane (uploads retry concurrently)."""
-        await self._submit(
-            message,
-            partition,
-            ack,
-            self.upload_processor.process,
-            self.upload_lanes,
-            self.upload_acks,
-        )
-
-    async def _submit(
-        self,
-        message: InboundMessage,
-        partition: Any,
-        ack: Any,
-        process: Callable[[InboundMessage], Awaitable[str]],
-        lanes: SessionLanes,
-        acks: OrderedAcks,
-        *,
-        group: Hashable | None = None,
-    ) -> None:
-        await self.ready.wait()
-        acks.track(partition, message.offset, ack)
-        lane = message.key if message.key is not None else message.position
-
-        async def job() -> None:
-            try:
-                await process(message)
-            except SchemaMissingError:
-                return  # reported once (see fatal); never acked: the worker is stopping
-            acks.done(partition, message.offset)
-
-        size = len(message.value) if message.value is not None else 0
-        await lanes.submit(lane, job, group=group, size=size, source=partition)
+        """Queue a ``conversation.inbound`` record on its session's lane."""
+        await self.consumers[CONVERSATION].submit(message, partition, ack)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from core.errors import InfrastructureUnavailableError, TopicMissingError
@@ -40,3 +41,15 @@ def register(app: StreamsApp) -> None:
                     "again recreates them (or run `faust -A streams create-topics`)"
                 )
             )
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def sample_backlog() -> None:
+        """Every ``backlog_sample_seconds``: lag per partition, in flight, drain rate."""
+        await app.runtime.ready.wait()
+        while True:
+            try:
+                app.runtime.backlog.sample(app.consumer)
+                app.metrics.background_slots_in_use.set(app.runtime.share.running)
+            except Exception:  # a sample must never stop the worker
+                logger.exception("backlog sample failed")
+            await asyncio.sleep(app.settings.backlog_sample_seconds)

@@ -35,6 +35,10 @@ def register(app: StreamsApp) -> None:
             "relay_active": app.runtime.relay.active,
             "in_flight": app.runtime.lanes.in_flight,
         }
+        document["backlog"] = {
+            **app.runtime.backlog.as_json(),
+            "memory_pending_rows": app.runtime.memory_sync.waiting,
+        }
         return web.json(document)
 
     @app.page("/metrics")

@@ -125,3 +125,67 @@ def consume(
     finally:
         consumer.close()
     return records
+
+
+def produce_transactional(
+    settings: Settings,
+    topic: str,
+    records: list[tuple[bytes | None, bytes]],
+    per_transaction: int = 10,
+) -> None:
+    """Produce ``records`` in transactions of ``per_transaction``, as the relay does:
+    every transaction leaves a control record (an offset gap) on each partition it wrote."""
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "transactional.id": f"test-{uuid.uuid4().hex}",
+            "linger.ms": 5,
+        }
+    )
+    producer.init_transactions(30)
+    for start in range(0, len(records), per_transaction):
+        producer.begin_transaction()
+        for key, value in records[start : start + per_transaction]:
+            producer.produce(topic, key=key, value=value)
+        producer.commit_transaction(60)
+
+
+def group_progress(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
+    """Per partition: (offset committed by the worker's group, high watermark)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": settings.app_id,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
+        committed = consumer.committed(partitions, timeout=10)
+        progress = {}
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            progress[tp.partition] = (max(tp.offset, 0), high)
+        return progress
+    finally:
+        consumer.close()
+
+
+def wait_committed_to_end(
+    settings: Settings, topic: str, *, transactional: bool = False, timeout: float = 120
+) -> None:
+    """Wait until the group committed every partition of ``topic`` to its last record.
+
+    After transactional writes the high watermark sits one past the last control
+    record, which no consumer ever acks: one offset short of it is the end.
+    """
+    slack = 1 if transactional else 0
+    deadline = time.monotonic() + timeout
+    progress = group_progress(settings, topic)
+    while time.monotonic() < deadline:
+        progress = group_progress(settings, topic)
+        if all(committed >= high - slack for committed, high in progress.values()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{topic}: committed offsets stopped short: {progress}")
