@@ -41,9 +41,24 @@ class Settings(BaseSettings):
     )
     database_pool_max_size: int = Field(10, ge=1)
     redis_url: str = "redis://127.0.0.1:6379/0"
-    somabrain_url: str = "http://127.0.0.1:9696"
+    somabrain_url: str = Field(
+        "http://127.0.0.1:9696",
+        description=(
+            "SomaBrain base URL. A standard SomaBrain listens on port 30101 (set"
+            " http://HOST:30101 and add this host to its ALLOWED_HOSTS); 9696 is the"
+            " loopback's (python -m loopback.somabrain_server)."
+        ),
+    )
     somabrain_token: SecretStr | None = Field(None, description="Bearer token for SomaBrain.")
     somabrain_timeout_seconds: float = Field(5.0, gt=0)
+    somabrain_health_timeout_seconds: float = Field(
+        8.0,
+        gt=3.0,
+        description=(
+            "Timeout of a GET /health on SomaBrain (probe and store confirmation); above"
+            " SomaBrain's own 3 s per sub-check."
+        ),
+    )
     memory_enabled: bool = Field(True, description="Recall and remember through SomaBrain.")
     memory_sync_batch_size: int = Field(200, ge=1)
     memory_sync_interval_seconds: float = Field(5.0, gt=0)

@@ -83,7 +83,8 @@ class Runtime:
         self.responder = responder
         self.storage = build_storage_chain(settings, metrics)
         self.audio = build_audio_chains(settings, metrics)
-        probes = default_probes(settings)
+        self.somabrain = SomaBrainClient(settings, metrics)
+        probes = default_probes(settings, self.somabrain.health)
         states = getattr(responder, "states", None)
         if states is not None:
             probes.append(BreakerProbe(settings, "llm", states))
@@ -98,7 +99,6 @@ class Runtime:
         )
         self.dead_letters = DeadLetterWriter(settings, self.database, metrics)
         self.outbox = OutboxStore()
-        self.somabrain = SomaBrainClient(settings, metrics)
         self.session_context = SessionContext(settings)
         journey = ConversationJourney(
             responder,
