@@ -52,11 +52,11 @@ class Settings(BaseSettings):
     somabrain_token: SecretStr | None = Field(None, description="Bearer token for SomaBrain.")
     somabrain_timeout_seconds: float = Field(5.0, gt=0)
     somabrain_health_timeout_seconds: float = Field(
-        8.0,
+        5.0,
         gt=3.0,
         description=(
             "Timeout of a GET /health on SomaBrain (probe and store confirmation); above"
-            " SomaBrain's own 3 s per sub-check."
+            " SomaBrain's own 3 s per sub-check (its sub-checks run one after the other)."
         ),
     )
     memory_enabled: bool = Field(True, description="Recall and remember through SomaBrain.")
