@@ -153,7 +153,7 @@ class SomaBrainClient:
     def __init__(
         self, settings: Settings, metrics: Metrics, client: httpx.AsyncClient | None = None
     ) -> None:
-        self.base = settings.somabrain_url.rstrip("/")
+        self.base = (settings.somabrain_url or "").rstrip("/")
         token = settings.somabrain_token
         self.headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
         self.client = client or httpx.AsyncClient(timeout=settings.somabrain_timeout_seconds)

@@ -337,6 +337,13 @@ def default_probes(
         "somabrain": lambda s: SomaBrainProbe(s, somabrain_health),
         "temporal": TemporalProbe,
     }
+    if not settings.somabrain_url:
+        factories["somabrain"] = lambda s: StaticProbe(
+            s,
+            "somabrain",
+            ServiceState.NOT_CONFIGURED,
+            "SA01_SOMABRAIN_URL is not set: memory is off",
+        )
     names = [n.strip() for n in settings.health_probes.split(",") if n.strip()]
     unknown = sorted(set(names) - set(factories) - set(CHAIN_PROBES))
     if unknown:

@@ -273,7 +273,8 @@ def register_memory_command(app: StreamsApp) -> None:
                 if waiting:
                     _fail(
                         RuntimeError(
-                            f"{waiting} memories still wait: SomaBrain at {settings.somabrain_url} "
+                            f"{waiting} memories still wait: SomaBrain at"
+                            f" {settings.somabrain_url or '(SA01_SOMABRAIN_URL not set)'} "
                             "did not take them (see `faust -A streams status`)"
                         )
                     )

@@ -103,7 +103,7 @@ class Runtime:
         journey = ConversationJourney(
             responder,
             self.status,
-            memory=self.somabrain if settings.memory_enabled else None,
+            memory=self.somabrain if settings.memory_active else None,
             session=self.session_context,
             voice=VoiceJourney(self.audio, self.storage, metrics),
         )
@@ -146,7 +146,7 @@ class Runtime:
         await self.audio.start()
         if self.settings.relay_enabled_in_worker:
             await self.relay.start()
-        if self.settings.memory_enabled:
+        if self.settings.memory_active:
             await self.memory_sync.start()
         if self.settings.llm_degraded_reply:
             await self.deferred_answers.start()
