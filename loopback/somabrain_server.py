@@ -428,24 +428,28 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         if record.path.endswith("/memory/remember"):
             self._remember_count += 1
 
-    def _authorized(self, request: web.Request) -> bool:
-        """Scheme exactly ``Bearer`` (the real server answers 401 to ``bearer``), then the token."""
+    def _auth_failure(self, request: web.Request) -> web.Response | None:
+        """None when authorized; else the real server's 401.
+
+        Django Ninja accepts the scheme in any case and checks the token (401
+        ``Unauthorized``); SomaBrain's own ``require_auth`` then wants exactly ``Bearer``
+        (401 ``missing bearer token``), as observed.
+        """
         if self._token is None:
-            return True
-        value = request.headers.get("Authorization")
-        if not value:
-            return False
-        scheme, _, token = value.partition(" ")
-        return scheme == "Bearer" and token == self._token
+            return None
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or token != self._token:
+            return _unauthorized()
+        if scheme != "Bearer":
+            return _detail(401, "missing bearer token")
+        return None
 
     async def _admit(self, request: web.Request) -> _Settings | web.Response:
         """Wait out the mode and check the token of a memory request; or the answer to give."""
         settings = await self._settle()
         if settings is None:
             return drop(request)
-        if not self._authorized(request):
-            return _unauthorized()
-        return settings
+        return self._auth_failure(request) or settings
 
     async def _handle_remember(self, request: web.Request) -> web.Response:
         raw, _ = await self._receive(request)
@@ -849,7 +853,7 @@ def _health_body(
         "memory_circuit_open": circuit_open,
         "memory_should_reset": False,
         "memory_degraded": memory_degraded,
-        "predictor_ok": True,
+        "predictor_ok": memory_ok,  # the real one pings SomaFractalMemory's /healthz for it
         "embedder_ok": True,
         "metrics_ready": postgres_ok and kafka_ok and memory_ok,
         "metrics_required": ["postgres", "kafka", "memory"],

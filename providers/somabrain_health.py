@@ -13,10 +13,11 @@ nothing to do with memory. This module reads only the fields that concern memory
   A body without that check falls back to ``memory_ok``.
 * ``memory_circuit_open``: SomaBrain's own breaker; remember is queued in SomaBrain's
   best-effort journal, not stored.
-* ``embedder_ok`` and ``predictor_ok``: without them remember answers 503.
 
 Everything else (``status``, ``ready``, PostgreSQL, Kafka, OPA, MinIO, ...) is ignored and
-named in the reason. :class:`SomaBrainHealth` keeps the latest reading (the probe's, or one
+named in the reason. So are ``embedder_ok`` and ``predictor_ok``: the real server reports
+``predictor_ok: false`` while remember and recall work (its health view asks another
+accessor than the memory routes), and a missing embedder shows as 503 on the calls. :class:`SomaBrainHealth` keeps the latest reading (the probe's, or one
 made for a confirmation) so that :meth:`SomaBrainHealth.confirm` can decide whether an
 acknowledged remember may count as stored.
 """
@@ -121,14 +122,13 @@ def read_health_body(
         ignored.append(f"status {status}")
     if body.get("ready") is False:
         ignored.append("ready false")
+    ignored += [
+        f"{name} false" for name in ("embedder_ok", "predictor_ok") if body.get(name) is False
+    ]
     if ignored:
         notes.append("ignored (not memory): " + ", ".join(ignored))
-    missing = [name for name in ("embedder_ok", "predictor_ok") if body.get(name) is False]
     if not backend_up:
         state, reason = ServiceState.UNAVAILABLE, down_reason
-    elif missing:
-        state = ServiceState.UNAVAILABLE
-        reason = f"{' and '.join(missing)} false: remember answers 503"
     elif circuit_open:
         state, reason = ServiceState.DEGRADED, "memory circuit open: remember is only queued"
     else:

@@ -433,6 +433,7 @@ def test_memory_routes_require_the_bearer_token(brain: SomaBrainServer) -> None:
         headers={"Authorization": f"bearer {TOKEN}"},
     )
     assert lower.status_code == 401, "the real server refuses a lowercase bearer scheme"
+    assert lower.json() == {"detail": "missing bearer token"}
 
 
 def test_no_token_means_no_auth() -> None:
