@@ -16,10 +16,12 @@ nothing to do with memory. This module reads only the fields that concern memory
 
 Everything else (``status``, ``ready``, PostgreSQL, Kafka, OPA, MinIO, ...) is ignored and
 named in the reason. So are ``embedder_ok`` and ``predictor_ok``: the real server reports
-``predictor_ok: false`` while remember and recall work (its health view asks another
-accessor than the memory routes), and a missing embedder shows as 503 on the calls. :class:`SomaBrainHealth` keeps the latest reading (the probe's, or one
-made for a confirmation) so that :meth:`SomaBrainHealth.confirm` can decide whether an
-acknowledged remember may count as stored.
+``predictor_ok: false`` while remember and recall work (its health view pings
+SomaFractalMemory's ``/healthz`` for it), and a missing embedder shows as 503 on the calls.
+
+:class:`SomaBrainHealth` keeps the latest reading (the probe's, or one made for a
+confirmation) so that :meth:`SomaBrainHealth.confirm` can decide whether an acknowledged
+remember may count as stored.
 """
 
 from __future__ import annotations

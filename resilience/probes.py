@@ -12,7 +12,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 import redis.asyncio as aioredis
@@ -21,6 +22,9 @@ from confluent_kafka.admin import AdminClient
 from core.settings import Settings
 from providers.somabrain_health import SomaBrainHealth
 from schemas.messages import CircuitState, ServiceState
+
+if TYPE_CHECKING:
+    from temporalio.client import Client as TemporalClient
 
 __all__ = [
     "CHAIN_PROBES",
@@ -193,23 +197,42 @@ class SomaBrainProbe(_TimedProbe):
 
 
 class TemporalProbe(_TimedProbe):
-    """A TCP connect to the frontend (no gRPC dependency is justified for a liveness check)."""
+    """``GetSystemInfo`` through the official ``temporalio`` client (extra ``temporal``).
+
+    Opt-in (``SA01_HEALTH_PROBES`` names ``temporal``). A port that accepts TCP but does not
+    speak Temporal's gRPC service is unavailable, unlike with a TCP connect. Without the
+    ``temporalio`` package the probe reads unavailable and says how to install it. The
+    connected client is kept between checks and dropped after a failure.
+    """
 
     service = "temporal"
+    NOT_INSTALLED = (
+        "the temporalio package is not installed (pip install 'sa01-resilience[temporal]')"
+    )
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        host, _, port = settings.temporal_host.rpartition(":")
-        self.host = host or "127.0.0.1"
-        self.port = int(port or 7233)
+        self.target = settings.temporal_host
+        self._client: TemporalClient | None = None
 
     async def check(self) -> ProbeResult:
-        """Open and close a TCP connection."""
+        """Connect if needed, then ask the frontend for its system info."""
+        try:
+            from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+            from temporalio.client import Client
+        except ImportError:
+            return ProbeResult(ServiceState.UNAVAILABLE, self.NOT_INSTALLED)
         started = time.monotonic()
-        _, writer = await asyncio.open_connection(self.host, self.port)
-        writer.close()
-        await writer.wait_closed()
-        return self._judge(started)
+        try:
+            if self._client is None:
+                self._client = await Client.connect(self.target)
+            info = await self._client.workflow_service.get_system_info(
+                GetSystemInfoRequest(), timeout=timedelta(seconds=self.timeout)
+            )
+        except BaseException:
+            self._client = None
+            raise
+        return self._judge(started, f"server {info.server_version or '?'}")
 
 
 class BreakerProbe(_TimedProbe):
