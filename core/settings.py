@@ -41,10 +41,28 @@ class Settings(BaseSettings):
     )
     database_pool_max_size: int = Field(10, ge=1)
     redis_url: str = "redis://127.0.0.1:6379/0"
-    somabrain_url: str = "http://127.0.0.1:9696"
+    somabrain_url: str | None = Field(
+        None,
+        description=(
+            "SomaBrain base URL; unset: memory is off and somabrain reads not_configured."
+            " A standard SomaBrain listens on port 30101 (http://HOST:30101; add this host"
+            " to its ALLOWED_HOSTS); the loopback (python -m loopback.somabrain_server) on"
+            " 9696."
+        ),
+    )
     somabrain_token: SecretStr | None = Field(None, description="Bearer token for SomaBrain.")
     somabrain_timeout_seconds: float = Field(5.0, gt=0)
-    memory_enabled: bool = Field(True, description="Recall and remember through SomaBrain.")
+    somabrain_health_timeout_seconds: float = Field(
+        5.0,
+        gt=3.0,
+        description=(
+            "Timeout of a GET /health on SomaBrain (probe and store confirmation); above"
+            " SomaBrain's own 3 s per sub-check (its sub-checks run one after the other)."
+        ),
+    )
+    memory_enabled: bool = Field(
+        True, description="Recall and remember through SomaBrain (when SA01_SOMABRAIN_URL is set)."
+    )
     memory_sync_batch_size: int = Field(200, ge=1)
     memory_sync_interval_seconds: float = Field(5.0, gt=0)
     memory_sync_concurrency: int = Field(
@@ -305,6 +323,11 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full name of one of the project's topics (with the configured prefix)."""
         return f"{self.topic_prefix}{name}"
+
+    @property
+    def memory_active(self) -> bool:
+        """Recall and remember happen: memory is enabled and SomaBrain is configured."""
+        return self.memory_enabled and bool(self.somabrain_url)
 
     def provider_key(self, model: str) -> SecretStr | None:
         """The API key configured for a litellm model name such as ``openai/gpt-4o``."""

@@ -59,9 +59,8 @@ class ConversationJourney:
         if self.status is None:
             return []
         status = self.status()
-        return [
-            name for name in self.DEPENDENCIES if status.state(name) is not ServiceState.HEALTHY
-        ]
+        fine = (ServiceState.HEALTHY, ServiceState.NOT_CONFIGURED)
+        return [name for name in self.DEPENDENCIES if status.state(name) not in fine]
 
     async def _context(
         self, inbound: ConversationInbound, degraded: list[str], text: str

@@ -8,12 +8,16 @@ switched into a :class:`~loopback.llm_server.FailureMode` at run time.
 Endpoints (``/api/...`` aliases exist for the memory routes, as in the real service):
 
 * ``POST /memory/remember``: stores ``value`` under ``(tenant, namespace, key)``; the key is the
-  idempotency key, so a replayed remember is stored once (the last write wins, in place).
-* ``POST /memory/recall``: the tenant comes from ``X-Tenant-ID`` (default ``standalone``);
-  memories of that tenant whose text shares words with ``query`` are returned, best first,
-  at most ``top_k``.
-* ``GET /health`` (also ``/health/``): always 200; ``status``, ``ok``, ``ready`` and
-  ``memory_circuit_open`` in the body reflect the mode.
+  idempotency key, so a replayed remember is stored once (the last write wins, in place). The
+  text indexed is ``value.text`` (else the key), as in the real server. Every answered
+  remember also enters the tenant's working memory.
+* ``POST /memory/recall``: the tenant comes from ``X-Tenant-ID`` (default ``standalone``), the
+  namespace from the body, else ``X-Namespace``, else ``"default"``; long-term hits of another
+  namespace or tenant are dropped; working-memory items of the tenant (every namespace, whatever
+  the query) come at score 1.0 with layer ``"wm"``; all sorted by score, cut at ``top_k``.
+* ``GET /health`` (also ``/health/``): always 200; the real view's checks and derived fields
+  reflect the mode, :meth:`SomaBrainServer.set_backend_down` and
+  :meth:`SomaBrainServer.set_health_faults`.
 * ``GET /healthz``: liveness, always 200 while the port is open (HANG and SLOW do not touch it).
 * ``GET /_loopback/mode``, ``POST /_loopback/mode``: control endpoints for out-of-process use
   (``python -m loopback.somabrain_server``).
@@ -23,6 +27,9 @@ ready, as the real service does when its memory backend is down); HANG (memory r
 ``/health`` never answer until the mode changes); SLOW (they answer after ``delay_seconds``);
 REFUSE (the port is closed; any other mode re-opens the same port); BAD_REQUEST (remember
 answers 400 ``{"detail": ...}``, as for a payload the server rejects). Independently,
+:meth:`SomaBrainServer.set_backend_down` plays the real server with its memory backend stopped
+(remember answers 200 ``persisted_to_ltm: true`` and loses the memory; only ``/health`` says
+``critical``), and
 :meth:`SomaBrainServer.set_queue_for_replay` opens the memory circuit: remember answers 200 with
 the ``memory-backend-unavailable:queued-for-replay`` warning and keeps the memory in a replay
 queue, which is replayed into the store when the circuit closes again.
@@ -232,6 +239,10 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         self._queue_for_replay = False
         self._store: dict[tuple[str, str, str], StoredMemory] = {}
         self._queued: list[StoredMemory] = []
+        self._working: dict[str, dict[str, dict[str, Any]]] = {}
+        self._backend_down = False
+        self._sfm_without_vector_store = False
+        self._unhealthy_checks: frozenset[str] = frozenset()
         self._remember_count = 0
 
     # ------------------------------------------------------------------ public API
@@ -291,6 +302,50 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         if replayed:
             logger.info("SomaBrain server %r replayed %d memories", self._name, len(replayed))
 
+    @property
+    def backend_down(self) -> bool:
+        """True while the memory backend is down (see :meth:`set_backend_down`)."""
+        with self._lock:
+            return self._backend_down
+
+    def set_backend_down(self, down: bool) -> None:
+        """Take the memory backend (SomaFractalMemory) away (True) or give it back (False).
+
+        As observed on the real server with its backend stopped: remember still answers 200
+        ``persisted_to_ltm: true`` with no warning, admits the memory to working memory and
+        stores nothing (the memory is lost); recall answers 200 ``degraded: false`` with no
+        long-term hits; ``/health`` says ``status: critical`` with ``soma_fractal_memory``
+        unhealthy and ``memory_ok``/``ready`` false, the memory circuit closed.
+        """
+        with self._lock:
+            self._backend_down = bool(down)
+
+    def set_health_faults(
+        self, *, unhealthy: set[str] | frozenset[str] = frozenset(), no_vector_store: bool = False
+    ) -> None:
+        """Shape ``/health`` without touching the memory routes.
+
+        ``unhealthy`` names infrastructure checks to report unhealthy (``opa``, ``minio``,
+        ``schema_registry``, ``kafka``, ``postgresql``, ``redis``, ``keycloak``, ``lago``):
+        the real server then says ``status: critical``. ``no_vector_store`` makes
+        SomaFractalMemory's ``/healthz`` answer 503 as it does without a vector store: the
+        sub-check stays ``healthy`` with ``details.healthy: false`` while remember and recall
+        work.
+        """
+        with self._lock:
+            self._unhealthy_checks = frozenset(unhealthy)
+            self._sfm_without_vector_store = bool(no_vector_store)
+
+    def working_memory(self, tenant: str) -> list[dict[str, Any]]:
+        """The working-memory items (stored payloads) of ``tenant``, oldest first."""
+        with self._lock:
+            return [copy.deepcopy(p) for p in self._working.get(tenant, {}).values()]
+
+    def clear_working_memory(self) -> None:
+        """Forget the working memory only, as a restart of the real server does."""
+        with self._lock:
+            self._working.clear()
+
     def memories(self, tenant: str | None = None) -> list[StoredMemory]:
         """The stored memories (of ``tenant`` when given), in first-insertion order."""
         with self._lock:
@@ -302,10 +357,11 @@ class SomaBrainServer(LoopbackServer[_Settings]):
             return [m for m in self._queued if tenant is None or m.tenant == tenant]
 
     def clear_memories(self) -> None:
-        """Forget the stored and queued memories."""
+        """Forget the stored and queued memories and the working memory."""
         with self._lock:
             self._store.clear()
             self._queued.clear()
+            self._working.clear()
 
     @property
     def remember_count(self) -> int:
@@ -337,7 +393,7 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         self._store[(memory.tenant, memory.namespace, memory.key)] = memory
 
     def _search(
-        self, tenant: str, namespace: str | None, query: str, *, include_queued: bool
+        self, tenant: str, namespace: str, query: str, *, include_queued: bool
     ) -> list[tuple[float, StoredMemory]]:
         words = set(_WORD.findall(query.lower()))
         with self._lock:
@@ -348,10 +404,10 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         hits: list[tuple[float, StoredMemory]] = []
         for memory in reversed(candidates):  # the newest copy of a key wins
             ident = (memory.tenant, memory.namespace, memory.key)
-            if ident in seen or memory.tenant != tenant:
+            if ident in seen:
                 continue
             seen.add(ident)
-            if namespace is not None and memory.namespace != namespace:
+            if not _hit_matches(memory.payload, tenant, namespace):
                 continue
             score = _score(words, memory)
             if score > 0:
@@ -374,24 +430,28 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         if record.path.endswith("/memory/remember"):
             self._remember_count += 1
 
-    def _authorized(self, request: web.Request) -> bool:
-        """Django Ninja's HttpBearer: scheme ``Bearer`` (any case), the rest is the token."""
+    def _auth_failure(self, request: web.Request) -> web.Response | None:
+        """None when authorized; else the real server's 401.
+
+        Django Ninja accepts the scheme in any case and checks the token (401
+        ``Unauthorized``); SomaBrain's own ``require_auth`` then wants exactly ``Bearer``
+        (401 ``missing bearer token``), as observed.
+        """
         if self._token is None:
-            return True
-        value = request.headers.get("Authorization")
-        if not value:
-            return False
-        scheme, _, token = value.partition(" ")
-        return scheme.lower() == "bearer" and token == self._token
+            return None
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or token != self._token:
+            return _unauthorized()
+        if scheme != "Bearer":
+            return _detail(401, "missing bearer token")
+        return None
 
     async def _admit(self, request: web.Request) -> _Settings | web.Response:
         """Wait out the mode and check the token of a memory request; or the answer to give."""
         settings = await self._settle()
         if settings is None:
             return drop(request)
-        if not self._authorized(request):
-            return _unauthorized()
-        return settings
+        return self._auth_failure(request) or settings
 
     async def _handle_remember(self, request: web.Request) -> web.Response:
         raw, _ = await self._receive(request)
@@ -399,8 +459,6 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         if isinstance(settings, web.Response):
             return settings
         try:
-            if raw.lstrip().removeprefix(b"\xef\xbb\xbf")[:1] == b"[":
-                raise _BadRequest(_array_body_rejected())
             payload = _validate(_WriteRequest, raw)
         except _BadRequest as exc:
             return exc.response
@@ -415,9 +473,13 @@ class SomaBrainServer(LoopbackServer[_Settings]):
             return _detail(500, f"store failed: {_BACKEND_ERROR}")
         if settings.mode is FailureMode.BAD_REQUEST:
             return _detail(400, "invalid memory payload")
-        if not queued:
-            with self._lock:
+        with self._lock:
+            if not queued and not self._backend_down:
                 self._put(memory)
+            # Working memory admits every answered remember (the real one does, in-process).
+            self._working.setdefault(payload.tenant, {})[payload.key] = copy.deepcopy(
+                memory.payload
+            )
         feedback = {
             "importance": signal_data.get("importance"),
             "novelty": signal_data.get("novelty"),
@@ -449,6 +511,13 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         )
 
     async def _handle_recall(self, request: web.Request) -> web.Response:
+        """As the real ``recall_memory``: long-term hits of the namespace, then working memory.
+
+        The namespace is the body's, else ``X-Namespace``, else ``"default"``; long-term hits
+        whose stored tenant or namespace differ are dropped. Working memory returns the
+        tenant's items (every namespace, oldest first, whatever the query) at score 1.0. The
+        two lists are sorted together by score and cut at ``top_k``.
+        """
         raw, _ = await self._receive(request)
         started = time.perf_counter()
         settings = await self._admit(request)
@@ -459,43 +528,48 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         except _BadRequest as exc:
             return exc.response
         tenant = request.headers.get("X-Tenant-ID") or _DEFAULT_TENANT
-        namespace = payload.namespace or request.headers.get("X-Namespace") or None
+        namespace = payload.namespace or request.headers.get("X-Namespace") or _DEFAULT_NAMESPACE
         top_k = max(1, payload.top_k)
         layer = payload.layer or "both"
-        circuit_open = self.queue_for_replay
+        with self._lock:
+            circuit_open = self._queue_for_replay
+            backend_down = self._backend_down
+            working = [copy.deepcopy(p) for p in self._working.get(tenant, {}).values()]
         degraded_reasons: list[str] = []
-        if circuit_open:
-            if layer == "ltm":
-                return _detail(503, _CIRCUIT_OPEN_MESSAGE)
-            if layer == "both":
-                degraded_reasons.append(f"ltm: {_CIRCUIT_OPEN_MESSAGE}")
-            layer = "wm" if layer == "both" else layer
-        elif settings.mode is FailureMode.ERROR_500:
-            return _detail(500, f"ltm recall unavailable: {_BACKEND_ERROR}")
         results: list[dict[str, Any]] = []
-        hits: list[tuple[float, StoredMemory]] = []
-        if layer in ("ltm", "both", "wm"):
-            hits = self._search(tenant, namespace, payload.query, include_queued=circuit_open)
-        for score, memory in hits[:top_k]:
-            content = copy.deepcopy(memory.payload)
-            if layer == "wm":
-                results.append({"content": content, "layer": "wm", "score": 1.0})
-            else:
-                results.append(
-                    {
-                        "content": content,
-                        "layer": "ltm",
-                        "score": score,
-                        "coordinate": list(memory.coordinate),
-                    }
-                )
+        ltm_hits = 0
+        if layer in ("ltm", "both"):
+            if circuit_open:
+                if layer == "ltm":
+                    return _detail(503, _CIRCUIT_OPEN_MESSAGE)
+                degraded_reasons.append(f"ltm: {_CIRCUIT_OPEN_MESSAGE}")
+            elif settings.mode is FailureMode.ERROR_500:
+                return _detail(500, f"ltm recall unavailable: {_BACKEND_ERROR}")
+            elif not backend_down:
+                hits = self._search(tenant, namespace, payload.query, include_queued=False)
+                ltm_hits = len(hits)
+                for score, memory in hits[:top_k]:
+                    results.append(
+                        {
+                            "content": copy.deepcopy(memory.payload),
+                            "layer": "ltm",
+                            "score": score,
+                            "coordinate": list(memory.coordinate),
+                        }
+                    )
+        wm_hits = 0
+        if layer in ("wm", "both"):
+            wm_hits = len(working)
+            results += [{"content": item, "layer": "wm", "score": 1.0} for item in working[:top_k]]
+        results.sort(key=lambda result: float(result["score"]), reverse=True)
+        results = results[:top_k]
         return web.json_response(
             {
                 "tenant": tenant,
-                "namespace": namespace or _DEFAULT_NAMESPACE,
+                "namespace": namespace,
                 "results": results,
-                "wm_hits": len(hits) if layer == "wm" else 0,
-                "ltm_hits": len(hits) if layer != "wm" else 0,
+                "wm_hits": wm_hits,
+                "ltm_hits": ltm_hits,
                 "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
                 "total_results": len(results),
                 "degraded": bool(degraded_reasons),
@@ -508,11 +582,18 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         settings = await self._settle()
         if settings is None:
             return drop(request)
+        with self._lock:
+            backend_down = self._backend_down
+            circuit_open = self._queue_for_replay
+            unhealthy = self._unhealthy_checks
+            no_vector_store = self._sfm_without_vector_store
         return web.json_response(
             _health_body(
-                backend_down=settings.mode is FailureMode.ERROR_500,
-                circuit_open=self.queue_for_replay,
+                backend_down=settings.mode is FailureMode.ERROR_500 or backend_down,
+                circuit_open=circuit_open,
                 trace_id=request.headers.get("X-Request-ID"),
+                unhealthy=unhealthy,
+                no_vector_store=no_vector_store,
             )
         )
 
@@ -536,8 +617,13 @@ class SomaBrainServer(LoopbackServer[_Settings]):
             raise ValueError("durations must not be negative")
         if queue is not None and not isinstance(queue, bool):
             raise ValueError("queue_for_replay must be a boolean")
+        backend_down = body.get("backend_down")
+        if backend_down is not None and not isinstance(backend_down, bool):
+            raise ValueError("backend_down must be a boolean")
         if queue is not None:
             self.set_queue_for_replay(queue)
+        if backend_down is not None:
+            self.set_backend_down(backend_down)
         return settings, revert_after
 
     def _describe(self) -> dict[str, Any]:
@@ -548,6 +634,7 @@ class SomaBrainServer(LoopbackServer[_Settings]):
                 "mode": settings.mode.value,
                 "delay_seconds": settings.delay_seconds,
                 "queue_for_replay": self._queue_for_replay,
+                "backend_down": self._backend_down,
                 "memories": len(self._store),
                 "queued": len(self._queued),
                 "remember_count": self._remember_count,
@@ -657,22 +744,25 @@ def _coordinate(key: str, universe: str | None) -> list[float]:
     return [round(int.from_bytes(digest[i : i + 8], "big") / 2**63 - 1.0, 6) for i in (0, 8, 16)]
 
 
-def _texts(value: object) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [text for item in value.values() for text in _texts(item)]
-    if isinstance(value, list | tuple):
-        return [text for item in value for text in _texts(item)]
-    return []
+def _hit_matches(payload: dict[str, Any], tenant: str, namespace: str) -> bool:
+    """The real ``_tenant_match``: a hit of another tenant or namespace is dropped."""
+    owner = payload.get("tenant") or payload.get("tenant_id")
+    if owner and owner != tenant:
+        return False
+    hit_namespace = payload.get("namespace")
+    return not (hit_namespace and hit_namespace != namespace)
 
 
 def _score(words: set[str], memory: StoredMemory) -> float:
-    """The share of the query's words found in the memory's value, key and tags."""
+    """The share of the query's words found in the indexed text.
+
+    The real server embeds only the stored ``task`` (``value.text``, else the key): a memory
+    whose content sits elsewhere in ``value`` is found by its key alone.
+    """
     if not words:
         return 0.0
-    haystack = " ".join([*_texts(memory.value), memory.key, *memory.tags]).lower()
-    found = words & set(_WORD.findall(haystack))
+    indexed = str(memory.payload.get("task") or memory.key).lower()
+    found = words & set(_WORD.findall(indexed))
     return round(len(found) / len(words), 6)
 
 
@@ -680,45 +770,72 @@ def _now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()
 
 
-def _check(name: str, ok: bool, details: dict[str, Any]) -> dict[str, Any]:
-    if ok:
-        return {"name": name, "status": "healthy", "response_time_ms": 1, "details": details}
-    return {
-        "name": name,
-        "status": "unhealthy",
-        "response_time_ms": 1,
-        "error": "ConnectError: memory backend unreachable",
-    }
+def _check(name: str, ok: bool, details: dict[str, Any] | None) -> dict[str, Any]:
+    """One ``timed_check`` result: ``healthy`` with a truthy result, ``degraded`` with none."""
+    if not ok:
+        return {
+            "name": name,
+            "status": "unhealthy",
+            "response_time_ms": 1,
+            "error": "ConnectError: [Errno 111] Connection refused",
+        }
+    status = "healthy" if details else "degraded"
+    return {"name": name, "status": status, "response_time_ms": 1, "details": details}
 
 
-def _health_body(*, backend_down: bool, circuit_open: bool, trace_id: str | None) -> dict[str, Any]:
-    """The body of the real root ``GET /health`` (somabrain/config/urls.py ``health_view``)."""
+_INFRASTRUCTURE: Final = (
+    ("postgresql", "PostgreSQL", {"version": "PostgreSQL 16"}),
+    ("redis", "Redis", {"connected": True}),
+    ("kafka", "Kafka", {"broker": "127.0.0.1:9094", "connected": True}),
+    ("milvus", "Milvus", None),
+    ("opa", "OPA", {"healthy": True}),
+    ("minio", "MinIO", {"healthy": True}),
+    ("schema_registry", "Schema Registry", {"healthy": True, "subjects": 0}),
+    ("keycloak", "Keycloak", {"configured": False}),
+    ("lago", "Lago", {"configured": False, "mode": "standalone"}),
+)
+"""The real view's infrastructure checks in its order; Milvus (OAK off) reads ``degraded``."""
+
+
+def _health_body(
+    *,
+    backend_down: bool,
+    circuit_open: bool,
+    trace_id: str | None,
+    unhealthy: frozenset[str] = frozenset(),
+    no_vector_store: bool = False,
+) -> dict[str, Any]:
+    """The body of the real root ``GET /health`` (somabrain/config/urls.py ``health_view``).
+
+    ``ready`` is false without a vector store, as observed on the real server.
+    """
     infrastructure = {
-        "postgresql": _check("PostgreSQL", True, {"version": "PostgreSQL 16"}),
-        "redis": _check("Redis", True, {"connected": True}),
-        "kafka": _check("Kafka", True, {"broker": "127.0.0.1:9094", "connected": True}),
-        "opa": _check("OPA", True, {"healthy": True}),
+        key: _check(name, key not in unhealthy, details) for key, name, details in _INFRASTRUCTURE
     }
+    sfm_details = {"healthy": not no_vector_store}
     internal_services = {
-        "soma_fractal_memory": _check("SomaFractalMemory", not backend_down, {"healthy": True}),
+        "soma_fractal_memory": _check("SomaFractalMemory", not backend_down, sfm_details),
         "cognitive": _check(
             "Cognitive", True, {"planner_loaded": True, "option_manager_loaded": True}
         ),
         "embedder": _check("Embedder", True, {"loaded": True}),
     }
     checks = [*infrastructure.values(), *internal_services.values()]
-    unhealthy = sum(1 for c in checks if c["status"] == "unhealthy")
+    unhealthy_count = sum(1 for c in checks if c["status"] == "unhealthy")
     degraded = sum(1 for c in checks if c["status"] in ("degraded", "unavailable"))
     healthy = sum(1 for c in checks if c["status"] == "healthy")
-    if unhealthy:
+    if unhealthy_count:
         status = "critical"
     elif degraded > 2:
         status = "degraded"
     else:
         status = "healthy"
-    memory_ok = not backend_down
+    postgres_ok = "postgresql" not in unhealthy
+    kafka_ok = "kafka" not in unhealthy
+    opa_ok = "opa" not in unhealthy
+    memory_ok = not backend_down and not no_vector_store
     memory_degraded = circuit_open or not memory_ok
-    ready = memory_ok and not circuit_open
+    ready = postgres_ok and kafka_ok and memory_ok and not circuit_open
     return {
         "status": status,
         "version": "1.0.0",
@@ -727,22 +844,22 @@ def _health_body(*, backend_down: bool, circuit_open: bool, trace_id: str | None
         "internal_services": internal_services,
         "healthy_count": healthy,
         "degraded_count": degraded,
-        "unhealthy_count": unhealthy,
+        "unhealthy_count": unhealthy_count,
         "ok": status != "critical",
         "ready": ready,
         "namespace": _DEFAULT_NAMESPACE,
         "trace_id": trace_id,
-        "postgres_ok": True,
-        "kafka_ok": True,
+        "postgres_ok": postgres_ok,
+        "kafka_ok": kafka_ok,
         "memory_ok": memory_ok,
-        "opa_ok": True,
+        "opa_ok": opa_ok,
         "opa_required": False,
         "memory_circuit_open": circuit_open,
         "memory_should_reset": False,
         "memory_degraded": memory_degraded,
-        "predictor_ok": True,
+        "predictor_ok": memory_ok,  # the real one pings SomaFractalMemory's /healthz for it
         "embedder_ok": True,
-        "metrics_ready": memory_ok,
+        "metrics_ready": postgres_ok and kafka_ok and memory_ok,
         "metrics_required": ["postgres", "kafka", "memory"],
         "milvus_metrics": {},
         "components": {
@@ -752,10 +869,10 @@ def _health_body(*, backend_down: bool, circuit_open: bool, trace_id: str | None
                 "should_reset": False,
                 "degraded": memory_degraded,
             },
-            "postgres": {"ok": True},
-            "kafka": {"ok": True},
+            "postgres": {"ok": postgres_ok},
+            "kafka": {"ok": kafka_ok},
             "milvus": {},
-            "opa": {"ok": True},
+            "opa": {"ok": opa_ok},
             "outbox": {"pending": 0, "last_pending_created_at": None},
         },
     }
@@ -768,17 +885,6 @@ def _detail(status: int, detail: object) -> web.Response:
 
 def _unauthorized() -> web.Response:
     return _detail(401, "Unauthorized")
-
-
-def _array_body_rejected() -> web.Response:
-    """The real ControlsMiddleware's answer to a JSON array posted to /memory/remember."""
-    return web.json_response(
-        {
-            "error": "Invalid body for /memory/remember: expected JSON object, received array",
-            "hint": {"expected": "a JSON object with tenant, namespace, key and value"},
-        },
-        status=400,
-    )
 
 
 # ---------------------------------------------------------------------- CLI

@@ -187,7 +187,7 @@ class ConversationProcessor:
                 self.settings.outbox_max_attempts,
             )
             await self._add_upload_tasks(conn, stored)
-            if self.settings.memory_enabled and remember:
+            if self.settings.memory_active and remember:
                 memory = self.journey.memory_for(inbound, reply)
                 await self.outbox.add(
                     conn,

@@ -141,7 +141,7 @@ class DeferredAnswerer:
                 message_record(self.topic, inbound.partition_key, reply, reply.message_id),
                 self.settings.outbox_max_attempts,
             )
-            if self.settings.memory_enabled and reply.model != "none":
+            if self.settings.memory_active and reply.model != "none":
                 # The exchange is remembered like any other, once it really happened.
                 memory = self.journey.memory_for(inbound, reply)
                 await self.outbox.add(

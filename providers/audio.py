@@ -34,6 +34,7 @@ from core.errors import (
 )
 from core.metrics import Metrics
 from core.settings import Settings
+from providers.configured import audio_unconfigured
 from providers.storage import provider_breaker_config
 from resilience.circuit_breaker import CircuitBreaker
 from resilience.fallback import ChainLink, ChainResult, FallbackChain
@@ -374,12 +375,15 @@ class AudioChains:
         client: httpx.AsyncClient,
         *,
         missing: tuple[str, ...] = (),
+        unconfigured: dict[str, str] | None = None,
     ) -> None:
         self.tts = tts
         self.stt = stt
         self.client = client
         #: TTS links the settings name whose package is not installed (left out).
         self.missing = missing
+        #: Links left out for want of a key: ``tts.elevenlabs`` → what is missing.
+        self.unconfigured = dict(unconfigured or {})
 
     @property
     def tts_primary(self) -> str:
@@ -470,6 +474,14 @@ def build_audio_chains(settings: Settings, metrics: Metrics) -> AudioChains:
         NATIVE: NativeSTT,
     }
     tts_names = _names(settings.tts_chain, TTS_NAMES, "SA01_TTS_CHAIN")
+    stt_names = _names(settings.stt_chain, STT_NAMES, "SA01_STT_CHAIN")
+    unconfigured: dict[str, str] = {}
+    for chain, names in (("tts", tts_names), ("stt", stt_names)):
+        keyless = audio_unconfigured(settings, chain)
+        if any(name not in keyless for name in names):  # a chain never loses its last link
+            unconfigured.update({f"{chain}.{name}": why for name, why in keyless.items()})
+    tts_names = [n for n in tts_names if f"tts.{n}" not in unconfigured]
+    stt_names = [n for n in stt_names if f"stt.{n}" not in unconfigured]
     missing = [name for name in tts_names if name == "kokoro" and not kokoro_installed()]
     if missing:
         # Not a link at all: no call, no failover counted to a provider that cannot answer.
@@ -491,11 +503,12 @@ def build_audio_chains(settings: Settings, metrics: Metrics) -> AudioChains:
             CircuitBreaker(f"stt:{name}", config, metrics=metrics),
             timeout,
         )
-        for name in _names(settings.stt_chain, STT_NAMES, "SA01_STT_CHAIN")
+        for name in stt_names
     ]
     return AudioChains(
         FallbackChain(tts_links, on_failover=failover_counter("tts"), name="tts"),
         FallbackChain(stt_links, on_failover=failover_counter("stt"), name="stt"),
         client,
         missing=tuple(missing),
+        unconfigured=unconfigured,
     )

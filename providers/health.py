@@ -4,7 +4,9 @@ Each provider is a service of its own (``tts.elevenlabs``, ``storage.s3``, ...) 
 chain one more (``tts``, ``stt``, ``storage``), so they appear in ``service_health``,
 ``/status`` and the metrics like every other service. Stores are checked actively
 (S3 ``HeadBucket``, the local root, Redis ``PING``); audio providers, which cost money
-per call, are judged by their breakers; a provider whose package is missing says so.
+per call, are judged by their breakers; a provider whose package is missing says so, and one
+with no configuration reads ``not_configured`` (left out of its chain, at no cost: see
+:mod:`providers.configured`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,20 @@ def multimodal_specs(audio: AudioChains, storage: StorageChain) -> list[ServiceS
         specs.append(
             ServiceSpec("tts.kokoro", DegradationLevel.NONE, DegradationLevel.NONE, fallback="tts")
         )
+    # A provider with no configuration is reported too, and costs nothing either.
+    for name in sorted({**audio.unconfigured, **storage.unconfigured}):
+        chain = name.split(".", 1)[0]
+        specs.append(
+            ServiceSpec(name, DegradationLevel.NONE, DegradationLevel.NONE, fallback=chain)
+        )
     return specs
+
+
+def _unconfigured_probes(settings: Settings, unconfigured: Mapping[str, str]) -> list[Probe]:
+    return [
+        StaticProbe(settings, name, ServiceState.NOT_CONFIGURED, why)
+        for name, why in sorted(unconfigured.items())
+    ]
 
 
 def _audio_probes(settings: Settings, audio: AudioChains, chain: str) -> list[Probe]:
@@ -82,6 +97,7 @@ def multimodal_probes(settings: Settings, audio: AudioChains, storage: StorageCh
     probes: list[Probe] = []
     if probes_enabled(settings, "audio"):
         probes += _audio_chain_probes(settings, audio)
+        probes += _unconfigured_probes(settings, audio.unconfigured)
     if probes_enabled(settings, "storage"):
         stores: list[Probe] = [
             StoreProbe(settings, f"storage.{link.name}", _checked_with(link.provider, link.breaker))
@@ -89,6 +105,7 @@ def multimodal_probes(settings: Settings, audio: AudioChains, storage: StorageCh
         ]
         probes += stores
         probes.append(ChainProbe(settings, "storage", stores))
+        probes += _unconfigured_probes(settings, storage.unconfigured)
     return probes
 
 

@@ -30,6 +30,7 @@ from core.errors import (
 )
 from core.metrics import Metrics
 from core.settings import Settings
+from providers.configured import storage_unconfigured
 from resilience.circuit_breaker import BreakerConfig, CircuitBreaker
 from resilience.fallback import ChainLink, FallbackChain
 from schemas.messages import storage_key_problem
@@ -452,9 +453,13 @@ def _refused(exc: BaseException) -> bool:
 class StorageChain:
     """The stores in order, each behind its own breaker; the first is the primary."""
 
-    def __init__(self, chain: FallbackChain[ObjectStore]) -> None:
+    def __init__(
+        self, chain: FallbackChain[ObjectStore], unconfigured: dict[str, str] | None = None
+    ) -> None:
         self.chain = chain
         self.primary = chain.links[0]
+        #: Stores left out for want of credentials: ``storage.s3`` → what is missing.
+        self.unconfigured = dict(unconfigured or {})
 
     @property
     def stores(self) -> tuple[ObjectStore, ...]:
@@ -541,11 +546,13 @@ def build_storage_chain(
     settings: Settings, metrics: Metrics, stores: Sequence[ObjectStore] | None = None
 ) -> StorageChain:
     """The chain named by ``SA01_STORAGE_CHAIN``, one breaker per store."""
+    unconfigured: dict[str, str] = {}
     if stores is None:
         names = [n.strip() for n in settings.storage_chain.split(",") if n.strip()]
         if not names:
             raise ConfigurationError("SA01_STORAGE_CHAIN names no store")
-        stores = [build_store(settings, name) for name in names]
+        unconfigured = storage_unconfigured(settings)
+        stores = [build_store(settings, name) for name in names if name not in unconfigured]
     config = provider_breaker_config(settings, storage=True)
 
     def count_failover(from_name: str, to_name: str) -> None:
@@ -562,4 +569,7 @@ def build_storage_chain(
         )
         for store in stores
     ]
-    return StorageChain(FallbackChain(links, on_failover=count_failover, name="storage"))
+    return StorageChain(
+        FallbackChain(links, on_failover=count_failover, name="storage"),
+        {f"storage.{name}": why for name, why in unconfigured.items()},
+    )

@@ -38,11 +38,17 @@ class DegradationLevel(enum.IntEnum):
     CRITICAL = 4
 
 
-_STATE_VALUE = {ServiceState.HEALTHY: 0, ServiceState.DEGRADED: 1, ServiceState.UNAVAILABLE: 2}
+_STATE_VALUE = {
+    ServiceState.HEALTHY: 0,
+    ServiceState.DEGRADED: 1,
+    ServiceState.UNAVAILABLE: 2,
+    ServiceState.NOT_CONFIGURED: -1,
+}
 
 
 def state_value(state: ServiceState) -> int:
-    """The ``service_health_state`` gauge value: 0 healthy, 1 degraded, 2 unavailable."""
+    """The ``service_health_state`` gauge value: 0 healthy, 1 degraded, 2 unavailable,
+    -1 not configured."""
     return _STATE_VALUE[state]
 
 

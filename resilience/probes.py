@@ -12,15 +12,19 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol
 
-import httpx
 import psycopg
 import redis.asyncio as aioredis
 from confluent_kafka.admin import AdminClient
 
 from core.settings import Settings
+from providers.somabrain_health import SomaBrainHealth
 from schemas.messages import CircuitState, ServiceState
+
+if TYPE_CHECKING:
+    from temporalio.client import Client as TemporalClient
 
 __all__ = [
     "CHAIN_PROBES",
@@ -159,62 +163,76 @@ class KafkaProbe(_TimedProbe):
 
 
 class SomaBrainProbe(_TimedProbe):
-    """``GET /health``: always 200 when up; the body tells the truth."""
+    """``GET /health``, judged on the fields that concern memory only.
+
+    The verdict and its reason come from :func:`providers.somabrain_health.read_health_body`:
+    the memory backend down or not configured, or the embedder or memory pool missing, is
+    ``unavailable``; SomaBrain's memory circuit open is ``degraded``; OPA, MinIO, a schema
+    registry, ``status`` and ``ready`` are named in the reason but judge nothing. The timeout
+    (``somabrain_health_timeout_seconds``) is above SomaBrain's own 3 s per sub-check. The
+    reading is shared with the memory client (``health``), which confirms stores with it.
+    """
 
     service = "somabrain"
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: Settings, health: SomaBrainHealth | None = None) -> None:
         super().__init__(settings)
-        self.url = settings.somabrain_url.rstrip("/") + "/health"
-        self.client = client or httpx.AsyncClient(timeout=self.timeout)
+        self.health = health or SomaBrainHealth(settings)
+        self.timeout = self.health.timeout + 0.5
 
     async def check(self) -> ProbeResult:
-        """Read ``status``, ``ready`` and ``memory_circuit_open`` from the body."""
-        started = time.monotonic()
-        response = await self.client.get(self.url)
-        if response.status_code != 200:
-            return ProbeResult(ServiceState.UNAVAILABLE, f"/health answered {response.status_code}")
-        body: Mapping[str, Any] = response.json()
-        status = str(body.get("status", "")).lower()
-        circuit = CircuitState.OPEN if body.get("memory_circuit_open") else CircuitState.CLOSED
-        latency = (time.monotonic() - started) * 1000
-        if status == "critical":
-            return ProbeResult(ServiceState.UNAVAILABLE, "status critical", circuit, latency)
-        if circuit is CircuitState.OPEN:
-            # SomaBrain still accepts memories and queues them for replay.
-            return ProbeResult(ServiceState.DEGRADED, "memory circuit open", circuit, latency)
-        if status == "degraded" or body.get("ready") is False:
-            return ProbeResult(
-                ServiceState.DEGRADED,
-                f"status {status or '?'}, ready {body.get('ready')}",
-                circuit,
-                latency,
-            )
-        return self._judge(started)
+        """Read ``/health`` once and judge it."""
+        reading = await self.health.read()
+        if reading.state is ServiceState.HEALTHY and reading.latency_ms is not None:
+            if reading.latency_ms > self.slow * 1000:
+                reason = f"slow: {reading.latency_ms:.0f} ms; {reading.reason}"
+                return ProbeResult(
+                    ServiceState.DEGRADED, reason, reading.circuit, reading.latency_ms
+                )
+        return ProbeResult(reading.state, reading.reason, reading.circuit, reading.latency_ms)
 
     async def close(self) -> None:
         """Close the HTTP client."""
-        await self.client.aclose()
+        await self.health.close()
 
 
 class TemporalProbe(_TimedProbe):
-    """A TCP connect to the frontend (no gRPC dependency is justified for a liveness check)."""
+    """``GetSystemInfo`` through the official ``temporalio`` client (extra ``temporal``).
+
+    Opt-in (``SA01_HEALTH_PROBES`` names ``temporal``). A port that accepts TCP but does not
+    speak Temporal's gRPC service is unavailable, unlike with a TCP connect. Without the
+    ``temporalio`` package the probe reads unavailable and says how to install it. The
+    connected client is kept between checks and dropped after a failure.
+    """
 
     service = "temporal"
+    NOT_INSTALLED = (
+        "the temporalio package is not installed (pip install 'sa01-resilience[temporal]')"
+    )
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        host, _, port = settings.temporal_host.rpartition(":")
-        self.host = host or "127.0.0.1"
-        self.port = int(port or 7233)
+        self.target = settings.temporal_host
+        self._client: TemporalClient | None = None
 
     async def check(self) -> ProbeResult:
-        """Open and close a TCP connection."""
+        """Connect if needed, then ask the frontend for its system info."""
+        try:
+            from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+            from temporalio.client import Client
+        except ImportError:
+            return ProbeResult(ServiceState.UNAVAILABLE, self.NOT_INSTALLED)
         started = time.monotonic()
-        _, writer = await asyncio.open_connection(self.host, self.port)
-        writer.close()
-        await writer.wait_closed()
-        return self._judge(started)
+        try:
+            if self._client is None:
+                self._client = await Client.connect(self.target)
+            info = await self._client.workflow_service.get_system_info(
+                GetSystemInfoRequest(), timeout=timedelta(seconds=self.timeout)
+            )
+        except BaseException:
+            self._client = None
+            raise
+        return self._judge(started, f"server {info.server_version or '?'}")
 
 
 class BreakerProbe(_TimedProbe):
@@ -328,15 +346,27 @@ class ChainProbe(_TimedProbe):
         return ProbeResult(ServiceState.HEALTHY)
 
 
-def default_probes(settings: Settings) -> list[Probe]:
-    """The probes named in ``settings.health_probes``."""
+def default_probes(
+    settings: Settings, somabrain_health: SomaBrainHealth | None = None
+) -> list[Probe]:
+    """The probes named in ``settings.health_probes``.
+
+    ``somabrain_health`` is the memory client's: the probe's readings then confirm its stores.
+    """
     factories: dict[str, Callable[[Settings], Probe]] = {
         "postgres": PostgresProbe,
         "redis": RedisProbe,
         "kafka": KafkaProbe,
-        "somabrain": SomaBrainProbe,
+        "somabrain": lambda s: SomaBrainProbe(s, somabrain_health),
         "temporal": TemporalProbe,
     }
+    if not settings.somabrain_url:
+        factories["somabrain"] = lambda s: StaticProbe(
+            s,
+            "somabrain",
+            ServiceState.NOT_CONFIGURED,
+            "SA01_SOMABRAIN_URL is not set: memory is off",
+        )
     names = [n.strip() for n in settings.health_probes.split(",") if n.strip()]
     unknown = sorted(set(names) - set(factories) - set(CHAIN_PROBES))
     if unknown:

@@ -114,6 +114,8 @@ class ServiceState(StrEnum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"
     UNAVAILABLE = "unavailable"
+    NOT_CONFIGURED = "not_configured"
+    """An optional provider with no configuration: left out, costs nothing."""
 
 
 class CircuitState(StrEnum):

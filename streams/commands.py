@@ -258,6 +258,8 @@ def register_memory_command(app: StreamsApp) -> None:
         from pipeline.memory import MemorySync
         from providers.somabrain import SomaBrainClient
 
+        if not settings.somabrain_url:
+            _fail(RuntimeError("SA01_SOMABRAIN_URL is not set: there is no SomaBrain to sync to"))
         client = SomaBrainClient(settings, app.metrics)
         database = Database(settings)
         sync = MemorySync(settings, database, client)

@@ -15,6 +15,7 @@ _COLOURS = {
     "healthy": "32",
     "degraded": "33",
     "unavailable": "31",
+    "not_configured": "2",
     "none": "32",
     "minor": "36",
     "moderate": "33",

@@ -7,6 +7,7 @@ import sys
 import psycopg
 
 from core.settings import Settings
+from providers.configured import unconfigured_providers
 from providers.responder import missing_key_notice
 
 __all__ = ["main", "summary"]
@@ -27,6 +28,8 @@ def summary(settings: Settings) -> list[str]:
     else:
         endpoint = settings.llm_api_base or "the provider's own API"
         lines.append(f"responder {settings.llm_model} via {endpoint}")
+    for service, why in sorted(unconfigured_providers(settings).items()):
+        lines.append(f"off       {service}: not configured ({why})")
     return lines
 
 

@@ -123,7 +123,8 @@ class Runtime:
         self.responder = responder
         self.storage = build_storage_chain(settings, metrics)
         self.audio = build_audio_chains(settings, metrics)
-        probes = default_probes(settings)
+        self.somabrain = SomaBrainClient(settings, metrics)
+        probes = default_probes(settings, self.somabrain.health)
         states = getattr(responder, "states", None)
         if states is not None:
             probes.append(BreakerProbe(settings, "llm", states))
@@ -138,12 +139,11 @@ class Runtime:
         )
         self.dead_letters = DeadLetterWriter(settings, self.database, metrics)
         self.outbox = OutboxStore()
-        self.somabrain = SomaBrainClient(settings, metrics)
         self.session_context = SessionContext(settings)
         journey = ConversationJourney(
             responder,
             self.status,
-            memory=self.somabrain if settings.memory_enabled else None,
+            memory=self.somabrain if settings.memory_active else None,
             session=self.session_context,
             voice=VoiceJourney(self.audio, self.storage, metrics),
         )
@@ -250,7 +250,7 @@ class Runtime:
         await self.audio.start()
         if self.settings.relay_enabled_in_worker:
             await self.relay.start()
-        if self.settings.memory_enabled:
+        if self.settings.memory_active:
             await self.memory_sync.start()
         if self.settings.llm_degraded_reply:
             await self.deferred_answers.start()

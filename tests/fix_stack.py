@@ -41,6 +41,8 @@ def make_settings(services: ServiceEndpoints, test_id: str, **overrides: object)
         "relay_poll_interval_seconds": 0.2,
         # Audio and storage providers are probed only by the tests about them.
         "health_probes": "postgres,kafka,redis,somabrain",
+        # Configured but not running (as the old default was): memory records are written.
+        "somabrain_url": "http://127.0.0.1:9",
         "storage_chain": "local,redis",
         "storage_local_root": f"/tmp/sa01-tests/{test_id}/storage",
         "backup_local_root": f"/tmp/sa01-tests/{test_id}/backup",

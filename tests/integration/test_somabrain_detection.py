@@ -21,7 +21,8 @@ async def test_somabrain_hanging_or_failing_yields_one_unavailable_then_one_heal
     )
     worker = workers.start(settings)
     wait_status(worker, state_of("somabrain", "healthy"))
-    budget = settings.health_interval_seconds + settings.health_timeout_seconds
+    # The probe waits longer than SomaBrain's own 3 s per sub-check before it gives up.
+    budget = settings.health_interval_seconds + settings.somabrain_health_timeout_seconds + 0.5
 
     somabrain.set_mode(mode)
     status, detected_in = wait_status(worker, state_of("somabrain", "unavailable"))

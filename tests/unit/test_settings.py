@@ -41,7 +41,7 @@ def test_service_defaults_point_at_localhost() -> None:
     assert host_of(settings.kafka_bootstrap_servers) == "127.0.0.1"
     assert host_of(settings.database_url) == "127.0.0.1"
     assert host_of(settings.redis_url) == "127.0.0.1"
-    assert host_of(settings.somabrain_url) == "127.0.0.1"
+    assert settings.somabrain_url is None, "not configured until set"
     assert host_of(settings.temporal_host) == "127.0.0.1"
     assert settings.web_host == "127.0.0.1"
 

@@ -135,8 +135,8 @@ def test_remember_validation_errors(brain: SomaBrainServer, client: httpx.Client
     assert not_json.status_code == 400
     assert not_json.json() == {"detail": "Cannot parse request body"}
     array = client.post("/memory/remember", json=[memory("k", "x")])
-    assert array.status_code == 400
-    assert "expected JSON object" in array.json()["error"]
+    assert array.status_code == 422, "the real server answers a JSON array with 422, not 400"
+    assert array.json()["detail"][0]["loc"] == ["body", "payload"]
     assert brain.memories() == []
     assert brain.remember_count == 4
 
@@ -152,10 +152,11 @@ def test_recall_scopes_to_the_tenant_header_and_ranks(
     client.post("/memory/remember", json=memory("c", "unrelated note"))
     client.post("/memory/remember", json=memory("d", "red bicycle owner", tenant="other"))
 
-    response = recall(client, "red bicycle car")
+    response = recall(client, "red bicycle car", namespace="wm", layer="ltm")
     assert response.status_code == 200
     answer = response.json()
     assert answer["tenant"] == "t1"
+    assert answer["namespace"] == "wm"
     assert answer["degraded"] is False
     assert answer["degraded_reasons"] == []
     assert [hit["content"]["key"] for hit in answer["results"]] == ["b", "a"]
@@ -165,28 +166,127 @@ def test_recall_scopes_to_the_tenant_header_and_ranks(
     assert answer["results"][0]["content"]["tenant"] == "t1"
     assert answer["total_results"] == 2 == answer["ltm_hits"]
 
-    other = recall(client, "red bicycle", tenant="other").json()
+    other = recall(client, "red bicycle", tenant="other", namespace="wm", layer="ltm").json()
     assert [hit["content"]["key"] for hit in other["results"]] == ["d"]
-    nobody = recall(client, "red bicycle", tenant=None).json()
+    nobody = recall(client, "red bicycle", tenant=None, namespace="wm").json()
     assert nobody["tenant"] == "standalone"
     assert nobody["results"] == []
+
+
+def test_recall_without_a_namespace_searches_default_and_drops_other_namespaces(
+    client: httpx.Client,
+) -> None:
+    """Bug 1: the real server recalls namespace "default" when none is sent."""
+    client.post("/memory/remember", json=memory("ours", "tea with lemon", namespace="conversation"))
+
+    unscoped = recall(client, "tea lemon", layer="ltm").json()
+    assert unscoped["namespace"] == "default"
+    assert unscoped["results"] == [], "a long-term hit of another namespace must be dropped"
+    by_header = client.post(
+        "/memory/recall",
+        json={"query": "tea lemon", "layer": "ltm"},
+        headers={"X-Tenant-ID": "t1", "X-Namespace": "conversation"},
+    ).json()
+    assert [hit["content"]["key"] for hit in by_header["results"]] == ["ours"]
+    scoped = recall(client, "tea lemon", layer="ltm", namespace="conversation").json()
+    assert [hit["content"]["key"] for hit in scoped["results"]] == ["ours"]
+
+
+def test_only_value_text_is_indexed(client: httpx.Client) -> None:
+    """Bug 2: the real server embeds value.text (else the key), not value.content."""
+    content_only = {"tenant": "t1", "namespace": "wm", "key": "k-content"}
+    client.post("/memory/remember", json={**content_only, "value": {"content": "tea with lemon"}})
+    client.post("/memory/remember", json=memory("k-text", "tea with lemon"))
+
+    hits = recall(client, "tea lemon", layer="ltm", namespace="wm").json()["results"]
+    assert [hit["content"]["key"] for hit in hits] == ["k-text"]
+    by_key = recall(client, "k content", layer="ltm", namespace="wm").json()["results"]
+    assert [hit["content"]["key"] for hit in by_key] == ["k-content"]
+
+
+def test_working_memory_returns_every_item_of_the_tenant_at_score_one(
+    client: httpx.Client,
+) -> None:
+    """Bug 3: working memory ignores the query and the namespace, scores 1.0, layer "wm"."""
+    client.post("/memory/remember", json=memory("a", "tea with lemon", namespace="conversation"))
+    client.post("/memory/remember", json=memory("b", "unrelated note", namespace="elsewhere"))
+    client.post("/memory/remember", json=memory("c", "tea again", tenant="other"))
+
+    wm = recall(client, "tea lemon", layer="wm", namespace="conversation").json()
+    assert [(h["content"]["key"], h["layer"], h["score"]) for h in wm["results"]] == [
+        ("a", "wm", 1.0),
+        ("b", "wm", 1.0),
+    ]
+    assert wm["wm_hits"] == 2
+    both = recall(client, "tea lemon honey", namespace="conversation", top_k=2).json()
+    assert both["ltm_hits"] == 1
+    assert [h["layer"] for h in both["results"]] == ["wm", "wm"], (
+        "working memory at 1.0 sorts ahead of long-term hits and can crowd them out"
+    )
 
 
 def test_recall_respects_top_k_and_layer(brain: SomaBrainServer, client: httpx.Client) -> None:
     for i in range(5):
         client.post("/memory/remember", json=memory(f"k{i}", f"coffee order {i}"))
 
-    assert len(recall(client, "coffee", top_k=2).json()["results"]) == 2
-    assert len(recall(client, "coffee").json()["results"]) == 5  # default top_k is 10
-    assert len(recall(client, "coffee", top_k=0).json()["results"]) == 1  # max(1, top_k)
+    def ltm(**extra: Any) -> list[Any]:
+        answer = recall(client, "coffee", layer="ltm", namespace="wm", **extra).json()
+        return list(answer["results"])
+
+    assert len(ltm(top_k=2)) == 2
+    assert len(ltm()) == 5  # default top_k is 10
+    assert len(ltm(top_k=0)) == 1  # max(1, top_k)
     wm = recall(client, "coffee", layer="wm", top_k=3).json()
     assert [hit["layer"] for hit in wm["results"]] == ["wm"] * 3
     assert recall(client, "coffee", layer="nonsense").json()["results"] == []
-    scoped = recall(client, "coffee", namespace="ltm").json()
-    assert scoped["results"] == []
+    assert recall(client, "coffee", layer="ltm", namespace="ltm").json()["results"] == []
     bad = client.post("/memory/recall", json={"top_k": 3})
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["loc"] == ["body", "payload", "query"]
+
+
+def test_backend_down_answers_stored_but_keeps_nothing(
+    brain: SomaBrainServer, client: httpx.Client
+) -> None:
+    """Bug 4: with its memory backend down the real server says stored and loses the memory."""
+    brain.set_backend_down(True)
+
+    answer = client.post("/memory/remember", json=memory("k", "tea with lemon"))
+    assert answer.status_code == 200
+    assert answer.json()["persisted_to_ltm"] is True
+    assert answer.json()["warnings"] == []
+    assert brain.memories() == [], "nothing reaches the store"
+    found = recall(client, "tea", namespace="wm").json()
+    assert found["degraded"] is False
+    assert [h["layer"] for h in found["results"]] == ["wm"], "only working memory answers"
+    health = client.get("/health").json()
+    assert health["status"] == "critical"
+    assert health["internal_services"]["soma_fractal_memory"]["status"] == "unhealthy"
+    assert health["memory_ok"] is False and health["ready"] is False
+    assert health["memory_circuit_open"] is False
+
+    brain.set_backend_down(False)
+    assert brain.memories() == [], "what the backend missed stays lost"
+    assert client.get("/health").json()["status"] == "healthy"
+
+
+def test_health_faults_shape_the_body_like_the_real_view(
+    brain: SomaBrainServer, client: httpx.Client
+) -> None:
+    """Bug 5: OPA or MinIO down makes the real status critical; no vector store clears ready."""
+    brain.set_health_faults(unhealthy={"opa", "minio"})
+    body = client.get("/health").json()
+    assert body["status"] == "critical"
+    assert body["infrastructure"]["opa"]["status"] == "unhealthy"
+    assert body["internal_services"]["soma_fractal_memory"]["status"] == "healthy"
+    assert body["memory_ok"] is True
+
+    brain.set_health_faults(no_vector_store=True)
+    body = client.get("/health").json()
+    assert body["internal_services"]["soma_fractal_memory"]["details"] == {"healthy": False}
+    assert body["ready"] is False
+    assert client.post("/memory/remember", json=memory("k", "x")).status_code == 200
+    assert [m.key for m in brain.memories()] == ["k"]
 
 
 # ---------------------------------------------------------------------- health
@@ -303,7 +403,7 @@ def test_revert_after_seconds_goes_back_to_ok(brain: SomaBrainServer) -> None:
 
 
 def test_llm_only_modes_are_rejected(brain: SomaBrainServer) -> None:
-    for mode in (FailureMode.RATE_LIMITED, FailureMode.BAD_REQUEST):
+    for mode in (FailureMode.RATE_LIMITED,):
         with pytest.raises(ValueError, match="does not implement"):
             brain.set_mode(mode)
     assert brain.mode is FailureMode.OK
@@ -332,7 +432,8 @@ def test_memory_routes_require_the_bearer_token(brain: SomaBrainServer) -> None:
         json=memory("k", "x"),
         headers={"Authorization": f"bearer {TOKEN}"},
     )
-    assert lower.status_code == 200
+    assert lower.status_code == 401, "the real server refuses a lowercase bearer scheme"
+    assert lower.json() == {"detail": "missing bearer token"}
 
 
 def test_no_token_means_no_auth() -> None:
