@@ -26,6 +26,7 @@ from schemas.messages import (
     ServiceState,
     reply_id_for,
     scoped_key,
+    storable_text,
 )
 
 __all__ = ["ConversationJourney"]
@@ -118,8 +119,8 @@ class ConversationJourney:
             in_reply_to=inbound.message_id,
             tenant_id=inbound.tenant_id,
             session_id=inbound.session_id,
-            text=answer.text,
-            model=answer.model,
+            text=storable_text(answer.text),
+            model=storable_text(answer.model)[:255],
             degraded=tuple(sorted(set(degraded))),
         )
         if transcript is not None and self.voice is not None:

@@ -39,6 +39,7 @@ __all__ = [
     "UseCase",
     "reply_id_for",
     "scoped_key",
+    "storable_text",
     "storage_key_problem",
     "tenant_object_key",
     "tenant_upload_key",
@@ -67,6 +68,27 @@ _REPLY_NAMESPACE = uuid.UUID("6f1c3f4e-4b1e-5d0a-9a57-2f3e8a1c9b10")
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("contains an unpaired surrogate (not valid Unicode)") from exc
+    return value
+
+
+def storable_text(value: str) -> str:
+    """``value`` without NUL characters and with unpaired surrogates replaced by U+FFFD:
+    text PostgreSQL (``text``, ``jsonb``) and UTF-8 can hold (e.g. a model's answer)."""
+    cleaned = value.replace("\x00", "")
+    return cleaned.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+#: Free text: any Unicode but NUL and unpaired surrogates, which no store can hold.
+StorableText = Annotated[str, AfterValidator(_storable)]
 
 
 def scoped_key(*parts: str) -> str:
@@ -200,7 +222,7 @@ class Attachment(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     attachment_id: ClientId
-    content_type: Annotated[str, Field(min_length=1, max_length=255)]
+    content_type: Annotated[StorableText, Field(min_length=1, max_length=255)]
     size_bytes: Annotated[int, Field(ge=0)]
     storage_key: StorageKey
     content_base64: str | None = None
@@ -237,7 +259,7 @@ class ConversationInbound(_Message):
     tenant_id: ClientId
     session_id: ClientId
     agent_id: ClientId
-    text: Annotated[str, Field(max_length=100_000)]
+    text: Annotated[StorableText, Field(max_length=100_000)]
     use_case: UseCase = UseCase.CHAT
     created_at: AwareDatetime
     voice: bool = False
@@ -276,10 +298,10 @@ class DegradationEvent(_Message):
     state: ServiceState
     previous_state: ServiceState | None = None
     circuit: CircuitState = CircuitState.CLOSED
-    reason: Annotated[str, Field(max_length=2000)] = ""
+    reason: Annotated[StorableText, Field(max_length=2000)] = ""
     latency_ms: Annotated[float, Field(ge=0)] | None = None
     observed_at: AwareDatetime = Field(default_factory=_now)
-    source: Annotated[str, Field(max_length=255)] = ""
+    source: Annotated[StorableText, Field(max_length=255)] = ""
 
 
 class MemoryRecord(_Message):
@@ -294,8 +316,8 @@ class MemoryRecord(_Message):
     agent_id: ClientId
     session_id: ClientId
     namespace: Identifier = "conversation"
-    content: Annotated[str, Field(max_length=200_000)]
-    metadata: dict[str, str] = Field(default_factory=dict)
+    content: Annotated[StorableText, Field(max_length=200_000)]
+    metadata: dict[StorableText, StorableText] = Field(default_factory=dict)
     created_at: AwareDatetime = Field(default_factory=_now)
 
     @property

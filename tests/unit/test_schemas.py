@@ -32,6 +32,7 @@ from schemas.messages import (
     UseCase,
     reply_id_for,
     scoped_key,
+    storable_text,
     storage_key_problem,
 )
 
@@ -502,13 +503,14 @@ client_ids = st.from_regex(CLIENT_ID_PATTERN, fullmatch=True)
 identifiers = st.text(
     st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=255
 )
+storable = st.characters(codec="utf-8", exclude_characters="\x00")
 aware_datetimes = st.datetimes(
     min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
 )
 attachments = st.builds(
     Attachment,
     attachment_id=client_ids,
-    content_type=identifiers,
+    content_type=st.text(storable, min_size=1, max_size=255),
     size_bytes=st.integers(min_value=0, max_value=2**53),
     storage_key=st.lists(
         st.text(
@@ -526,7 +528,7 @@ inbounds = st.builds(
     tenant_id=client_ids,
     session_id=client_ids,
     agent_id=client_ids,
-    text=st.text(max_size=2000),
+    text=st.text(storable, max_size=2000),
     use_case=st.sampled_from(UseCase),
     created_at=aware_datetimes,
     voice=st.booleans(),
@@ -551,11 +553,11 @@ events = st.builds(
     state=st.sampled_from(ServiceState),
     previous_state=st.none() | st.sampled_from(ServiceState),
     circuit=st.sampled_from(CircuitState),
-    reason=st.text(max_size=2000),
+    reason=st.text(storable, max_size=2000),
     latency_ms=st.none()
     | st.floats(min_value=0, allow_nan=False, allow_infinity=False, max_value=1e12),
     observed_at=aware_datetimes,
-    source=st.text(max_size=255),
+    source=st.text(storable, max_size=255),
 )
 
 
@@ -637,3 +639,15 @@ def test_model_codec_loads_raises_project_errors() -> None:
         codec.loads(b"\xff")
     with pytest.raises(MessageValidationError):
         codec.loads(b"{}")
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "lone \ud800 surrogate"])
+def test_text_no_store_can_hold_is_refused_with_the_field_named(text: str) -> None:
+    # PostgreSQL's jsonb refuses \u0000 and unpaired surrogates: such a message used to
+    # fail its transaction after the model had answered.
+    with pytest.raises(ValidationError, match="text"):
+        ConversationInbound(**inbound_fields(text=text))
+
+
+def test_storable_text_cleans_what_no_store_can_hold() -> None:
+    assert storable_text("a\x00b\ud800c") == "ab\ufffdc"
