@@ -59,8 +59,31 @@ class Settings(BaseSettings):
     data_dir: str = Field(
         ".run/faust", description="Where Faust keeps its per-app data directories."
     )
-    web_host: str = "127.0.0.1"
+    web_host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Address the worker's and the relay's web servers bind to (Faust's web_bind)"
+            " and the host of their URLs."
+        ),
+    )
     web_port: int = Field(6066, ge=0, le=65535)
+    web_allowed_hosts: str = Field(
+        "",
+        description=(
+            "Host names accepted in Host and Origin besides SA01_WEB_HOST, localhost and"
+            " 127.0.0.1, comma-separated (the name a reverse proxy or Prometheus uses)."
+        ),
+    )
+    web_max_body_bytes: int = Field(
+        16 * 1024, ge=64, description="Largest request body the web pages accept (else 413)."
+    )
+    operator_token: SecretStr | None = Field(
+        None,
+        description=(
+            "Bearer token of every state-changing web endpoint and the circuit command;"
+            " unset: those endpoints are refused."
+        ),
+    )
     worker_instance_id: str | None = Field(
         None, description="Static group membership id: a restarted worker rejoins at once."
     )

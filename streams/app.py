@@ -21,6 +21,7 @@ from core.metrics import Metrics
 from core.settings import Settings
 from resilience.health import ServiceHealth
 from streams.runtime import Runtime
+from streams.web_guard import WebGuard
 from tables import service_health
 
 __all__ = ["StreamsApp", "create_app"]
@@ -78,7 +79,9 @@ def create_app(settings: Settings | None = None) -> StreamsApp:
         datadir=f"{settings.data_dir}/{settings.app_id}-data",
         autodiscover=False,
         web_host=settings.web_host,
+        web_bind=settings.web_host,
         web_port=settings.web_port,
+        web_application_options=WebGuard(settings).application_options(),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
