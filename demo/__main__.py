@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core.errors import ResilienceError
+from core.redaction import redact_url
 from core.settings import Settings
 from demo.observer import Backlog, Sender, TopicReader, count_uploads
 from demo.scenarios import (
@@ -111,7 +112,8 @@ def _intro(ui: UI, stack: DemoStack, chosen: Sequence[Scenario]) -> None:
         f"  isolation    topics {settings.topic_prefix}*, schema {settings.database_schema}, "
         f"app id {settings.app_id}"
     )
-    ui.line(f"  services     Kafka {settings.kafka_bootstrap_servers}, Redis {settings.redis_url}")
+    redis = redact_url(settings.redis_url)
+    ui.line(f"  services     Kafka {settings.kafka_bootstrap_servers}, Redis {redis}")
     for n, (model, server) in enumerate(stack.servers.items()):
         role = "primary" if n == 0 else f"fallback {n}"
         head = "chat chain" if n == 0 else ""

@@ -18,6 +18,7 @@ import faust
 from core.errors import ResilienceError
 from core.logging import quiet_noisy_loggers
 from core.metrics import Metrics
+from core.redaction import install_log_redaction
 from core.settings import Settings
 from resilience.health import ServiceHealth
 from streams.runtime import Runtime
@@ -71,6 +72,7 @@ class StreamsApp(faust.App):
 def create_app(settings: Settings | None = None) -> StreamsApp:
     """Build the app from ``settings`` (default: the environment)."""
     settings = settings or Settings()
+    install_log_redaction(settings)
     brokers = [f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")]
     return StreamsApp(
         settings,

@@ -6,6 +6,7 @@ import sys
 
 import psycopg
 
+from core.redaction import redact_url
 from core.settings import Settings
 from providers.responder import missing_key_notice
 
@@ -19,7 +20,7 @@ def summary(settings: Settings) -> list[str]:
         f"kafka     {settings.kafka_bootstrap_servers}",
         f"postgres  {database.get('host')}:{database.get('port', 5432)}/"
         f"{database.get('dbname')} (schema {settings.database_schema})",
-        f"redis     {settings.redis_url}",
+        f"redis     {redact_url(settings.redis_url)}",
         f"worker    http://{settings.web_host}:{settings.web_port} (/health /status /metrics)",
     ]
     if settings.responder == "echo":
