@@ -3,19 +3,25 @@
 Every variable is read from the environment with the ``SA01_`` prefix (the seed's
 names: ``SA01_KAFKA_BOOTSTRAP_SERVERS``, ``SA01_DATABASE_URL``, ``SA01_REDIS_URL``,
 ``SA01_SOMABRAIN_URL``, ``SA01_TEMPORAL_HOST``), except provider keys, which keep each
-provider's usual variable (``OPENAI_API_KEY``, ...). Defaults point at 127.0.0.1.
+provider's usual variable (``OPENAI_API_KEY``, ...). Defaults point at 127.0.0.1 and
+hold no password: :meth:`Settings.load` adds the local services' generated credentials.
 Nothing else in the project reads ``os.environ``.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PROVIDER_KEY_VARIABLES", "Settings"]
+__all__ = ["CREDENTIALS_FILE", "PROVIDER_KEY_VARIABLES", "Settings"]
+
+CREDENTIALS_FILE = "credentials.env"
+"""The file ``scripts/services.sh`` writes in its state directory (see Settings.load)."""
 
 #: Provider key variables, by provider prefix of a litellm model name.
 PROVIDER_KEY_VARIABLES: dict[str, str] = {
@@ -35,12 +41,21 @@ class Settings(BaseSettings):
 
     # --- services -------------------------------------------------------------
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    database_url: str = "postgresql://sa01:sa01@127.0.0.1:5432/sa01"
+    database_url: str = Field(
+        "postgresql://sa01@127.0.0.1:5432/sa01",
+        description=(
+            "PostgreSQL URL; scripts/services.sh writes one with its generated password to"
+            " $SA01_STATE_DIR/credentials.env."
+        ),
+    )
     database_schema: str = Field(
         "public", description="PostgreSQL schema holding the project's tables."
     )
     database_pool_max_size: int = Field(10, ge=1)
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL (redis://:PASSWORD@host:port/db); see SA01_DATABASE_URL.",
+    )
     somabrain_url: str = "http://127.0.0.1:9696"
     somabrain_token: SecretStr | None = Field(None, description="Bearer token for SomaBrain.")
     somabrain_timeout_seconds: float = Field(5.0, gt=0)
@@ -270,6 +285,19 @@ class Settings(BaseSettings):
                 f" bytes, more than SA01_KAFKA_MAX_MESSAGE_BYTES={self.kafka_max_message_bytes}"
             )
         return self
+
+    @classmethod
+    def load(cls, **values: Any) -> Settings:
+        """Settings from the environment, then the local services' credentials file.
+
+        ``scripts/services.sh`` writes ``$SA01_STATE_DIR/credentials.env`` (default
+        ``.run/credentials.env``, git-ignored) with the URLs and generated passwords of
+        the services it runs; a variable set in the environment wins over the file, and
+        ``values`` over both. Every entry point (the app, preflight, demo, bench) loads
+        its settings this way; ``Settings()`` alone reads the environment only.
+        """
+        state_dir = os.environ.get("SA01_STATE_DIR") or ".run"
+        return cls(_env_file=Path(state_dir) / CREDENTIALS_FILE, **values)
 
     def topic(self, name: str) -> str:
         """The full name of one of the project's topics (with the configured prefix)."""

@@ -11,6 +11,11 @@
 #
 # Everything lives under $SA01_STATE_DIR (default: <repo>/.run); the broker jars are
 # cached under <repo>/.cache. `up` reuses a service that already answers on its port.
+#
+# Credentials: the first start generates a PostgreSQL password (scram over TCP; the
+# superuser only through its 0700 socket directory, by peer) and a Redis password, and
+# writes them with the URLs to $SA01_STATE_DIR/credentials.env (mode 0600, git-ignored),
+# which the project's Settings.load() reads. No password is ever on a command line.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,13 +29,54 @@ KAFKA_HEAP="${SA01_KAFKA_HEAP:-768m}"
 KAFKA_LIBS="$CACHE/kafka-libs/$KAFKA_VERSION"
 PG_PORT="${SA01_POSTGRES_PORT:-5432}"
 PG_USER="${SA01_POSTGRES_USER:-sa01}"
-PG_PASSWORD="${SA01_POSTGRES_PASSWORD:-sa01}"
 PG_DB="${SA01_POSTGRES_DB:-sa01}"
 REDIS_PORT="${SA01_REDIS_PORT:-6379}"
 WAIT_SECONDS="${SA01_SERVICE_WAIT_SECONDS:-90}"
+CREDENTIALS="$STATE/credentials.env"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- credentials
+# One KEY=value per line in $CREDENTIALS; the environment wins over the file.
+stored() { [ -f "$CREDENTIALS" ] && sed -n "s/^$1=//p" "$CREDENTIALS" | tail -n 1; return 0; }
+
+credential() { # KEY -> value from the environment, else the file, else empty
+  local key="$1"
+  if [ -n "${!key:-}" ]; then printf '%s' "${!key}"; else stored "$key"; fi
+}
+
+new_secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
+
+save_credential() { # KEY VALUE: replace or add the line, keep the file 0600
+  local key="$1" value="$2" tmp
+  [ "$(stored "$key")" = "$value" ] && return 0
+  mkdir -p "$STATE"
+  tmp="$(mktemp "$STATE/.credentials.XXXXXX")"
+  chmod 600 "$tmp"
+  if [ -f "$CREDENTIALS" ]; then grep -v "^$key=" "$CREDENTIALS" >>"$tmp" || true
+  else printf '# The local services of scripts/services.sh: keep private (git-ignored).\n' >>"$tmp"; fi
+  printf '%s=%s\n' "$key" "$value" >>"$tmp"
+  mv "$tmp" "$CREDENTIALS"
+}
+
+secret_for() { # KEY: the given or stored secret, generated and saved on first use
+  local key="$1" value
+  value="$(credential "$key")"
+  [ -n "$value" ] || value="$(new_secret)"
+  save_credential "$key" "$value"
+  printf '%s' "$value"
+}
+
+write_urls() { # the URLs clients use, with the passwords known for what runs here
+  local pg_pw redis_pw
+  pg_pw="$(credential SA01_POSTGRES_PASSWORD)"
+  redis_pw="$(credential SA01_REDIS_PASSWORD)"
+  save_credential SA01_KAFKA_BOOTSTRAP_SERVERS "127.0.0.1:$KAFKA_PORT"
+  save_credential SA01_DATABASE_URL \
+    "postgresql://$PG_USER${pg_pw:+:$pg_pw}@127.0.0.1:$PG_PORT/$PG_DB"
+  save_credential SA01_REDIS_URL "redis://${redis_pw:+:$redis_pw@}127.0.0.1:$REDIS_PORT/0"
+}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -75,6 +121,9 @@ install_packages() {
 
 install_kafka() {
   if [ -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then return 0; fi
+  mkdir -p "$CACHE"
+  exec 8>"$CACHE/.install.lock" && flock 8 # two test processes may start this at once
+  if [ -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then return 0; fi
   log "resolving Apache Kafka $KAFKA_VERSION broker jars from Maven Central (once; cached in $KAFKA_LIBS)"
   mkdir -p "$KAFKA_LIBS.tmp" "$STATE"
   mvn -q -B -f "$ROOT/kafka/pom.xml" dependency:copy-dependencies \
@@ -103,7 +152,10 @@ kafka_ready() {
   fi
 }
 postgres_ready() { "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; }
-redis_ready() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+redis_ready() {
+  REDISCLI_AUTH="$(credential SA01_REDIS_PASSWORD)" redis-cli --no-auth-warning \
+    -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG
+}
 
 # ---------------------------------------------------------------------- kafka
 kafka_pidfile() { printf '%s' "$STATE/kafka/kafka.pid"; }
@@ -155,24 +207,35 @@ stop_kafka() {
 pg_dir() { printf '%s' "$STATE/postgres"; }
 
 start_postgres() {
-  if postgres_ready; then log "postgres already answers on 127.0.0.1:$PG_PORT"; return 0; fi
-  local bin dir
+  if postgres_ready; then
+    log "postgres already answers on 127.0.0.1:$PG_PORT"
+    [ -n "$(credential SA01_POSTGRES_PASSWORD)" ] ||
+      log "note: not started by this script (no password in $CREDENTIALS): set SA01_DATABASE_URL"
+    return 0
+  fi
+  local bin dir os_user
   bin="$(pg_bin)" || die "PostgreSQL is not installed"
   dir="$(pg_dir)"
   mkdir -p "$dir/sock"
   local as_user=()
+  os_user="$(id -un)"
   if [ "$(id -u)" = 0 ]; then
     as_user=(runuser -u postgres --)
+    os_user=postgres
     chown -R postgres:postgres "$dir"
     "${as_user[@]}" test -w "$dir" ||
       die "user postgres cannot write $dir: set SA01_STATE_DIR to a folder it can reach"
   fi
+  chmod 700 "$dir/sock"
+  local password
+  password="$(secret_for SA01_POSTGRES_PASSWORD)"
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     log "initialising a PostgreSQL cluster in $dir/data"
+    # The superuser's password is random and thrown away: it logs in by peer only.
     local pwfile="$dir/.pw"
-    printf '%s\n' "$PG_PASSWORD" >"$pwfile"
+    (umask 077 && new_secret >"$pwfile")
     [ "$(id -u)" = 0 ] && chown postgres:postgres "$pwfile"
-    "${as_user[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust \
+    "${as_user[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth-local=peer \
       --auth-host=scram-sha-256 --pwfile="$pwfile" -E UTF8 >"$dir/initdb.log" 2>&1 ||
       die "initdb failed (see $dir/initdb.log)"
     rm -f "$pwfile"
@@ -180,25 +243,38 @@ start_postgres() {
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$dir/sock'
+unix_socket_permissions = 0700
+password_encryption = 'scram-sha-256'
 max_connections = 300
 fsync = on
 synchronous_commit = on
 shared_buffers = 128MB
 EOF
   fi
+  # Written on every start, so a cluster made by an older script loses its trust lines.
+  "${as_user[@]}" tee "$dir/data/pg_hba.conf" >/dev/null <<EOF
+# scripts/services.sh: the superuser by peer on the 0700 socket, everyone else scram.
+local   all   postgres                  peer map=services
+host    all   all       127.0.0.1/32    scram-sha-256
+host    all   all       ::1/128         scram-sha-256
+EOF
+  printf 'services  %s  postgres\n' "$os_user" |
+    "${as_user[@]}" tee "$dir/data/pg_ident.conf" >/dev/null
   log "starting postgres on 127.0.0.1:$PG_PORT"
   "${as_user[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null ||
     die "postgres failed to start (log: $dir/postgres.log)"
   wait_for postgres postgres_ready "$dir/postgres.log"
-  "${as_user[@]}" "$bin/psql" -h "$dir/sock" -p "$PG_PORT" -U postgres -qtAc \
-    "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'" | grep -q 1 ||
-    "${as_user[@]}" "$bin/psql" -h "$dir/sock" -p "$PG_PORT" -U postgres -qc \
-      "CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
-  "${as_user[@]}" "$bin/psql" -h "$dir/sock" -p "$PG_PORT" -U postgres -qtAc \
-    "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1 ||
-    "${as_user[@]}" "$bin/psql" -h "$dir/sock" -p "$PG_PORT" -U postgres -qc \
-      "CREATE DATABASE $PG_DB OWNER $PG_USER"
-  log "postgres ready on 127.0.0.1:$PG_PORT (database $PG_DB, user $PG_USER)"
+  # The password goes through stdin, never a command line.
+  "${as_user[@]}" "$bin/psql" -h "$dir/sock" -p "$PG_PORT" -U postgres -d postgres -q \
+    -v ON_ERROR_STOP=1 -f - >/dev/null <<EOF ||
+SELECT format('CREATE ROLE %I', '$PG_USER')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER') \gexec
+ALTER ROLE "$PG_USER" WITH LOGIN CREATEDB PASSWORD '$password';
+SELECT format('CREATE DATABASE %I OWNER %I', '$PG_DB', '$PG_USER')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$PG_DB') \gexec
+EOF
+    die "could not create the role and database (log: $dir/postgres.log)"
+  log "postgres ready on 127.0.0.1:$PG_PORT (database $PG_DB, user $PG_USER, scram)"
 }
 
 stop_postgres() {
@@ -220,13 +296,31 @@ stop_postgres() {
 
 # ---------------------------------------------------------------------- redis
 start_redis() {
-  if redis_ready; then log "redis already answers on 127.0.0.1:$REDIS_PORT"; return 0; fi
-  local dir="$STATE/redis"
+  if redis_ready; then
+    log "redis already answers on 127.0.0.1:$REDIS_PORT"
+    [ -n "$(credential SA01_REDIS_PASSWORD)" ] ||
+      log "note: not started by this script (no password in $CREDENTIALS): set SA01_REDIS_URL"
+    return 0
+  fi
+  local dir="$STATE/redis" password
   mkdir -p "$dir"
-  log "starting redis on 127.0.0.1:$REDIS_PORT"
-  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$dir" --daemonize yes \
-    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --save "" --appendonly no \
-    --protected-mode yes >/dev/null
+  password="$(secret_for SA01_REDIS_PASSWORD)"
+  # The password is in a 0600 file, not on redis-server's command line.
+  (umask 077 && cat >"$dir/redis.conf" <<EOF
+bind 127.0.0.1
+port $REDIS_PORT
+dir $dir
+daemonize yes
+pidfile $dir/redis.pid
+logfile $dir/redis.log
+save ""
+appendonly no
+protected-mode yes
+requirepass $password
+EOF
+  )
+  log "starting redis on 127.0.0.1:$REDIS_PORT (password required)"
+  redis-server "$dir/redis.conf" >/dev/null
   wait_for redis redis_ready "$dir/redis.log"
   log "redis ready on 127.0.0.1:$REDIS_PORT"
 }
@@ -263,6 +357,8 @@ case "$cmd" in
     start_postgres
     start_redis
     start_kafka
+    write_urls
+    log "clients read $CREDENTIALS (Settings.load; keep it private)"
     ;;
   down) stop_kafka; stop_redis; stop_postgres ;;
   status)
@@ -270,7 +366,7 @@ case "$cmd" in
     status_line postgres postgres_ready "127.0.0.1:$PG_PORT"
     status_line redis redis_ready "127.0.0.1:$REDIS_PORT"
     ;;
-  start) check_name "${2:-}"; mkdir -p "$STATE"; "start_$2" ;;
+  start) check_name "${2:-}"; mkdir -p "$STATE"; "start_$2"; write_urls ;;
   stop)
     check_name "${2:-}"
     signal=TERM

@@ -71,7 +71,7 @@ class StreamsApp(faust.App):
 
 def create_app(settings: Settings | None = None) -> StreamsApp:
     """Build the app from ``settings`` (default: the environment)."""
-    settings = settings or Settings()
+    settings = settings or Settings.load()
     install_log_redaction(settings)
     brokers = [f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")]
     return StreamsApp(

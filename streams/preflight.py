@@ -22,6 +22,12 @@ def summary(settings: Settings) -> list[str]:
         f"{database.get('dbname')} (schema {settings.database_schema})",
         f"redis     {redact_url(settings.redis_url)}",
         f"worker    http://{settings.web_host}:{settings.web_port} (/health /status /metrics)",
+        "operator  "
+        + (
+            "token set: POST /circuits accepts 'Authorization: Bearer $SA01_OPERATOR_TOKEN'"
+            if settings.operator_token and settings.operator_token.get_secret_value()
+            else "no SA01_OPERATOR_TOKEN: state-changing endpoints are refused (reads work)"
+        ),
     ]
     if settings.responder == "echo":
         lines.append("responder echo (no LLM)")
@@ -33,7 +39,7 @@ def summary(settings: Settings) -> list[str]:
 
 def main() -> int:
     """Print the summary and any missing key; always succeeds (warnings only)."""
-    settings = Settings()
+    settings = Settings.load()
     for line in summary(settings):
         print(f"[run] {line}")
     notice = missing_key_notice(settings)
