@@ -55,7 +55,8 @@ schemas: setup
 	$(BIN)/python -m schemas.export
 
 test: setup lint typecheck services
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider -m "not stops_services" $(ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider -m "not stops_services and not sasl" $(ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m sasl $(ARGS)
 	$(BIN)/python -m pytest -p no:cacheprovider -m stops_services $(ARGS)
 
 test-unit: setup

@@ -41,6 +41,30 @@ class Settings(BaseSettings):
 
     # --- services -------------------------------------------------------------
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description=(
+            "How every Kafka client (worker, relay, commands, admin) talks to the brokers."
+        ),
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism with SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: str | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates."
+    )
+    kafka_ssl_certfile: str | None = Field(
+        None, description="PEM client certificate (mutual TLS), with SA01_KAFKA_SSL_KEYFILE."
+    )
+    kafka_ssl_keyfile: str | None = Field(None, description="PEM private key of the client.")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of SA01_KAFKA_SSL_KEYFILE, when it is encrypted."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to."
+    )
     database_url: str = Field(
         "postgresql://sa01@127.0.0.1:5432/sa01",
         description=(
@@ -275,6 +299,19 @@ class Settings(BaseSettings):
         if not _IDENTIFIER.match(value):
             raise ValueError("must be a lower-case SQL identifier (letters, digits, _)")
         return value
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"SA01_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "SA01_KAFKA_SASL_USERNAME and SA01_KAFKA_SASL_PASSWORD"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("SA01_KAFKA_SSL_CERTFILE and SA01_KAFKA_SSL_KEYFILE go together")
+        return self
 
     @model_validator(mode="after")
     def _uploads_fit_in_a_record(self) -> Settings:

@@ -16,6 +16,10 @@
 # superuser only through its 0700 socket directory, by peer) and a Redis password, and
 # writes them with the URLs to $SA01_STATE_DIR/credentials.env (mode 0600, git-ignored),
 # which the project's Settings.load() reads. No password is ever on a command line.
+#
+# Kafka also serves SASL_SSL on 127.0.0.1:$SA01_KAFKA_SASL_PORT (default 9094; 0: off):
+# a throwaway CA made with openssl, SCRAM-SHA-256/512 users made by the storage tool's
+# --add-scram (and PLAIN), the user's generated password in credentials.env.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +30,8 @@ KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROO
 KAFKA_PORT="${SA01_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${SA01_KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_HEAP="${SA01_KAFKA_HEAP:-768m}"
+KAFKA_SASL_PORT="${SA01_KAFKA_SASL_PORT:-9094}"
+KAFKA_SASL_USER="${SA01_KAFKA_SASL_USER:-sa01}"
 KAFKA_LIBS="$CACHE/kafka-libs/$KAFKA_VERSION"
 PG_PORT="${SA01_POSTGRES_PORT:-5432}"
 PG_USER="${SA01_POSTGRES_USER:-sa01}"
@@ -76,6 +82,13 @@ write_urls() { # the URLs clients use, with the passwords known for what runs he
   save_credential SA01_DATABASE_URL \
     "postgresql://$PG_USER${pg_pw:+:$pg_pw}@127.0.0.1:$PG_PORT/$PG_DB"
   save_credential SA01_REDIS_URL "redis://${redis_pw:+:$redis_pw@}127.0.0.1:$REDIS_PORT/0"
+  # The SASL_SSL listener, for clients that choose it (SA01_KAFKA_SECURITY_PROTOCOL=SASL_SSL
+  # with these as SA01_KAFKA_BOOTSTRAP_SERVERS, _SASL_USERNAME, _SASL_PASSWORD, _SSL_CAFILE).
+  if [ "$KAFKA_SASL_PORT" != 0 ] && [ -n "$(credential SA01_KAFKA_SASL_PASSWORD)" ]; then
+    save_credential SA01_KAFKA_SASL_BOOTSTRAP "127.0.0.1:$KAFKA_SASL_PORT"
+    save_credential SA01_KAFKA_SASL_USER "$KAFKA_SASL_USER"
+    save_credential SA01_KAFKA_SASL_CAFILE "$STATE/kafka/tls/ca.crt"
+  fi
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -157,33 +170,111 @@ redis_ready() {
     -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG
 }
 
+# ------------------------------------------------------- kafka: SASL_SSL listener
+# Beside the plaintext listener, the broker serves SASL_SSL on $KAFKA_SASL_PORT
+# (SA01_KAFKA_SASL_PORT=0: none): TLS from a throwaway CA made with openssl, SCRAM-SHA-256,
+# SCRAM-SHA-512 and PLAIN for the user $KAFKA_SASL_USER, whose generated password is in
+# $CREDENTIALS (SA01_KAFKA_SASL_PASSWORD) with the CA file and the listener's address.
+kafka_tls() { # dir: a CA and a broker certificate for 127.0.0.1 and localhost, once
+  local tls="$1"
+  [ -f "$tls/broker-keystore.pem" ] && return 0
+  log "making a throwaway CA and a broker certificate in $tls (openssl)"
+  mkdir -p "$tls"
+  (
+    umask 077
+    cd "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=sa01 local Kafka CA" \
+      -keyout ca.key -out ca.crt >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout broker.key -out broker.csr >/dev/null 2>&1
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+    openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 825 \
+      -extfile san.ext -out broker.crt >/dev/null 2>&1
+    cat broker.key broker.crt >broker-keystore.pem
+    rm -f broker.csr san.ext ca.srl
+    chmod 644 ca.crt
+  ) || die "openssl could not make the broker's certificate in $tls"
+}
+
+kafka_sasl_properties() { # props tls-dir password: the SASL_SSL listener's lines
+  local props="$1" tls="$2" password="$3"
+  cat >>"$props" <<EOF
+
+# SASL_SSL beside PLAINTEXT (scripts/services.sh; SA01_KAFKA_SASL_PORT=0 turns it off)
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$password";
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls/broker-keystore.pem
+ssl.client.auth=none
+EOF
+}
+
+kafka_sasl_ready() { port_open "$KAFKA_SASL_PORT"; }
+
 # ---------------------------------------------------------------------- kafka
 kafka_pidfile() { printf '%s' "$STATE/kafka/kafka.pid"; }
 
 start_kafka() {
-  if kafka_ready; then log "kafka already answers on 127.0.0.1:$KAFKA_PORT"; return 0; fi
+  if kafka_ready; then
+    log "kafka already answers on 127.0.0.1:$KAFKA_PORT"
+    [ "$KAFKA_SASL_PORT" = 0 ] || kafka_sasl_ready ||
+      log "note: no SASL_SSL listener on 127.0.0.1:$KAFKA_SASL_PORT (a broker this script did not start?)"
+    return 0
+  fi
   install_kafka
   local dir="$STATE/kafka" props="$STATE/kafka/server.properties"
   mkdir -p "$dir/data" "$dir/logs"
-  sed -e "s:@DATA_DIR@:$dir/data:" -e "s:@PORT@:$KAFKA_PORT:" \
+  (umask 077 && sed -e "s:@DATA_DIR@:$dir/data:" -e "s:@PORT@:$KAFKA_PORT:" \
     -e "s:@CONTROLLER_PORT@:$KAFKA_CONTROLLER_PORT:g" \
-    "$ROOT/kafka/server.properties.template" >"$props"
+    "$ROOT/kafka/server.properties.template" >"$props")
+  local sasl_password="" format_args=()
+  if [ "$KAFKA_SASL_PORT" != 0 ]; then
+    sasl_password="$(secret_for SA01_KAFKA_SASL_PASSWORD)"
+    kafka_tls "$dir/tls"
+    kafka_sasl_properties "$props" "$dir/tls" "$sasl_password"
+  fi
   local java_opts=(-Xms256m "-Xmx$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
     -Djava.awt.headless=true "-Dkafka.logs.dir=$dir/logs"
     "-Dlog4j2.configurationFile=$ROOT/kafka/log4j2.properties")
   if [ ! -f "$dir/data/meta.properties" ]; then
     local cluster_id
     cluster_id="$(java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" kafka.tools.StorageTool random-uuid)"
-    java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" kafka.tools.StorageTool format --standalone \
-      -t "$cluster_id" -c "$props" >"$dir/logs/format.log" 2>&1 ||
+    # The tool's arguments go through a 0600 argument file: no password on a command line.
+    local argfile="$dir/format.args"
+    (
+      umask 077
+      printf '%s\n' kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$props"
+      if [ -n "$sasl_password" ]; then
+        for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+          printf -- '--add-scram\n"%s=[name=%s,password=%s]"\n' \
+            "$mechanism" "$KAFKA_SASL_USER" "$sasl_password"
+        done
+      fi
+    ) >"$argfile"
+    java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" "@$argfile" >"$dir/logs/format.log" 2>&1 ||
       die "formatting the KRaft storage failed (see $dir/logs/format.log)"
+    rm -f "$argfile"
+    [ -n "$sasl_password" ] && touch "$dir/data/.scram-users"
+  fi
+  if [ -n "$sasl_password" ] && [ ! -f "$dir/data/.scram-users" ]; then
+    die "the KRaft storage in $dir/data was formatted without SCRAM users: remove $dir (its topics go too) or set SA01_KAFKA_SASL_PORT=0"
   fi
   log "starting kafka $KAFKA_VERSION (KRaft) on 127.0.0.1:$KAFKA_PORT"
   setsid nohup java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" kafka.Kafka "$props" \
     >"$dir/logs/stdout.log" 2>&1 </dev/null &
   echo $! >"$(kafka_pidfile)"
   wait_for kafka kafka_ready "$dir/logs/server.log"
-  log "kafka ready on 127.0.0.1:$KAFKA_PORT"
+  if [ -n "$sasl_password" ]; then
+    wait_for "kafka's SASL_SSL listener" kafka_sasl_ready "$dir/logs/server.log"
+    log "kafka ready on 127.0.0.1:$KAFKA_PORT (PLAINTEXT) and 127.0.0.1:$KAFKA_SASL_PORT (SASL_SSL: SCRAM-SHA-256/512, PLAIN; user $KAFKA_SASL_USER)"
+  else
+    log "kafka ready on 127.0.0.1:$KAFKA_PORT"
+  fi
 }
 
 stop_kafka() {
@@ -363,6 +454,8 @@ case "$cmd" in
   down) stop_kafka; stop_redis; stop_postgres ;;
   status)
     status_line kafka kafka_ready "127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION, KRaft)"
+    [ "$KAFKA_SASL_PORT" = 0 ] ||
+      status_line kafka-sasl kafka_sasl_ready "127.0.0.1:$KAFKA_SASL_PORT (SASL_SSL, SCRAM)"
     status_line postgres postgres_ready "127.0.0.1:$PG_PORT"
     status_line redis redis_ready "127.0.0.1:$REDIS_PORT"
     ;;

@@ -16,6 +16,7 @@ from typing import Any
 import faust
 
 from core.errors import ResilienceError
+from core.kafka_security import faust_credentials
 from core.logging import quiet_noisy_loggers
 from core.metrics import Metrics
 from core.redaction import install_log_redaction
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> StreamsApp:
     return StreamsApp(
         settings,
         broker=brokers,
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=f"{settings.data_dir}/{settings.app_id}-data",
         autodiscover=False,
