@@ -6,6 +6,7 @@ import sys
 
 import psycopg
 
+from core.kafka_security import describe_listener
 from core.redaction import redact_url
 from core.settings import Settings
 from providers.responder import missing_key_notice
@@ -17,7 +18,7 @@ def summary(settings: Settings) -> list[str]:
     """Readable lines describing the configuration (no secrets)."""
     database = psycopg.conninfo.conninfo_to_dict(settings.database_url)
     lines = [
-        f"kafka     {settings.kafka_bootstrap_servers}",
+        f"kafka     {describe_listener(settings)}",
         f"postgres  {database.get('host')}:{database.get('port', 5432)}/"
         f"{database.get('dbname')} (schema {settings.database_schema})",
         f"redis     {redact_url(settings.redis_url)}",
