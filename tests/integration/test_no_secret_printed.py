@@ -93,7 +93,7 @@ async def test_a_full_run_prints_no_password_and_no_token(
     }
     pages = {
         path: httpx.get(f"http://127.0.0.1:{worker.port}{path}", timeout=5.0).text
-        for path in ("/health", "/status", "/circuits", "/metrics")
+        for path in ("/health", "/status", "/circuits", "/metrics", "/", "/stats/", "/router/")
     }
     events = consume(settings, settings.topic("degradation.events"), 1, timeout=30)
     relay.terminate()
