@@ -216,6 +216,33 @@ EOF
 
 kafka_sasl_ready() { port_open "$KAFKA_SASL_PORT"; }
 
+add_scram_users() { # password: SCRAM users for a storage formatted before the listener existed
+  local python="$ROOT/.venv/bin/python"
+  [ -x "$python" ] || die "the KRaft storage in $STATE/kafka/data has no SCRAM users and there is no .venv to add them (make setup), or remove $STATE/kafka (its topics go too)"
+  log "adding the SCRAM users to a storage formatted without them"
+  # The password goes through the environment, not a command line.
+  SA01_SCRAM_PASSWORD="$1" "$python" - "127.0.0.1:$KAFKA_PORT" "$KAFKA_SASL_USER" <<'EOF' ||
+import os
+import sys
+
+from confluent_kafka.admin import (
+    AdminClient,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
+
+admin = AdminClient({"bootstrap.servers": sys.argv[1]})
+password = os.environ["SA01_SCRAM_PASSWORD"].encode()
+for mechanism in (ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512):
+    info = ScramCredentialInfo(mechanism, 8192)
+    upsert = UserScramCredentialUpsertion(sys.argv[2], info, password)
+    for future in admin.alter_user_scram_credentials([upsert]).values():
+        future.result(timeout=30)
+EOF
+    die "could not add the SCRAM users (see above)"
+}
+
 # ---------------------------------------------------------------------- kafka
 kafka_pidfile() { printf '%s' "$STATE/kafka/kafka.pid"; }
 
@@ -261,9 +288,6 @@ start_kafka() {
     rm -f "$argfile"
     [ -n "$sasl_password" ] && touch "$dir/data/.scram-users"
   fi
-  if [ -n "$sasl_password" ] && [ ! -f "$dir/data/.scram-users" ]; then
-    die "the KRaft storage in $dir/data was formatted without SCRAM users: remove $dir (its topics go too) or set SA01_KAFKA_SASL_PORT=0"
-  fi
   log "starting kafka $KAFKA_VERSION (KRaft) on 127.0.0.1:$KAFKA_PORT"
   setsid nohup java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" kafka.Kafka "$props" \
     >"$dir/logs/stdout.log" 2>&1 </dev/null &
@@ -271,6 +295,8 @@ start_kafka() {
   wait_for kafka kafka_ready "$dir/logs/server.log"
   if [ -n "$sasl_password" ]; then
     wait_for "kafka's SASL_SSL listener" kafka_sasl_ready "$dir/logs/server.log"
+    [ -f "$dir/data/.scram-users" ] || add_scram_users "$sasl_password"
+    touch "$dir/data/.scram-users"
     log "kafka ready on 127.0.0.1:$KAFKA_PORT (PLAINTEXT) and 127.0.0.1:$KAFKA_SASL_PORT (SASL_SSL: SCRAM-SHA-256/512, PLAIN; user $KAFKA_SASL_USER)"
   else
     log "kafka ready on 127.0.0.1:$KAFKA_PORT"
