@@ -122,6 +122,7 @@ install_packages() {
   command -v kcat >/dev/null || missing+=(kcat)
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
+  command -v openssl >/dev/null || missing+=(openssl)
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
   # Debian's package creates and may start a default cluster on 5432: ours replaces it.
   if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q ' online'; then
