@@ -86,7 +86,10 @@ class WebGuard:
         """403 when a browser sent an Origin other than the worker's own."""
         if origin is None:
             return None
-        parts = urlsplit(origin) if origin != "null" else None
+        try:
+            parts = urlsplit(origin) if origin != "null" else None
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            parts = None
         if (
             parts is None
             or parts.scheme not in ("http", "https")

@@ -46,6 +46,8 @@ def test_each_missing_condition_has_its_own_status() -> None:
     assert status(g, length=g.max_body_bytes + 1) == 413
     assert status(g, Origin="http://evil.example") == 403
     assert status(g, Origin="null") == 403
+    assert status(g, Origin="http://[::1") == 403
+    assert status(g, Host="[::1") == 403
     assert status(g, Origin="http://127.0.0.1:9999") == 403
     assert status(g, Host="evil.example:6066") == 403
     assert status(g, Host="") == 403
