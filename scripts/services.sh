@@ -260,7 +260,7 @@ start_kafka() {
   (umask 077 && sed -e "s:@DATA_DIR@:$dir/data:" -e "s:@PORT@:$KAFKA_PORT:" \
     -e "s:@CONTROLLER_PORT@:$KAFKA_CONTROLLER_PORT:g" \
     "$ROOT/kafka/server.properties.template" >"$props")
-  local sasl_password="" format_args=()
+  local sasl_password=""
   if [ "$KAFKA_SASL_PORT" != 0 ]; then
     sasl_password="$(secret_for SA01_KAFKA_SASL_PASSWORD)"
     kafka_tls "$dir/tls"
@@ -287,7 +287,7 @@ start_kafka() {
     java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" "@$argfile" >"$dir/logs/format.log" 2>&1 ||
       die "formatting the KRaft storage failed (see $dir/logs/format.log)"
     rm -f "$argfile"
-    [ -n "$sasl_password" ] && touch "$dir/data/.scram-users"
+    if [ -n "$sasl_password" ]; then touch "$dir/data/.scram-users"; fi
   fi
   log "starting kafka $KAFKA_VERSION (KRaft) on 127.0.0.1:$KAFKA_PORT"
   setsid nohup java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" kafka.Kafka "$props" \
