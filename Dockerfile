@@ -1,7 +1,9 @@
-# The worker/relay image used by docker-compose.yml.
-FROM python:3.11-slim
+# The worker/relay image used by docker-compose.yml. It runs as an unprivileged user.
+FROM python:3.11.11-slim-bookworm
 WORKDIR /app
-COPY pyproject.toml README.md ./
+RUN useradd --system --uid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin sa01
+COPY pyproject.toml README.md requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY core core
 COPY schemas schemas
 COPY outbox outbox
@@ -12,6 +14,7 @@ COPY streams streams
 COPY agents agents
 COPY tables tables
 COPY loopback loopback
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps . && mkdir -p /app/.run && chown sa01:sa01 /app/.run
 ENV LITELLM_LOCAL_MODEL_COST_MAP=True
+USER 10001:10001
 CMD ["faust", "-A", "streams", "worker", "-l", "info"]

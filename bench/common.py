@@ -24,7 +24,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 async def isolated_settings(**overrides: Any) -> Settings:
     """Settings with their own schema and topic prefix, migrated and created."""
     name = f"b{uuid.uuid4().hex[:10]}"
-    settings = Settings(database_schema=name, topic_prefix=f"{name}.", app_id=name, **overrides)
+    settings = Settings.load(
+        database_schema=name, topic_prefix=f"{name}.", app_id=name, **overrides
+    )
     await migrate(settings)
     await ensure_topics(settings)
     return settings

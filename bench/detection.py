@@ -163,7 +163,7 @@ async def run(quick: bool) -> dict[str, Any]:
     """Measure; print the tables; write ``detection.json``."""
     repeats = 2 if quick else 5
     hold = 3.0 if quick else 10.0
-    check_controlled_stack(Settings())
+    check_controlled_stack(Settings.load())
     settings = await bench_settings()
     try:
         raw = await asyncio.to_thread(measure, settings, repeats, hold)

@@ -148,7 +148,7 @@ async def run(quick: bool) -> dict[str, Any]:
         "workload": (
             f"{repeats} cold starts each (fresh schema and topics); one message waiting "
             f"before the start, then {n} messages of {load.messages(1).size_bytes} B over "
-            f"{load.SESSIONS} sessions, {Settings().topic_partitions} partitions; worker: "
+            f"{load.SESSIONS} sessions, {Settings.load().topic_partitions} partitions; worker: "
             "echo responder, memory off, -l info; peak RSS = VmHWM after the load"
         )
     }

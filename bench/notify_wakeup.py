@@ -101,7 +101,7 @@ async def run(quick: bool) -> dict[str, Any]:
         }
         rows.append((str(writers), f"{p:,.0f}", f"{n:,.0f}", f"{n / p:.2f}"))
     delays = await notify_latency(200 if quick else 1000)
-    settings = Settings()
+    settings = Settings.load()
     result["notify_wakeup_ms"] = {"p50": percentile(delays, 50), "p99": percentile(delays, 99)}
     result["polling_wakeup_ms_expected"] = settings.relay_poll_interval_seconds * 1000 / 2
     print(table(rows))

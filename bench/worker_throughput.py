@@ -142,7 +142,7 @@ async def run(quick: bool) -> dict[str, Any]:
     echo, _ = await _one("echo", plan, rate, "")
     own, _ = await _one("echo-own-relay", plan, rate, "")
     bare, _ = await _one("bare", plan, rate, "")
-    settings = Settings()
+    settings = Settings.load()
     workload = (
         f"bursts of {plan.messages} messages to each worker, {plan.messages * BARE_FACTOR} to "
         f"the bare loop, {plan.repeats} runs each after {WARMUP} warm-up; "

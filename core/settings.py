@@ -3,19 +3,25 @@
 Every variable is read from the environment with the ``SA01_`` prefix (the seed's
 names: ``SA01_KAFKA_BOOTSTRAP_SERVERS``, ``SA01_DATABASE_URL``, ``SA01_REDIS_URL``,
 ``SA01_SOMABRAIN_URL``, ``SA01_TEMPORAL_HOST``), except provider keys, which keep each
-provider's usual variable (``OPENAI_API_KEY``, ...). Defaults point at 127.0.0.1.
+provider's usual variable (``OPENAI_API_KEY``, ...). Defaults point at 127.0.0.1 and
+hold no password: :meth:`Settings.load` adds the local services' generated credentials.
 Nothing else in the project reads ``os.environ``.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PROVIDER_KEY_VARIABLES", "Settings"]
+__all__ = ["CREDENTIALS_FILE", "PROVIDER_KEY_VARIABLES", "Settings"]
+
+CREDENTIALS_FILE = "credentials.env"
+"""The file ``scripts/services.sh`` writes in its state directory (see Settings.load)."""
 
 #: Provider key variables, by provider prefix of a litellm model name.
 PROVIDER_KEY_VARIABLES: dict[str, str] = {
@@ -35,12 +41,45 @@ class Settings(BaseSettings):
 
     # --- services -------------------------------------------------------------
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    database_url: str = "postgresql://sa01:sa01@127.0.0.1:5432/sa01"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description=(
+            "How every Kafka client (worker, relay, commands, admin) talks to the brokers."
+        ),
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism with SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: str | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates."
+    )
+    kafka_ssl_certfile: str | None = Field(
+        None, description="PEM client certificate (mutual TLS), with SA01_KAFKA_SSL_KEYFILE."
+    )
+    kafka_ssl_keyfile: str | None = Field(None, description="PEM private key of the client.")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of SA01_KAFKA_SSL_KEYFILE, when it is encrypted."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to."
+    )
+    database_url: str = Field(
+        "postgresql://sa01@127.0.0.1:5432/sa01",
+        description=(
+            "PostgreSQL URL; scripts/services.sh writes one with its generated password to"
+            " $SA01_STATE_DIR/credentials.env."
+        ),
+    )
     database_schema: str = Field(
         "public", description="PostgreSQL schema holding the project's tables."
     )
     database_pool_max_size: int = Field(10, ge=1)
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL (redis://:PASSWORD@host:port/db); see SA01_DATABASE_URL.",
+    )
     somabrain_url: str | None = Field(
         None,
         description=(
@@ -80,8 +119,31 @@ class Settings(BaseSettings):
     data_dir: str = Field(
         ".run/faust", description="Where Faust keeps its per-app data directories."
     )
-    web_host: str = "127.0.0.1"
+    web_host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Address the worker's and the relay's web servers bind to (Faust's web_bind)"
+            " and the host of their URLs."
+        ),
+    )
     web_port: int = Field(6066, ge=0, le=65535)
+    web_allowed_hosts: str = Field(
+        "",
+        description=(
+            "Host names accepted in Host and Origin besides SA01_WEB_HOST, localhost and"
+            " 127.0.0.1, comma-separated (the name a reverse proxy or Prometheus uses)."
+        ),
+    )
+    web_max_body_bytes: int = Field(
+        16 * 1024, ge=64, description="Largest request body the web pages accept (else 413)."
+    )
+    operator_token: SecretStr | None = Field(
+        None,
+        description=(
+            "Bearer token of every state-changing web endpoint and the circuit command;"
+            " unset: those endpoints are refused."
+        ),
+    )
     worker_instance_id: str | None = Field(
         None, description="Static group membership id: a restarted worker rejoins at once."
     )
@@ -311,6 +373,19 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"SA01_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "SA01_KAFKA_SASL_USERNAME and SA01_KAFKA_SASL_PASSWORD"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("SA01_KAFKA_SSL_CERTFILE and SA01_KAFKA_SSL_KEYFILE go together")
+        return self
+
+    @model_validator(mode="after")
     def _uploads_fit_in_a_record(self) -> Settings:
         encoded = (self.upload_max_bytes + 2) // 3 * 4 + 64 * 1024  # base64 and the envelope
         if encoded > self.kafka_max_message_bytes:
@@ -319,6 +394,19 @@ class Settings(BaseSettings):
                 f" bytes, more than SA01_KAFKA_MAX_MESSAGE_BYTES={self.kafka_max_message_bytes}"
             )
         return self
+
+    @classmethod
+    def load(cls, **values: Any) -> Settings:
+        """Settings from the environment, then the local services' credentials file.
+
+        ``scripts/services.sh`` writes ``$SA01_STATE_DIR/credentials.env`` (default
+        ``.run/credentials.env``, git-ignored) with the URLs and generated passwords of
+        the services it runs; a variable set in the environment wins over the file, and
+        ``values`` over both. Every entry point (the app, preflight, demo, bench) loads
+        its settings this way; ``Settings()`` alone reads the environment only.
+        """
+        state_dir = os.environ.get("SA01_STATE_DIR") or ".run"
+        return cls(_env_file=Path(state_dir) / CREDENTIALS_FILE, **values)
 
     def topic(self, name: str) -> str:
         """The full name of one of the project's topics (with the configured prefix)."""

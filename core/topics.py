@@ -6,11 +6,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from core.errors import InfrastructureUnavailableError
+from core.kafka_security import ClientErrors, describe_listener, librdkafka_config
 from core.settings import Settings
 
 __all__ = [
@@ -29,6 +31,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_QUIET = logging.getLogger(f"{__name__}.librdkafka")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 CONVERSATION_INBOUND = "conversation.inbound"
 CONVERSATION_OUTBOUND = "conversation.outbound"
@@ -101,19 +106,33 @@ def project_topics(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
-def _admin(settings: Settings) -> AdminClient:
-    return AdminClient(
-        {"bootstrap.servers": settings.kafka_bootstrap_servers, "socket.timeout.ms": 5000}
-    )
+def _topic_names(
+    admin: AdminClient, settings: Settings, errors: ClientErrors, timeout: float
+) -> set[str]:
+    """The broker's topics; a refused login or TLS handshake fails at once, in one line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return set(admin.list_topics(timeout=min(2.0, timeout)).topics)
+        except KafkaException as exc:
+            admin.poll(0.2)
+            refusal = errors.refusal(settings)
+            if refusal or time.monotonic() >= deadline:
+                raise InfrastructureUnavailableError(
+                    "kafka",
+                    refusal or f"Kafka at {describe_listener(settings)} is not reachable ({exc})",
+                ) from exc
 
 
-def _existing(settings: Settings, admin: AdminClient, timeout: float) -> set[str]:
-    try:
-        return set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise InfrastructureUnavailableError(
-            "kafka", f"Kafka at {settings.kafka_bootstrap_servers} is not reachable ({exc})"
-        ) from exc
+def _admin(settings: Settings) -> tuple[AdminClient, ClientErrors]:
+    errors = ClientErrors()
+    config: dict[str, Any] = {
+        **librdkafka_config(settings),
+        "socket.timeout.ms": 5000,
+        "error_cb": errors,
+        "logger": _QUIET,  # a failure is reported in one line
+    }
+    return AdminClient(config), errors
 
 
 async def missing_topics(settings: Settings, timeout: float = 5.0) -> list[str]:
@@ -122,15 +141,16 @@ async def missing_topics(settings: Settings, timeout: float = 5.0) -> list[str]:
     names = [spec.name for spec in project_topics(settings)]
 
     def ask() -> set[str]:
-        return _existing(settings, _admin(settings), timeout)
+        admin, errors = _admin(settings)
+        return _topic_names(admin, settings, errors, timeout)
 
     existing = await asyncio.to_thread(ask)
     return [name for name in names if name not in existing]
 
 
 def _create_missing(settings: Settings, specs: list[TopicSpec], timeout: float) -> list[str]:
-    admin = _admin(settings)
-    existing = _existing(settings, admin, timeout)
+    admin, errors = _admin(settings)
+    existing = _topic_names(admin, settings, errors, timeout)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []

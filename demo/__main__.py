@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core.errors import ResilienceError
+from core.redaction import describe_validation_error, redact_url
 from core.settings import Settings
 from demo.observer import Backlog, Sender, TopicReader, count_uploads
 from demo.scenarios import (
@@ -111,7 +112,8 @@ def _intro(ui: UI, stack: DemoStack, chosen: Sequence[Scenario]) -> None:
         f"  isolation    topics {settings.topic_prefix}*, schema {settings.database_schema}, "
         f"app id {settings.app_id}"
     )
-    ui.line(f"  services     Kafka {settings.kafka_bootstrap_servers}, Redis {settings.redis_url}")
+    redis = redact_url(settings.redis_url)
+    ui.line(f"  services     Kafka {settings.kafka_bootstrap_servers}, Redis {redis}")
     for n, (model, server) in enumerate(stack.servers.items()):
         role = "primary" if n == 0 else f"fallback {n}"
         head = "chat chain" if n == 0 else ""
@@ -163,7 +165,7 @@ async def run(args: argparse.Namespace, ui: UI, run_dir: Path) -> Summary | None
     """Start the stack, run the scenarios, settle and count; None when it could not run."""
     started = time.monotonic()
     chosen = find_scenarios(args.scenario)
-    base = Settings()
+    base = Settings.load()
     options = StackOptions(
         run_dir=run_dir,
         web_port=args.web_port,
@@ -242,8 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         find_scenarios(args.scenario)
-        Settings()
-    except (ValueError, ValidationError) as exc:
+        Settings.load()
+    except ValidationError as exc:
+        print(f"error: invalid settings: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     run_dir = (args.run_dir or _default_run_dir()).resolve()

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from core.errors import PermanentError
+from core.kafka_security import librdkafka_config
 from core.metrics import Metrics
 from core.settings import Settings
 from core.topics import (
@@ -188,7 +189,7 @@ class TopicReader:
         """Assign every partition of both topics from the beginning and start reading."""
         consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                **librdkafka_config(self.settings),
                 "group.id": f"{self.settings.app_id}-demo-reader-{uuid.uuid4().hex[:6]}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

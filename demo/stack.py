@@ -34,6 +34,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from pydantic import SecretStr
 
+from core.kafka_security import librdkafka_config
 from core.settings import Settings
 from core.topics import ensure_topics
 from loopback import AudioServer, FailureMode, LLMServer, S3Server, SomaBrainServer
@@ -369,9 +370,7 @@ class DemoStack:
         return problems
 
     def _delete_topics(self) -> None:
-        admin = AdminClient(
-            {"bootstrap.servers": self.settings.kafka_bootstrap_servers, "socket.timeout.ms": 5000}
-        )
+        admin = AdminClient({**librdkafka_config(self.settings), "socket.timeout.ms": 5000})
         names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.demo_id)]
         if names:
             for future in admin.delete_topics(names, operation_timeout=30).values():

@@ -17,6 +17,7 @@ import uuid
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from core.errors import InfrastructureUnavailableError
+from core.kafka_security import librdkafka_config
 from core.settings import Settings
 
 __all__ = ["encode_entry", "read_last_sequence"]
@@ -30,7 +31,7 @@ def encode_entry(seq: int) -> bytes:
 def _read_blocking(settings: Settings, topic: str, relay_id: str, timeout: float) -> int:
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            **librdkafka_config(settings),
             "group.id": f"sa01-ledger-reader-{uuid.uuid4()}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,

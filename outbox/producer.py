@@ -26,6 +26,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from core.errors import InfrastructureUnavailableError
+from core.kafka_security import librdkafka_config
 from core.logging import librdkafka_logger
 from core.metrics import Metrics
 from core.settings import Settings
@@ -105,7 +106,7 @@ class ResilientProducer:
         """Create the producer and its polling thread (no network round trip)."""
         self._producer = Producer(
             {
-                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                **librdkafka_config(self.settings),
                 "enable.idempotence": True,
                 "acks": "all",
                 # No linger: a send waits for its own ack; concurrent sends still batch.

@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from core.errors import InfrastructureUnavailableError
+from core.kafka_security import librdkafka_config
 from core.logging import librdkafka_logger
 from core.settings import Settings
 from outbox.store import ClaimedRow
@@ -84,7 +85,7 @@ class TransactionalPublisher:
     def _config(self) -> dict[str, Any]:
         timeout_ms = int(self.settings.relay_transaction_timeout_seconds * 1000)
         return {
-            "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+            **librdkafka_config(self.settings),
             "transactional.id": self.transactional_id,
             "enable.idempotence": True,
             "acks": "all",

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from core.errors import InfrastructureUnavailableError
 from core.metrics import Metrics
+from core.redaction import redact_url
 from resilience.health import (
     DegradationStatus,
     ServiceHealth,
@@ -119,7 +120,7 @@ class DegradationMonitor:
         except TimeoutError:
             result = ProbeResult(ServiceState.UNAVAILABLE, f"no answer within {probe.timeout:.1f}s")
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}".strip()[:500]
+            reason = redact_url(f"{type(exc).__name__}: {exc}".strip())[:500]
             result = ProbeResult(ServiceState.UNAVAILABLE, reason)
         self.metrics.probe_seconds.labels(service=probe.service).observe(time.monotonic() - started)
         return result

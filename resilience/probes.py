@@ -19,6 +19,7 @@ import psycopg
 import redis.asyncio as aioredis
 from confluent_kafka.admin import AdminClient
 
+from core.kafka_security import librdkafka_config
 from core.settings import Settings
 from providers.somabrain_health import SomaBrainHealth
 from schemas.messages import CircuitState, ServiceState
@@ -142,14 +143,12 @@ class KafkaProbe(_TimedProbe):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.bootstrap = settings.kafka_bootstrap_servers
+        self.client_config = librdkafka_config(settings)
         self._admin: AdminClient | None = None
 
     def _metadata(self) -> int:
         if self._admin is None:
-            self._admin = AdminClient(
-                {"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000}
-            )
+            self._admin = AdminClient({**self.client_config, "socket.timeout.ms": 2000})
         metadata = self._admin.list_topics(timeout=self.timeout)
         return len(metadata.brokers)
 

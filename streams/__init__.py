@@ -14,6 +14,7 @@ from agents import degradation as _degradation_agent
 from agents import memory as _memory_agent
 from agents import uploads as _upload_agents
 from core.errors import ConfigurationError
+from core.redaction import describe_validation_error
 from streams import circuits as _circuits
 from streams import commands as _commands
 from streams import dlq as _dlq
@@ -25,7 +26,10 @@ __all__ = ["StreamsApp", "app", "create_app"]
 
 try:
     app: StreamsApp = create_app()
-except (ConfigurationError, ValidationError) as _exc:
+except ValidationError as _exc:
+    print(f"error: invalid settings: {describe_validation_error(_exc)}", file=sys.stderr)
+    raise SystemExit(2) from None
+except ConfigurationError as _exc:
     print(f"error: {_exc}", file=sys.stderr)
     raise SystemExit(2) from None
 _conversation_agent.register(app)

@@ -21,12 +21,15 @@ import faust
 from faust.types import TP
 
 from core.errors import ConfigurationError, ResilienceError
+from core.kafka_security import faust_credentials
 from core.logging import quiet_noisy_loggers
 from core.metrics import Metrics
+from core.redaction import install_log_redaction
 from core.settings import Settings
 from resilience.health import ServiceHealth
 from streams.gaps import GapTrackingConsumer
 from streams.runtime import Runtime
+from streams.web_guard import WebGuard
 from tables import service_health
 
 __all__ = ["EXIT_FATAL", "EXIT_STOP_TIMEOUT", "StreamsApp", "StreamsWorker", "create_app"]
@@ -164,16 +167,20 @@ class StreamsWorker(faust.Worker):
 
 def create_app(settings: Settings | None = None) -> StreamsApp:
     """Build the app from ``settings`` (default: the environment)."""
-    settings = settings or Settings()
+    settings = settings or Settings.load()
+    install_log_redaction(settings)
     brokers = [f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")]
     return StreamsApp(
         settings,
         broker=brokers,
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=f"{settings.data_dir}/{settings.app_id}-data",
         autodiscover=False,
         web_host=settings.web_host,
+        web_bind=settings.web_host,
         web_port=settings.web_port,
+        web_application_options=WebGuard(settings).application_options(),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",

@@ -5,6 +5,7 @@ Pages on the worker's web port (``SA01_WEB_PORT``)::
     GET  /circuits          every breaker: state and window counts, and circuits per state
     GET  /circuits/{name}   one breaker
     POST /circuits/{name}   {"action": "open" | "close" | "reset" | "disable"}
+                            (Authorization: Bearer SA01_OPERATOR_TOKEN; see streams.web_guard)
 
 Names hold ``:`` and ``/`` (``llm:openai/gpt-4o``): send them as they are or
 URL-encoded (``llm%3Aopenai%2Fgpt-4o``); the route takes the rest of the path. An
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import SecretStr
 
 from core.errors import ResilienceError
 from resilience.circuit_breaker import STATE_GAUGE_VALUES, BreakerState, CircuitBreaker
@@ -165,7 +167,7 @@ def register_pages(app: StreamsApp) -> None:
             breaker = breakers.get(name)
             if breaker is None:
                 return _unknown(self, name, breakers)
-            body = await self.read_request_content(request)
+            body = await request.read()  # read and capped by streams.web_guard
             try:
                 document = json.loads(body or b"{}")
             except ValueError:
@@ -199,12 +201,21 @@ def register_pages(app: StreamsApp) -> None:
 
 
 async def request_worker(
-    base: str, method: str, path: str, body: Mapping[str, Any] | None = None
+    base: str,
+    method: str,
+    path: str,
+    body: Mapping[str, Any] | None = None,
+    token: SecretStr | None = None,
 ) -> dict[str, Any]:
-    """``method base+path`` as JSON; :class:`CircuitCommandError` with a readable reason."""
+    """``method base+path`` as JSON, with ``token`` as the bearer when set.
+
+    Raises :class:`CircuitCommandError` with a readable reason (the worker's own for a
+    refusal: no token configured, a missing or wrong one).
+    """
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else None
     try:
         async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.request(method, f"{base}{path}", json=body)
+            response = await client.request(method, f"{base}{path}", json=body, headers=headers)
     except httpx.HTTPError as exc:
         raise CircuitCommandError(
             f"worker at {base} is not reachable ({type(exc).__name__}): start it "
@@ -293,7 +304,11 @@ def register_command(app: StreamsApp) -> None:
                 )
             else:
                 document = await request_worker(
-                    base, "POST", f"/circuits/{quote(name, safe='')}", {"action": action}
+                    base,
+                    "POST",
+                    f"/circuits/{quote(name, safe='')}",
+                    {"action": action},
+                    token=settings.operator_token,
                 )
         except ResilienceError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ import click
 from faust.cli import argument, option
 
 from core.errors import ResilienceError
+from core.redaction import redact_url
 from core.topics import CONVERSATION_INBOUND, DEGRADATION_EVENTS, ensure_topics
 from outbox.database import Database
 from outbox.migrate import migrate
@@ -275,8 +276,9 @@ def register_memory_command(app: StreamsApp) -> None:
                 if waiting:
                     _fail(
                         RuntimeError(
-                            f"{waiting} memories still wait: SomaBrain at {settings.somabrain_url} "
-                            "did not take them (see `faust -A streams status`)"
+                            f"{waiting} memories still wait: SomaBrain at "
+                            f"{redact_url(settings.somabrain_url or '')} did not take them "
+                            "(see `faust -A streams status`)"
                         )
                     )
                 return

@@ -6,6 +6,8 @@ import sys
 
 import psycopg
 
+from core.kafka_security import describe_listener
+from core.redaction import redact_url
 from core.settings import Settings
 from providers.configured import unconfigured_providers
 from providers.responder import missing_key_notice
@@ -17,11 +19,17 @@ def summary(settings: Settings) -> list[str]:
     """Readable lines describing the configuration (no secrets)."""
     database = psycopg.conninfo.conninfo_to_dict(settings.database_url)
     lines = [
-        f"kafka     {settings.kafka_bootstrap_servers}",
+        f"kafka     {describe_listener(settings)}",
         f"postgres  {database.get('host')}:{database.get('port', 5432)}/"
         f"{database.get('dbname')} (schema {settings.database_schema})",
-        f"redis     {settings.redis_url}",
+        f"redis     {redact_url(settings.redis_url)}",
         f"worker    http://{settings.web_host}:{settings.web_port} (/health /status /metrics)",
+        "operator  "
+        + (
+            "token set: POST /circuits accepts 'Authorization: Bearer $SA01_OPERATOR_TOKEN'"
+            if settings.operator_token and settings.operator_token.get_secret_value()
+            else "no SA01_OPERATOR_TOKEN: state-changing endpoints are refused (reads work)"
+        ),
     ]
     if settings.responder == "echo":
         lines.append("responder echo (no LLM)")
@@ -35,7 +43,7 @@ def summary(settings: Settings) -> list[str]:
 
 def main() -> int:
     """Print the summary and any missing key; always succeeds (warnings only)."""
-    settings = Settings()
+    settings = Settings.load()
     for line in summary(settings):
         print(f"[run] {line}")
     notice = missing_key_notice(settings)

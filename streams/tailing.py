@@ -11,6 +11,7 @@ import httpx
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from core.errors import InfrastructureUnavailableError, MessageDecodeError, PermanentError
+from core.kafka_security import librdkafka_config
 from core.settings import Settings
 from core.topics import DEGRADATION_EVENTS
 from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
@@ -26,7 +27,7 @@ def _consumer(
 ) -> Consumer:
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            **librdkafka_config(settings),
             "group.id": f"sa01-tail-{uuid.uuid4()}",
             "auto.offset.reset": "earliest" if from_beginning else "latest",
             "enable.auto.commit": False,

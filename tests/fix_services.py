@@ -9,12 +9,15 @@ fails the run: it is never turned into skipped tests.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_SCRIPT = ROOT / "scripts" / "services.sh"
@@ -47,13 +50,14 @@ def _docker_answers() -> bool:
 
 
 def _native() -> ServiceEndpoints:
+    """Start (or reuse) the native services; their URLs and generated passwords come from
+    the environment, else the credentials file ``services.sh`` writes (Settings.load)."""
     subprocess.run([str(SERVICES_SCRIPT), "up"], check=True, timeout=900)
+    settings = Settings.load()
     return ServiceEndpoints(
-        kafka_bootstrap=os.environ.get("SA01_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-        database_url=os.environ.get(
-            "SA01_DATABASE_URL", "postgresql://sa01:sa01@127.0.0.1:5432/sa01"
-        ),
-        redis_url=os.environ.get("SA01_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        kafka_bootstrap=settings.kafka_bootstrap_servers,
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
         native=True,
     )
 
@@ -63,17 +67,20 @@ def _containers(stack: list[object]) -> ServiceEndpoints:  # pragma: no cover - 
     from testcontainers.postgres import PostgresContainer
     from testcontainers.redis import RedisContainer
 
+    password = secrets.token_hex(16)
     kafka = KafkaContainer("apache/kafka:4.1.1").with_kraft()
-    postgres = PostgresContainer("postgres:16", username="sa01", password="sa01", dbname="sa01")
-    redis = RedisContainer("redis:7")
+    postgres = PostgresContainer("postgres:16", username="sa01", password=password, dbname="sa01")
+    redis = RedisContainer("redis:7", password=password)
     for container in (kafka, postgres, redis):
         container.start()
         stack.append(container)
     host = postgres.get_container_host_ip()
     return ServiceEndpoints(
         kafka_bootstrap=kafka.get_bootstrap_server(),
-        database_url=(f"postgresql://sa01:sa01@{host}:{postgres.get_exposed_port(5432)}/sa01"),
-        redis_url=f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0",
+        database_url=f"postgresql://sa01:{password}@{host}:{postgres.get_exposed_port(5432)}/sa01",
+        redis_url=(
+            f"redis://:{password}@{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0"
+        ),
         native=False,
     )
 

@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
+from core.kafka_security import librdkafka_config
 from core.settings import Settings
 from core.topics import ensure_topics, project_topics
 from loopback import LLMServer, SomaBrainServer
@@ -74,7 +75,7 @@ async def stack(services: ServiceEndpoints, test_id: str) -> AsyncIterator[Setti
 
 
 def _delete_topics(settings: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = AdminClient(librdkafka_config(settings))
     names = [spec.name for spec in project_topics(settings)]
     for future in admin.delete_topics(names, operation_timeout=30).values():
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
+from urllib.parse import urlsplit
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -133,7 +134,9 @@ async def test_with_kafka_and_postgres_down_the_producer_says_so_and_keeps_nothi
             await producer.stop()
     message = str(raised.value)
     assert "Kafka refused the record" in message
-    assert "PostgreSQL at 127.0.0.1:5432" in message and "not stored" in message
+    database = urlsplit(settings.database_url)
+    assert f"PostgreSQL at {database.hostname}:{database.port}" in message
+    assert "not stored" in message
 
 
 async def test_relay_killed_mid_batch_then_restarted_beside_a_second_relay_publishes_each_row_once(

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 PRIMARY = "openai/gpt-4o"
 FALLBACK = "anthropic/claude-3-5-sonnet-latest"
 CIRCUIT = f"llm:{PRIMARY}"
+TOKEN = "circuit-control-test-token"
 
 
 def circuit_command(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -82,6 +83,7 @@ api_base = "{fallback_llm_server.base_url}"
             "openai_api_key": SecretStr("sk-test"),
             "anthropic_api_key": SecretStr("sk-ant-test"),
             "health_probes": "postgres",
+            "operator_token": SecretStr(TOKEN),
         }
     )
 
@@ -143,13 +145,16 @@ async def test_the_pages_list_every_breaker_and_take_encoded_or_plain_names(
     assert document["total"] == len(document["circuits"]) == sum(document["counts"].values())
     assert document["circuits"][CIRCUIT]["state"] == "closed"
 
-    async with httpx.AsyncClient(base_url=url(worker), timeout=5.0) as client:
+    operator = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=url(worker), timeout=5.0, headers=operator) as client:
         encoded = f"/circuits/{quote(CIRCUIT, safe='')}"
         disabled = await client.post(encoded, json={"action": "disable"})
         read_back = await client.get(f"/circuits/{CIRCUIT}")
         reset = await client.post(f"/circuits/{CIRCUIT}", json={"action": "reset"})
         bad_action = await client.post(encoded, json={"action": "explode"})
-        no_body = await client.post(encoded, content=b"not json")
+        no_body = await client.post(
+            encoded, content=b"not json", headers={"Content-Type": "application/json"}
+        )
         unknown = await client.post("/circuits/llm%3Anobody%2Fnothing", json={"action": "open"})
         unknown_get = await client.get("/circuits/nothing")
 

@@ -444,7 +444,7 @@ def test_prometheus_configs_are_valid_and_scrape_the_worker_and_the_relay(promto
 
     assert jobs == {"sa01-worker": ["worker:6066"], "sa01-relay": ["relay:6067"]}
     assert {"worker", "relay", "prometheus", "grafana"} <= set(compose)
-    assert "6066:6066" in compose["worker"]["ports"]
+    assert "127.0.0.1:6066:6066" in compose["worker"]["ports"]
     assert "./deploy/prometheus:/etc/prometheus:ro" in compose["prometheus"]["volumes"]
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from core.kafka_security import librdkafka_config
 from core.settings import Settings
 from schemas.codec import encode_message
 from schemas.messages import ConversationInbound
@@ -46,7 +47,7 @@ def produce_raw(settings: Settings, topic: str, records: list[tuple[bytes | None
     """Produce ``(key, value)`` records with an idempotent producer; wait for every ack."""
     producer = Producer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            **librdkafka_config(settings),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
@@ -86,7 +87,7 @@ def consume(
     more to catch any extra (duplicate) record; read_committed."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            **librdkafka_config(settings),
             "group.id": f"test-reader-{uuid.uuid4()}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

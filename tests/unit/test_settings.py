@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -205,3 +206,29 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError):
         settings.topic_prefix = "x"  # type: ignore[misc]
+
+
+def test_defaults_hold_no_password() -> None:
+    settings = Settings()
+    assert urlsplit(settings.database_url).password is None
+    assert urlsplit(settings.redis_url).password is None
+
+
+def test_load_reads_the_services_credentials_file_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "credentials.env").write_text(
+        "# generated\n"
+        "SA01_POSTGRES_PASSWORD=unused-by-settings\n"
+        "SA01_DATABASE_URL=postgresql://sa01:generated-pw@127.0.0.1:15432/sa01\n"
+        "SA01_REDIS_URL=redis://:redis-pw@127.0.0.1:16379/0\n"
+    )
+    monkeypatch.setenv("SA01_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("SA01_REDIS_URL", "redis://:from-env@127.0.0.1:6379/0")
+
+    settings = Settings.load(app_id="given")
+
+    assert settings.database_url == "postgresql://sa01:generated-pw@127.0.0.1:15432/sa01"
+    assert settings.redis_url == "redis://:from-env@127.0.0.1:6379/0"
+    assert settings.app_id == "given"
+    assert Settings().database_url != settings.database_url, "Settings() reads no file"
