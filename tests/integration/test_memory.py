@@ -59,7 +59,10 @@ async def test_with_somabrain_up_each_exchange_is_remembered_once(
         await asyncio.sleep(0.2)
 
     assert all("somabrain" not in r.degraded for r in replies)
-    assert [m.key for m in somabrain.memories("tenant-a")] == [m.message_id for m in sent]
+    # A memory's key is its tenant and message id.
+    assert [m.key for m in somabrain.memories("tenant-a")] == [
+        f"{m.tenant_id}:{m.message_id}" for m in sent
+    ]
     assert await unsynced(settings) == (0, 0)
 
 
@@ -95,5 +98,5 @@ async def test_somabrain_down_for_500_messages_all_answered_kept_and_synced_once
         by_session[memory.value["session_id"]].append(memory.key)
     expected: dict[str, list[str]] = defaultdict(list)
     for m in sent:
-        expected[m.session_id].append(m.message_id)
+        expected[m.session_id].append(f"{m.tenant_id}:{m.message_id}")
     assert by_session == expected, "memories replayed out of session order"

@@ -79,7 +79,12 @@ async def test_a_memory_is_recalled_in_a_later_message_of_its_tenant_only(
     first = inbound("my favourite tea is oolong", session="s-1")
     produce_inbound(settings, [first])
     consume(settings, settings.topic("conversation.outbound"), 1)
-    await wait_for(lambda: [m.key for m in somabrain.memories("tenant-a")] == [first.message_id])
+    await wait_for(
+        lambda: (
+            [m.key for m in somabrain.memories("tenant-a")]
+            == [f"{first.tenant_id}:{first.message_id}"]
+        )
+    )
     somabrain.clear_working_memory()  # long-term memory alone must find it
 
     later = inbound("which tea do I like", session="s-2")
@@ -133,6 +138,8 @@ async def test_backend_down_for_200_messages_all_kept_despite_the_200s_then_stor
         by_session[(memory.tenant, memory.value["session_id"])].append(memory.key)
     expected: dict[tuple[str, str], list[str]] = defaultdict(list)
     for message in sent:
-        expected[(message.tenant_id, message.session_id)].append(message.message_id)
+        expected[(message.tenant_id, message.session_id)].append(
+            f"{message.tenant_id}:{message.message_id}"
+        )
     assert by_session == expected, "memories stored out of order"
     assert await unsynced(settings) == (0, 200)
