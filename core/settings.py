@@ -172,7 +172,7 @@ class Settings(BaseSettings):
         gt=0,
         le=1,
         description="Share of SA01_MAX_IN_FLIGHT one session may hold; its further messages "
-        "wait, holding no slot, and their partition is paused until it drains.",
+        "wait (parked), holding no slot, while the worker reads on.",
     )
     tenant_max_share: float = Field(
         0.5,
@@ -183,8 +183,13 @@ class Settings(BaseSettings):
     max_parked: int = Field(
         4096,
         ge=1,
-        description="Messages held back over their session's or tenant's share before the "
-        "consumer stops reading altogether.",
+        description="Messages parked over their session's or tenant's share before the "
+        "worker stops reading altogether (back pressure).",
+    )
+    max_parked_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Bytes of parked messages before the worker stops reading altogether.",
     )
     background_max_in_flight: int = Field(
         64,

@@ -226,7 +226,6 @@ class LanedConsumer:
             lambda: self._job(message, partition),
             group=self.group_of(message),
             size=len(message.value) if message.value is not None else 0,
-            source=partition,
         )
 
     async def _job(self, message: InboundMessage, partition: Hashable) -> None:

@@ -30,7 +30,6 @@ class _Job:
     lane: Hashable
     group: Hashable | None
     size: int
-    source: Hashable | None
     admitted: bool = False
 
 
@@ -51,14 +50,15 @@ class SessionLanes:
     ``max_bytes`` budget (a job alone may exceed the budget). A lane may hold at most
     ``lane_share`` of the slots, and a group of lanes (a tenant) at most
     ``group_share``: a job over its lane's or group's share is *parked*, holding no
-    slot, and :meth:`submit` returns at once so that other lanes keep flowing. The
-    ``pause(source)`` callback is called when a source (a partition) has
-    ``pause_after`` jobs waiting, and ``resume(source)`` once it is down to half of
-    that: a hot session stops being fetched while the sessions read before and after
-    it are served. Parked jobs are admitted in order as their lane's and group's jobs
-    finish. :meth:`submit` waits only while
-    every slot (or the byte budget) is taken, or while more than ``max_parked`` jobs
-    are parked: memory stays bounded even without a pausing source.
+    slot, and :meth:`submit` returns at once, so that the caller keeps reading and the
+    other lanes keep flowing. Parked jobs are admitted in order as their lane's and
+    group's jobs finish. :meth:`submit` waits only while every slot (or the byte budget)
+    is taken, or while more than ``max_parked`` jobs (or ``max_parked_bytes``) are
+    parked: memory stays bounded.
+
+    Why parking and not pausing the source partition: Faust drops the records of a
+    partition paused while its fetched batch is being iterated, and does not fetch them
+    again (see docs/decisions.md, D10).
     """
 
     def __init__(
@@ -69,9 +69,7 @@ class SessionLanes:
         group_share: float = 1.0,
         max_bytes: int | None = None,
         max_parked: int | None = None,
-        pause_after: int | None = None,
-        pause: Callable[[Hashable], None] | None = None,
-        resume: Callable[[Hashable], None] | None = None,
+        max_parked_bytes: int | None = None,
         on_parked: Callable[[int], None] | None = None,
     ) -> None:
         self.max_in_flight = max_in_flight
@@ -79,19 +77,16 @@ class SessionLanes:
         self.group_limit = max(1, int(max_in_flight * group_share))
         self.max_bytes = max_bytes
         self.max_parked = max_parked if max_parked is not None else 16 * max_in_flight
-        self.pause_after = max(1, pause_after if pause_after is not None else max_in_flight)
-        self._pause = pause
-        self._resume = resume
+        self.max_parked_bytes = max_parked_bytes
         self._on_parked = on_parked
         self._lanes: dict[Hashable, _Lane] = {}
         self._groups: dict[Hashable, int] = {}
         self._waiting_lanes: dict[Hashable, None] = {}  # insertion order: round robin
-        self._waiting_by_source: dict[Hashable, int] = {}
-        self._paused: set[Hashable] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._admitted = 0
         self._bytes = 0
         self._waiting = 0
+        self._waiting_bytes = 0
         self._submitted = 0
         self._progress = asyncio.Event()
         self._idle = asyncio.Event()
@@ -112,11 +107,6 @@ class SessionLanes:
         """The sizes of the admitted jobs, summed."""
         return self._bytes
 
-    @property
-    def paused_sources(self) -> frozenset[Hashable]:
-        """Sources paused because they hold parked jobs."""
-        return frozenset(self._paused)
-
     async def submit(
         self,
         lane: Hashable,
@@ -124,10 +114,9 @@ class SessionLanes:
         *,
         group: Hashable | None = None,
         size: int = 0,
-        source: Hashable | None = None,
     ) -> None:
         """Queue ``job`` behind the lane's earlier jobs (see the class docstring)."""
-        entry = _Job(job, lane, group, size, source)
+        entry = _Job(job, lane, group, size)
         state = self._lanes.get(lane)
         if state is None:
             state = self._lanes[lane] = _Lane()
@@ -138,22 +127,13 @@ class SessionLanes:
         state.waiting.append(entry)
         self._waiting_lanes.setdefault(lane, None)
         self._waiting += 1
+        self._waiting_bytes += size
         self._submitted += 1
         self._idle.clear()
-        if source is not None:
-            self._waiting_by_source[source] = self._waiting_by_source.get(source, 0) + 1
         self._admit()
         while not entry.admitted and not (self._over_share(entry) and self._room_to_park()):
             progress = self._progress
             await progress.wait()
-        if (
-            source is not None
-            and source not in self._paused
-            and self._waiting_by_source.get(source, 0) >= self.pause_after
-        ):
-            self._paused.add(source)
-            if self._pause is not None:
-                self._pause(source)
         self._report_parked()
 
     def _over_share(self, entry: _Job) -> bool:
@@ -162,7 +142,9 @@ class SessionLanes:
         return entry.group is not None and self._groups.get(entry.group, 0) >= self.group_limit
 
     def _room_to_park(self) -> bool:
-        return self._waiting <= self.max_parked
+        if self._waiting > self.max_parked:
+            return False
+        return self.max_parked_bytes is None or self._waiting_bytes <= self.max_parked_bytes
 
     def _has_room(self, entry: _Job) -> bool:
         if self._admitted >= self.max_in_flight:
@@ -200,17 +182,7 @@ class SessionLanes:
         self._admitted += 1
         self._bytes += entry.size
         self._waiting -= 1
-        source = entry.source
-        if source is not None:
-            left = self._waiting_by_source[source] - 1
-            if left:
-                self._waiting_by_source[source] = left
-            else:
-                del self._waiting_by_source[source]
-            if source in self._paused and left <= self.pause_after // 2:
-                self._paused.discard(source)
-                if self._resume is not None:
-                    self._resume(source)
+        self._waiting_bytes -= entry.size
 
     def _signal(self, changed: bool) -> None:
         if changed:
@@ -235,10 +207,7 @@ class SessionLanes:
                     del self._groups[entry.group]
         else:  # dropped at cancellation before it was admitted
             self._waiting -= 1
-            if entry.source is not None and entry.source in self._waiting_by_source:
-                self._waiting_by_source[entry.source] -= 1
-                if not self._waiting_by_source[entry.source]:
-                    del self._waiting_by_source[entry.source]
+            self._waiting_bytes -= entry.size
         self._submitted -= 1
         if self._submitted == 0:
             self._idle.set()
@@ -281,10 +250,6 @@ class SessionLanes:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for source in list(self._paused):
-            self._paused.discard(source)
-            if self._resume is not None:
-                self._resume(source)
 
 
 @dataclass

@@ -13,12 +13,10 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import faust
-from faust.types import TP
 
 from core.errors import ConfigurationError, ResilienceError
 from core.kafka_security import faust_credentials
@@ -42,23 +40,6 @@ EXIT_STOP_TIMEOUT = 4
 logger = logging.getLogger(__name__)
 
 
-class ConsumerFlow:
-    """Pauses and resumes partitions on the app's Faust consumer (fair lanes use it)."""
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-
-    def pause(self, partition: Hashable) -> None:
-        """Stop fetching ``partition`` (a Faust TP) until :meth:`resume`."""
-        if isinstance(partition, TP):
-            self.app.consumer.pause_partitions([partition])
-
-    def resume(self, partition: Hashable) -> None:
-        """Fetch ``partition`` again."""
-        if isinstance(partition, TP):
-            self.app.consumer.resume_partitions([partition])
-
-
 class StreamsApp(faust.App):
     """The Faust app with the project's settings, metrics and runtime attached."""
 
@@ -72,7 +53,6 @@ class StreamsApp(faust.App):
             self.metrics,
             is_leader=self.is_leader,
             table_rows=self.health_rows,
-            flow=ConsumerFlow(self),
             on_fatal=self.stop_on_fatal,
         )
 

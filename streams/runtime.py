@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from core.errors import ConfigurationError, InfrastructureUnavailableError
 from core.metrics import Metrics
@@ -78,18 +78,6 @@ async def check_schema(settings: Settings) -> None:
         )
 
 
-class PartitionFlow(Protocol):
-    """Pauses and resumes fetching from a partition (Faust's consumer offers both)."""
-
-    def pause(self, partition: Hashable) -> None:
-        """Stop fetching ``partition``."""
-        ...
-
-    def resume(self, partition: Hashable) -> None:
-        """Fetch ``partition`` again."""
-        ...
-
-
 def lane_group(message: InboundMessage) -> bytes | None:
     """The tenant of a conversation message, from its key ``tenant:session``."""
     if message.key is None:
@@ -107,7 +95,6 @@ class Runtime:
         *,
         is_leader: Callable[[], bool] = lambda: True,
         table_rows: Callable[[], Mapping[str, ServiceHealth]] = dict,
-        flow: PartitionFlow | None = None,
         on_fatal: Callable[[ConfigurationError], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -177,16 +164,14 @@ class Runtime:
             settings, self.database, journey, self.dead_letters, on_committed=self.relay.wake
         )
         # Fair lanes: a hot session or tenant holds at most its share of the slots; its
-        # further messages are parked (no slot) and its partition paused meanwhile.
+        # further messages are parked, holding no slot, while the agent reads on.
         conversation_lanes = SessionLanes(
             settings.max_in_flight,
             lane_share=settings.session_max_share,
             group_share=settings.tenant_max_share,
             max_bytes=settings.max_in_flight_bytes,
             max_parked=settings.max_parked,
-            pause_after=settings.max_in_flight,
-            pause=flow.pause if flow is not None else None,
-            resume=flow.resume if flow is not None else None,
+            max_parked_bytes=settings.max_parked_bytes,
             on_parked=metrics.lane_parked_messages.set,
         )
         self.consumers: dict[str, LanedConsumer] = {

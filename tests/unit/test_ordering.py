@@ -503,15 +503,7 @@ async def test_cancel_releases_the_slots_of_queued_jobs() -> None:
 
 
 async def test_a_hot_session_cannot_hold_every_slot() -> None:
-    paused: list[str] = []
-    resumed: list[str] = []
-    lanes = SessionLanes(
-        max_in_flight=10,
-        lane_share=0.2,
-        pause_after=10,
-        pause=paused.append,
-        resume=resumed.append,
-    )
+    lanes = SessionLanes(max_in_flight=10, lane_share=0.2)
     gate = asyncio.Event()
     hot_done: list[int] = []
     other_done = asyncio.Event()
@@ -529,17 +521,15 @@ async def test_a_hot_session_cannot_hold_every_slot() -> None:
     # 100 messages of one session first: without shares they would take all 10 slots
     # and the 101st submit would wait until the hot session freed one.
     for index in range(100):
-        await asyncio.wait_for(lanes.submit("hot", hot(index), source="p0"), WAIT)
+        await asyncio.wait_for(lanes.submit("hot", hot(index)), WAIT)
     assert lanes.in_flight == 2  # 20% of 10 slots
     assert lanes.parked == 98
-    assert paused == ["p0"]
-    await asyncio.wait_for(lanes.submit("quiet", other, source="p1"), WAIT)
+    await asyncio.wait_for(lanes.submit("quiet", other), WAIT)
     await asyncio.wait_for(other_done.wait(), WAIT)  # served while the hot one is stuck
 
     gate.set()
     await asyncio.wait_for(lanes.wait_idle(), WAIT)
     assert hot_done == list(range(100))  # order within the session holds
-    assert resumed == ["p0"]
     assert lanes.parked == 0
     assert lanes.in_flight == 0
 
@@ -610,6 +600,23 @@ async def test_one_message_larger_than_the_budget_still_passes_alone() -> None:
     assert ran == [1]
 
 
+async def test_submit_waits_once_too_many_bytes_are_parked() -> None:
+    lanes = SessionLanes(max_in_flight=10, lane_share=0.1, max_parked_bytes=1000)
+    gate = asyncio.Event()
+
+    async def job() -> None:
+        await gate.wait()
+
+    for _ in range(3):  # one admitted, two parked: 800 bytes parked
+        await asyncio.wait_for(lanes.submit("hot", job, size=400), WAIT)
+    third = asyncio.create_task(lanes.submit("hot", job, size=400))  # 1,200 parked
+    await settle()
+    assert not third.done()
+    gate.set()
+    await asyncio.wait_for(third, WAIT)
+    await asyncio.wait_for(lanes.wait_idle(), WAIT)
+
+
 async def test_submit_waits_once_too_many_messages_are_parked() -> None:
     lanes = SessionLanes(max_in_flight=10, lane_share=0.1, max_parked=5)
     gate = asyncio.Event()
@@ -650,9 +657,7 @@ def test_shares_keep_order_per_lane_and_finish_everything(
             return job
 
         for index, (lane, group) in enumerate(plan):
-            await asyncio.wait_for(
-                lanes.submit(lane, make(lane, index), group=group, source=group), WAIT
-            )
+            await asyncio.wait_for(lanes.submit(lane, make(lane, index), group=group), WAIT)
             assert lanes.in_flight <= 6
         await asyncio.wait_for(lanes.wait_idle(), WAIT)
         expected: dict[int, list[int]] = {}
@@ -660,6 +665,5 @@ def test_shares_keep_order_per_lane_and_finish_everything(
             expected.setdefault(lane, []).append(index)
         assert seen == expected
         assert lanes.parked == 0
-        assert lanes.paused_sources == frozenset()
 
     asyncio.run(scenario())
