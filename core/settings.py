@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         " at once per worker while no reply is in flight; also the memory agent's bound.",
     )
     background_max_in_flight_busy: int = Field(
-        4,
+        16,
         ge=1,
         description="Background records processed at once while any reply is in flight.",
     )

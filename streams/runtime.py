@@ -56,6 +56,10 @@ from streams.backlog import BacklogMonitor
 
 __all__ = ["BACKUPS", "CONVERSATION", "DEGRADATION", "MEMORY", "UPLOADS", "Runtime", "check_schema"]
 
+#: Records a background agent may take beyond its high-water mark while the pause of its
+#: partitions takes effect (what Faust already fetched and buffered for its stream).
+FETCH_SLACK = 10_000
+
 #: Consumer (agent) names: the ``consumer`` label of the consumer metrics.
 CONVERSATION = "conversation"
 MEMORY = "memory"
@@ -165,7 +169,7 @@ class Runtime:
             MEMORY: LanedConsumer(
                 self.guard(MEMORY),
                 self.memory_processor.process,
-                settings.background_max_in_flight,
+                self.background_high_water + FETCH_SLACK,
                 self.ready,
                 share=self.share,
             ),
@@ -196,7 +200,14 @@ class Runtime:
     def _waiting_tasks(
         self, consumer: str, handle: Callable[[InboundMessage], Awaitable[str]]
     ) -> LanedConsumer:
-        return LanedConsumer(self.guard(consumer), handle, self.settings.max_in_flight, self.ready)
+        return LanedConsumer(
+            self.guard(consumer), handle, self.background_high_water + FETCH_SLACK, self.ready
+        )
+
+    @property
+    def background_high_water(self) -> int:
+        """Records in flight at which a background agent pauses fetching its topic."""
+        return max(self.settings.max_in_flight, 4 * self.settings.background_max_in_flight)
 
     @property
     def lanes(self) -> SessionLanes:
