@@ -77,7 +77,7 @@ class Settings(BaseSettings):
         " its topic at 4x this many records in flight (at least SA01_MAX_IN_FLIGHT).",
     )
     background_max_in_flight_busy: int = Field(
-        16,
+        4,
         ge=1,
         description="Background records processed at once while any reply is in flight.",
     )
