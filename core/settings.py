@@ -77,9 +77,10 @@ class Settings(BaseSettings):
         " its topic at 4x this many records in flight (at least SA01_MAX_IN_FLIGHT).",
     )
     background_max_in_flight_busy: int = Field(
-        4,
+        16,
         ge=1,
-        description="Background records processed at once while any reply is in flight.",
+        description="At most this many background records at once while replies flow; fewer,"
+        " down to none, while replies take over twice their usual time.",
     )
     backlog_sample_seconds: float = Field(
         2.0, gt=0, description="How often each agent's lag per partition is sampled."

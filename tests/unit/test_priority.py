@@ -18,7 +18,7 @@ async def settle(rounds: int = 20) -> None:
 
 
 async def test_background_jobs_take_the_busy_share_while_a_reply_is_in_flight() -> None:
-    share = BackgroundShare(idle_limit=4, busy_limit=1)
+    share = BackgroundShare(idle_limit=4, busy_limit=1, hold_seconds=0.0)
     release = asyncio.Event()
     running: list[int] = []
 
@@ -36,6 +36,25 @@ async def test_background_jobs_take_the_busy_share_while_a_reply_is_in_flight() 
     release.set()
     await asyncio.gather(*tasks)
     assert share.running == 0
+
+
+async def test_replies_slower_than_their_baseline_shrink_the_busy_share_to_nothing() -> None:
+    now = [0.0]
+    share = BackgroundShare(idle_limit=64, busy_limit=8, clock=lambda: now[0])
+
+    def replies(count: int, seconds: float) -> None:
+        for _ in range(count):
+            with share.foreground():
+                now[0] += seconds
+
+    replies(20, 0.010)
+    assert share.limit == 8
+    replies(6, 0.100)  # ten times the baseline: the replies are being starved
+    assert share.limit == 0, "background waits while replies are slow"
+    replies(40, 0.010)
+    assert share.limit == 8, "and gets its share back once they are on time"
+    now[0] += 5.0  # no reply for longer than hold_seconds: the idle share
+    assert share.limit == 64
 
 
 async def test_foreground_work_never_waits_for_the_share() -> None:
