@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         16,
         ge=1,
         description="At most this many background records at once while replies flow; fewer,"
-        " down to none, while replies take over twice their usual time.",
+        " down to none, while the event loop lags (docs/architecture.md, Replies first).",
     )
     backlog_sample_seconds: float = Field(
         2.0, gt=0, description="How often each agent's lag per partition is sampled."

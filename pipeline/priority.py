@@ -7,14 +7,16 @@ each:
 
 * while no reply was in flight for ``hold_seconds``: up to ``idle_limit`` at once;
 * while replies are flowing (one in flight, or one finished less than
-  ``hold_seconds`` ago): up to a limit that adapts to the replies' own processing
-  time. Each finished reply reports its duration (:meth:`foreground`); a slowly
-  rising minimum of those durations is the baseline. When the recent average exceeds
-  ``tolerance`` times the baseline, the limit halves (down to 0: background waits);
-  otherwise it grows by a quarter slot per reply, up to ``busy_limit``.
+  ``hold_seconds`` ago): up to a limit that follows the event loop's lag, sampled
+  every ``sample_seconds`` by :meth:`start`'s task (how late a timer fires is how long
+  any reply's next step waits for the loop). When the recent lag exceeds
+  ``max_lag_seconds`` the limit halves, down to 0 (background waits); when it is
+  under half of it the limit grows by one slot per sample, up to ``busy_limit``.
 
-Foreground work never waits for the share. A background job already running
-finishes; the next one waits for a slot. The limits are
+A concurrency bound alone does not bound CPU (with a fast dependency a few jobs can
+take the whole loop): the loop's lag is what delays replies, so it is what is
+measured. Foreground work never waits for the share. A background job already
+running finishes; the next one waits for a slot. The limits are
 ``SA01_BACKGROUND_MAX_IN_FLIGHT`` and ``SA01_BACKGROUND_MAX_IN_FLIGHT_BUSY``.
 """
 
@@ -27,12 +29,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 __all__ = ["BackgroundShare"]
 
-#: Weight of the newest reply in the recent average of reply durations.
-RECENT_WEIGHT = 0.2
-#: How fast the baseline (the minimum reply duration) rises, per reply observed.
-BASELINE_DRIFT = 1.0005
-#: Slots (fractional) the busy limit regains per reply that was on time.
-RECOVERY_STEP = 0.25
+#: Weight of the newest sample in the recent average of the loop's lag.
+RECENT_WEIGHT = 0.3
 
 
 class BackgroundShare:
@@ -43,7 +41,8 @@ class BackgroundShare:
         idle_limit: int,
         busy_limit: int,
         *,
-        tolerance: float = 2.0,
+        max_lag_seconds: float = 0.005,
+        sample_seconds: float = 0.02,
         hold_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -51,12 +50,13 @@ class BackgroundShare:
             raise ValueError("background limits must be at least 1")
         self.idle_limit = idle_limit
         self.busy_limit = min(busy_limit, idle_limit)
-        self.tolerance = tolerance
+        self.max_lag_seconds = max_lag_seconds
+        self.sample_seconds = sample_seconds
         self.hold_seconds = hold_seconds
         self.clock = clock
-        self._adaptive = float(self.busy_limit)
-        self._baseline: float | None = None
-        self._recent: float | None = None
+        self._adaptive = self.busy_limit
+        self._lag = 0.0
+        self._sampler: asyncio.Task[None] | None = None
         self._foreground = 0
         self._last_foreground = float("-inf")
         self._running = 0
@@ -78,31 +78,49 @@ class BackgroundShare:
     @property
     def limit(self) -> int:
         """The number of background jobs admitted at once right now."""
-        return int(self._adaptive) if self._busy() else self.idle_limit
+        return self._adaptive if self._busy() else self.idle_limit
+
+    @property
+    def loop_lag_seconds(self) -> float:
+        """The recent average of how late the sampler's timer fired."""
+        return self._lag
 
     @contextlib.contextmanager
     def foreground(self) -> Iterator[None]:
-        """Mark a foreground job (a reply) in flight; its duration adapts the busy limit."""
+        """Mark a foreground job (a reply) in flight for the duration of the block."""
         self._foreground += 1
-        started = self.clock()
         try:
             yield
         finally:
             self._foreground -= 1
             self._last_foreground = self.clock()
-            self.observe(self._last_foreground - started)
             self._changed.set()
 
-    def observe(self, seconds: float) -> None:
-        """Adapt the busy limit to one reply's processing time."""
-        baseline = seconds if self._baseline is None else self._baseline * BASELINE_DRIFT
-        self._baseline = min(baseline, seconds)
-        recent = seconds if self._recent is None else self._recent
-        self._recent = recent * (1 - RECENT_WEIGHT) + seconds * RECENT_WEIGHT
-        if self._recent > self.tolerance * self._baseline:
-            self._adaptive = self._adaptive / 2 if self._adaptive >= 1 else 0.0
-        else:
-            self._adaptive = min(float(self.busy_limit), self._adaptive + RECOVERY_STEP)
+    def observe_lag(self, seconds: float) -> None:
+        """Adapt the busy limit to one sample of the loop's lag."""
+        self._lag = self._lag * (1 - RECENT_WEIGHT) + seconds * RECENT_WEIGHT
+        if self._lag > self.max_lag_seconds:
+            self._adaptive //= 2
+        elif self._lag < self.max_lag_seconds / 2 and self._adaptive < self.busy_limit:
+            self._adaptive += 1
+            self._changed.set()
+
+    async def start(self) -> None:
+        """Sample the loop's lag in the background."""
+        self._sampler = asyncio.create_task(self._sample(), name="background-share-lag")
+
+    async def stop(self) -> None:
+        """Stop sampling."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
+            self._sampler = None
+
+    async def _sample(self) -> None:
+        while True:
+            started = self.clock()
+            await asyncio.sleep(self.sample_seconds)
+            self.observe_lag(max(0.0, self.clock() - started - self.sample_seconds))
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

@@ -220,6 +220,7 @@ class Runtime:
         await check_schema(self.settings)
         await self.database.open()
         await self.producer.start()
+        await self.share.start()
         await self.audio.start()
         if self.settings.relay_enabled_in_worker:
             await self.relay.start()
@@ -251,6 +252,7 @@ class Runtime:
         for consumer in self.consumers.values():
             await consumer.cancel()
         await self.monitor.stop()
+        await self.share.stop()
         await self.memory_sync.stop()
         await self.deferred_answers.stop()
         await self.relay.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from core.metrics import Metrics
 from core.settings import Settings
@@ -38,23 +39,31 @@ async def test_background_jobs_take_the_busy_share_while_a_reply_is_in_flight() 
     assert share.running == 0
 
 
-async def test_replies_slower_than_their_baseline_shrink_the_busy_share_to_nothing() -> None:
+async def test_a_lagging_loop_shrinks_the_busy_share_to_nothing_and_it_recovers() -> None:
     now = [0.0]
     share = BackgroundShare(idle_limit=64, busy_limit=8, clock=lambda: now[0])
-
-    def replies(count: int, seconds: float) -> None:
-        for _ in range(count):
-            with share.foreground():
-                now[0] += seconds
-
-    replies(20, 0.010)
-    assert share.limit == 8
-    replies(6, 0.100)  # ten times the baseline: the replies are being starved
-    assert share.limit == 0, "background waits while replies are slow"
-    replies(40, 0.010)
-    assert share.limit == 8, "and gets its share back once they are on time"
+    with share.foreground():
+        assert share.limit == 8
+        for _ in range(10):
+            share.observe_lag(0.050)  # replies' steps wait 50 ms for the loop
+        assert share.limit == 0, "background waits while the loop lags"
+        for _ in range(40):
+            share.observe_lag(0.0)
+        assert share.limit == 8, "and gets its share back once the loop is on time"
     now[0] += 5.0  # no reply for longer than hold_seconds: the idle share
     assert share.limit == 64
+
+
+async def test_the_sampler_measures_a_blocked_loop() -> None:
+    share = BackgroundShare(idle_limit=4, busy_limit=4, sample_seconds=0.01)
+    await share.start()
+    try:
+        await asyncio.sleep(0.02)
+        time.sleep(0.1)  # blocking the loop is the point
+        await asyncio.sleep(0.03)
+        assert share.loop_lag_seconds > share.max_lag_seconds
+    finally:
+        await share.stop()
 
 
 async def test_foreground_work_never_waits_for_the_share() -> None:
