@@ -139,7 +139,9 @@ class Runtime:
         self.ready = asyncio.Event()
         self.status_ready = asyncio.Event()
         self.share = BackgroundShare(
-            settings.background_max_in_flight, settings.background_max_in_flight_busy
+            settings.background_max_in_flight,
+            settings.background_max_in_flight_busy,
+            max_lag_seconds=settings.background_max_loop_lag_seconds,
         )
         self.upload_processor = UploadProcessor(
             settings, self.storage, self.guard(UPLOADS), metrics, self.share
