@@ -7,7 +7,6 @@ from typing import Any
 from core.topics import MEMORY_REMEMBER
 from pipeline.dead_letters import InboundMessage
 from streams.app import StreamsApp
-from streams.flow import pause_topic, resume_topic
 from streams.runtime import MEMORY
 
 __all__ = ["register"]
@@ -28,11 +27,6 @@ def register(app: StreamsApp) -> Any:
         # across them; offsets acked in order once each memory is stored, kept or
         # dead-lettered (pipeline.consuming).
         consumer = app.runtime.consumers[MEMORY]
-        consumer.pause_above(
-            app.runtime.background_high_water,
-            lambda: pause_topic(app, topic.get_topic_name()),
-            lambda: resume_topic(app, topic.get_topic_name()),
-        )
         async for event in stream.noack().events():
             message = event.message
             await consumer.submit(

@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from core.topics import BACKUP_TASKS, UPLOAD_RETRY
-from pipeline.consuming import LanedConsumer
 from pipeline.dead_letters import InboundMessage
 from streams.app import StreamsApp
-from streams.flow import pause_topic, resume_topic
 from streams.runtime import BACKUPS, UPLOADS
 
 __all__ = ["register"]
@@ -17,14 +15,6 @@ __all__ = ["register"]
 def _inbound(message: Any) -> InboundMessage:
     return InboundMessage(
         message.topic, message.partition, message.offset, message.key, message.value
-    )
-
-
-def _pause_at_high_water(app: StreamsApp, consumer: LanedConsumer, topic: str) -> None:
-    consumer.pause_above(
-        app.runtime.background_high_water,
-        lambda: pause_topic(app, topic),
-        lambda: resume_topic(app, topic),
     )
 
 
@@ -49,14 +39,12 @@ def register(app: StreamsApp) -> tuple[Any, Any]:
     @app.agent(uploads_topic, name=UPLOADS)
     async def uploads(stream: Any) -> None:
         consumer = app.runtime.consumers[UPLOADS]
-        _pause_at_high_water(app, consumer, uploads_topic.get_topic_name())
         async for event in stream.noack().events():
             await consumer.submit(_inbound(event.message), event.message.tp, event.ack)
 
     @app.agent(backups_topic, name=BACKUPS)
     async def backups(stream: Any) -> None:
         consumer = app.runtime.consumers[BACKUPS]
-        _pause_at_high_water(app, consumer, backups_topic.get_topic_name())
         async for event in stream.noack().events():
             await consumer.submit(_inbound(event.message), event.message.tp, event.ack)
 

@@ -73,8 +73,7 @@ class Settings(BaseSettings):
         64,
         ge=1,
         description="Background records (memories, uploads, backups, memory sync) processed"
-        " at once per worker while no reply is in flight. A background agent pauses fetching"
-        " its topic at 4x this many records in flight (at least SA01_MAX_IN_FLIGHT).",
+        " at once per worker while no reply is in flight.",
     )
     background_max_in_flight_busy: int = Field(
         16,

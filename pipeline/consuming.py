@@ -203,24 +203,6 @@ class LanedConsumer:
         self.share = share
         self.foreground = foreground
         self.lane_of = lane_of
-        self._high_water: int | None = None
-        self._pause: Callable[[], None] = lambda: None
-        self._resume: Callable[[], None] = lambda: None
-        self._paused = False
-
-    def pause_above(
-        self, high_water: int, pause: Callable[[], None], resume: Callable[[], None]
-    ) -> None:
-        """Call ``pause`` once ``high_water`` records are in flight, ``resume`` at half.
-
-        The worker fetches every topic with one consumer: an agent whose stream blocked
-        at its bound would stop the fetch for all of them, replies included. An agent
-        with a high-water mark never blocks (its lanes' bound sits well above it);
-        it pauses fetching its own partitions instead.
-        """
-        self._high_water = high_water
-        self._pause = pause
-        self._resume = resume
 
     @property
     def name(self) -> str:
@@ -237,10 +219,6 @@ class LanedConsumer:
         await self.ready.wait()
         self.acks.track(partition, message.offset, ack)
         await self.lanes.submit(self.lane_of(message), lambda: self._job(message, partition))
-        if self._high_water is not None and not self._paused:
-            if self.lanes.in_flight >= self._high_water:
-                self._paused = True
-                self._pause()
 
     async def _job(self, message: InboundMessage, partition: Hashable) -> None:
         share = self.share
@@ -253,10 +231,6 @@ class LanedConsumer:
             async with share.slot():
                 await self.guard.run(message, self.handle)
         self.acks.done(partition, message.offset)
-        if self._paused and self._high_water is not None:
-            if self.lanes.in_flight <= self._high_water // 2 + 1:  # this job still counts
-                self._paused = False
-                self._resume()
 
     async def wait_idle(self) -> None:
         """Wait until every submitted record is finished."""

@@ -56,8 +56,10 @@ from streams.backlog import BacklogMonitor
 
 __all__ = ["BACKUPS", "CONVERSATION", "DEGRADATION", "MEMORY", "UPLOADS", "Runtime", "check_schema"]
 
-#: Records a background agent may take beyond its high-water mark while the pause of its
-#: partitions takes effect (what Faust already fetched and buffered for its stream).
+#: Memory records the memory agent may hold beyond its high-water mark: its stream must
+#: not block (Faust fetches every topic with one consumer, and a blocked stream stops
+#: the fetch of all of them, replies included); Faust's own flow control pauses the
+#: topic's partitions once its stream buffer fills behind a full lane set.
 FETCH_SLACK = 10_000
 
 #: Consumer (agent) names: the ``consumer`` label of the consumer metrics.
@@ -175,8 +177,9 @@ class Runtime:
                 self.ready,
                 share=self.share,
             ),
-            # Upload and backup tasks may wait long for a store: many lanes, and each
-            # attempt (not the wait between attempts) takes a background slot.
+            # Upload and backup tasks may wait long for a store and may carry megabytes:
+            # SA01_MAX_IN_FLIGHT lanes, and each attempt (not the wait between attempts)
+            # takes a background slot.
             UPLOADS: self._waiting_tasks(UPLOADS, self.upload_processor.process),
             BACKUPS: self._waiting_tasks(BACKUPS, self.backup_processor.process),
         }
@@ -202,9 +205,7 @@ class Runtime:
     def _waiting_tasks(
         self, consumer: str, handle: Callable[[InboundMessage], Awaitable[str]]
     ) -> LanedConsumer:
-        return LanedConsumer(
-            self.guard(consumer), handle, self.background_high_water + FETCH_SLACK, self.ready
-        )
+        return LanedConsumer(self.guard(consumer), handle, self.settings.max_in_flight, self.ready)
 
     @property
     def background_high_water(self) -> int:

@@ -1,15 +1,10 @@
-"""BackgroundShare (replies first) and a LanedConsumer's pause at its high-water mark."""
+"""BackgroundShare: replies first."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from core.metrics import Metrics
-from core.settings import Settings
-from outbox.database import Database
-from pipeline.consuming import LanedConsumer, RecordGuard
-from pipeline.dead_letters import DeadLetterWriter, InboundMessage
 from pipeline.priority import BackgroundShare
 
 
@@ -72,31 +67,3 @@ async def test_foreground_work_never_waits_for_the_share() -> None:
         with share.foreground():
             assert share.foreground_in_flight == 1
     assert share.limit == 1
-
-
-async def test_a_background_consumer_pauses_at_its_high_water_mark_and_resumes_at_half() -> None:
-    settings = Settings()
-    metrics = Metrics()
-    guard = RecordGuard(
-        "memory", settings, DeadLetterWriter(settings, Database(settings), metrics), metrics
-    )
-    release = asyncio.Event()
-    events: list[str] = []
-
-    async def handle(message: InboundMessage) -> str:
-        await release.wait()
-        return "stored"
-
-    ready = asyncio.Event()
-    ready.set()
-    consumer = LanedConsumer(guard, handle, 1_000, ready)
-    consumer.pause_above(4, lambda: events.append("pause"), lambda: events.append("resume"))
-    acked: list[int] = []
-    for offset in range(6):
-        message = InboundMessage("t", 0, offset, f"k{offset}".encode(), b"{}")
-        await consumer.submit(message, 0, lambda o=offset: acked.append(o))
-    assert events == ["pause"], "paused once at 4 in flight, the stream never blocked"
-    release.set()
-    await consumer.wait_idle()
-    assert events == ["pause", "resume"]
-    assert acked == list(range(6))
