@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 
 __all__ = ["BackgroundShare"]
@@ -60,7 +61,8 @@ class BackgroundShare:
         self._foreground = 0
         self._last_foreground = float("-inf")
         self._running = 0
-        self._changed = asyncio.Event()
+        self._woken = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def running(self) -> int:
@@ -94,7 +96,9 @@ class BackgroundShare:
         finally:
             self._foreground -= 1
             self._last_foreground = self.clock()
-            self._changed.set()
+            if self._foreground == 0 and self._waiters:
+                # The idle share applies once no reply was seen for hold_seconds.
+                asyncio.get_running_loop().call_later(self.hold_seconds, self._wake)
 
     def observe_lag(self, seconds: float) -> None:
         """Adapt the busy limit to one sample of the loop's lag."""
@@ -103,7 +107,7 @@ class BackgroundShare:
             self._adaptive //= 2
         elif self._lag < self.max_lag_seconds / 2 and self._adaptive < self.busy_limit:
             self._adaptive += 1
-            self._changed.set()
+            self._wake()
 
     async def start(self) -> None:
         """Sample the loop's lag in the background."""
@@ -124,15 +128,35 @@ class BackgroundShare:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold one background slot for the duration of the block (waits for one)."""
-        while self._running >= self.limit:
-            self._changed.clear()
-            wait = self.hold_seconds if self._foreground == 0 else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait)
+        """Hold one background slot for the duration of the block (waits for one).
+
+        Waiters queue in order and are woken one per free slot (thousands of queued
+        memories must not all wake on every change).
+        """
+        while self._running + self._woken >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._woken -= 1
+                    self._wake()
+                raise
+            self._woken -= 1
         self._running += 1
         try:
             yield
         finally:
             self._running -= 1
-            self._changed.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake as many queued jobs as there are free slots."""
+        free = self.limit - self._running - self._woken
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._woken += 1
+                free -= 1
