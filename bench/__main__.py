@@ -20,6 +20,7 @@ BENCHES = (
     "worker_throughput",
     "detection",
     "footprint",
+    "memory_backlog",
 )
 
 
@@ -66,6 +67,10 @@ def main() -> int:
             from bench import footprint
 
             asyncio.run(footprint.run(args.quick))
+        elif name == "memory_backlog":
+            from bench import memory_backlog
+
+            asyncio.run(memory_backlog.run(args.quick))
         print(f"({name}: {time.monotonic() - started:.0f} s)", flush=True)
     return 0
 

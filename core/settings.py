@@ -195,12 +195,19 @@ class Settings(BaseSettings):
         64,
         ge=1,
         description="Background records (memories, uploads, backups, memory sync) processed"
-        " at once per worker while no reply is in flight; also the memory agent's bound.",
+        " at once per worker while no reply is in flight.",
     )
     background_max_in_flight_busy: int = Field(
-        4,
+        16,
         ge=1,
-        description="Background records processed at once while any reply is in flight.",
+        description="At most this many background records at once while replies flow; fewer,"
+        " down to none, while the event loop lags (docs/architecture.md, Replies first).",
+    )
+    background_max_loop_lag_seconds: float = Field(
+        0.005,
+        gt=0,
+        description="While replies flow, background work shrinks when the event loop lags more"
+        " than this (raise it to drain backlogs faster at some cost in reply latency).",
     )
     backlog_sample_seconds: float = Field(
         2.0, gt=0, description="How often each agent's lag per partition is sampled."

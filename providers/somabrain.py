@@ -156,7 +156,13 @@ class SomaBrainClient:
         self.base = (settings.somabrain_url or "").rstrip("/")
         token = settings.somabrain_token
         self.headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-        self.client = client or httpx.AsyncClient(timeout=settings.somabrain_timeout_seconds)
+        # Keep every pooled connection alive: with more calls in flight than httpx's
+        # default 20 keep-alive connections (a memory backlog draining), each extra call
+        # opened and closed a TCP connection.
+        self.client = client or httpx.AsyncClient(
+            timeout=settings.somabrain_timeout_seconds,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+        )
         self.health = SomaBrainHealth(settings)
         self.breaker = CircuitBreaker(
             "somabrain",

@@ -56,6 +56,12 @@ from streams.backlog import BacklogMonitor
 
 __all__ = ["BACKUPS", "CONVERSATION", "DEGRADATION", "MEMORY", "UPLOADS", "Runtime", "check_schema"]
 
+#: Memory records the memory agent may hold beyond its high-water mark: its stream must
+#: not block (Faust fetches every topic with one consumer, and a blocked stream stops
+#: the fetch of all of them, replies included); Faust's own flow control pauses the
+#: topic's partitions once its stream buffer fills behind a full lane set.
+FETCH_SLACK = 10_000
+
 #: Consumer (agent) names: the ``consumer`` label of the consumer metrics.
 CONVERSATION = "conversation"
 MEMORY = "memory"
@@ -145,7 +151,9 @@ class Runtime:
         self.ready = asyncio.Event()
         self.status_ready = asyncio.Event()
         self.share = BackgroundShare(
-            settings.background_max_in_flight, settings.background_max_in_flight_busy
+            settings.background_max_in_flight,
+            settings.background_max_in_flight_busy,
+            max_lag_seconds=settings.background_max_loop_lag_seconds,
         )
         self.upload_processor = UploadProcessor(
             settings, self.storage, self.guard(UPLOADS), metrics, self.share
@@ -188,12 +196,13 @@ class Runtime:
             MEMORY: LanedConsumer(
                 self.guard(MEMORY),
                 self.memory_processor.process,
-                settings.background_max_in_flight,
+                self.background_high_water + FETCH_SLACK,
                 self.ready,
                 share=self.share,
             ),
-            # Upload and backup tasks may wait long for a store: many lanes, and each
-            # attempt (not the wait between attempts) takes a background slot.
+            # Upload and backup tasks may wait long for a store and may carry megabytes:
+            # SA01_MAX_IN_FLIGHT lanes, and each attempt (not the wait between attempts)
+            # takes a background slot.
             UPLOADS: self._waiting_tasks(UPLOADS, self.upload_processor.process),
             BACKUPS: self._waiting_tasks(BACKUPS, self.backup_processor.process),
         }
@@ -222,6 +231,11 @@ class Runtime:
         return LanedConsumer(self.guard(consumer), handle, self.settings.max_in_flight, self.ready)
 
     @property
+    def background_high_water(self) -> int:
+        """Records in flight at which a background agent pauses fetching its topic."""
+        return max(self.settings.max_in_flight, 4 * self.settings.background_max_in_flight)
+
+    @property
     def lanes(self) -> SessionLanes:
         """The conversation agent's lanes."""
         return self.consumers[CONVERSATION].lanes
@@ -232,6 +246,7 @@ class Runtime:
         await check_schema(self.settings)
         await self.database.open()
         await self.producer.start()
+        await self.share.start()
         await self.audio.start()
         if self.settings.relay_enabled_in_worker:
             await self.relay.start()
@@ -263,6 +278,7 @@ class Runtime:
         for consumer in self.consumers.values():
             await consumer.cancel()
         await self.monitor.stop()
+        await self.share.stop()
         await self.memory_sync.stop()
         await self.deferred_answers.stop()
         await self.relay.stop()

@@ -1,0 +1,267 @@
+"""Draining a memory backlog written in transactions, and reply latency meanwhile (issue 13).
+
+Two deployments (relay then worker, echo responder, memory on against the loopback
+SomaBrain in its own process, answering at once):
+
+* without a backlog: the conversation path's own rate (bursts of messages) and the
+  p50/p99 reply latency of a fixed 20 msgs/s load;
+* with a backlog: ``MemoryRecord``s written to ``somabrain.memory.remember`` before
+  the worker starts, in transactions of 10 over 100 (tenant, agent) pairs (a control
+  record, an offset gap, after each transaction's records on every partition), as the
+  transactional relay writes them. The drain is timed from the worker's ``/health``
+  ready to the last memory stored in SomaBrain (records/s); after 50 warm-up messages
+  (as without a backlog) the same 20 msgs/s load runs meanwhile, and only replies to
+  messages sent before the drain ended count.
+
+The drain is capped (``DRAIN_CAP_SECONDS``); a drain that does not finish reports the
+memories stored and its rate so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from confluent_kafka import Producer
+
+from bench import load
+from bench.common import drop, percentile, summary, table, write_result
+from bench.procs import free_port, python_proc
+from bench.stack import bench_settings, deployment, route
+from core.settings import Settings
+from schemas.codec import encode_message
+from schemas.messages import MemoryRecord
+
+RATE = 20.0
+PAIRS = 100
+PER_TRANSACTION = 10
+DRAIN_CAP_SECONDS = 600.0
+QUICK_DRAIN_CAP_SECONDS = 180.0
+
+
+@contextlib.contextmanager
+def somabrain_server() -> Iterator[str]:
+    """``python -m loopback.somabrain_server`` in its own process; its base URL."""
+    port = free_port(26900)
+    proc = python_proc(
+        "somabrain",
+        ["-m", "loopback.somabrain_server", "--port", str(port), "--log-level", "WARNING"],
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc.wait_until(lambda: _stored(url) is not None, 30, 0.1)
+        yield url
+    finally:
+        proc.stop()
+
+
+def _stored(url: str) -> int | None:
+    try:
+        return int(httpx.get(f"{url}/_loopback/mode", timeout=2.0).json()["memories"])
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+
+
+def write_backlog(settings: Settings, count: int) -> float:
+    """``count`` memories in transactions of ``PER_TRANSACTION``; seconds taken."""
+    started = time.perf_counter()
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "transactional.id": f"bench-backlog-{uuid.uuid4().hex}",
+            "linger.ms": 5,
+            "log_level": 3,
+        }
+    )
+    producer.init_transactions(30)
+    topic = settings.topic("somabrain.memory.remember")
+    for start in range(0, count, PER_TRANSACTION):
+        producer.begin_transaction()
+        for n in range(start, min(count, start + PER_TRANSACTION)):
+            record = MemoryRecord(
+                memory_id=f"bench-{n:06d}",
+                tenant_id=f"tenant-{n % PAIRS // 10}",
+                agent_id=f"agent-{n % 10}",
+                session_id="s1",
+                content=f"memory {n} " + "x" * 80,
+            )
+            producer.produce(topic, key=record.partition_key.encode(), value=encode_message(record))
+        producer.commit_transaction(60)
+    return time.perf_counter() - started
+
+
+def _settings_for(url: str) -> dict[str, Any]:
+    return {
+        "memory_enabled": True,
+        "somabrain_url": url,
+        "health_probes": "postgres,kafka,redis,somabrain",
+    }
+
+
+def without_backlog(settings: Settings, bursts: int, size: int, seconds: float) -> dict[str, Any]:
+    """The conversation path alone: burst rates, then latency at ``RATE``."""
+    r = route(settings)
+    with deployment(settings), load.ReplyWatcher(r) as watcher:
+        prod = load.producer(r.bootstrap)
+        load.round_trip(r, prod, watcher, load.messages(50, tag="warm"), 180)
+        rates = [
+            size / load.round_trip(r, prod, watcher, load.messages(size), 600)
+            for _ in range(bursts)
+        ]
+        latencies = load.paced(
+            r, prod, watcher, load.messages(round(RATE * seconds), tag="lat"), RATE, 300
+        )
+    return {"rates": rates, "latencies": latencies}
+
+
+def with_backlog(settings: Settings, url: str, count: int, cap: float) -> dict[str, Any]:
+    """Drain ``count`` memories while ``RATE`` msgs/s of conversation run."""
+    written = write_backlog(settings, count)
+    r = route(settings)
+    with deployment(settings), load.ReplyWatcher(r) as watcher:
+        drain_started = time.perf_counter()
+        before = _stored(url) or 0
+        prod = load.producer(r.bootstrap)
+        # As without a backlog: the first replies (partition assignment) are not counted.
+        load.round_trip(r, prod, watcher, load.messages(50, tag="warm"), 180)
+        started = time.perf_counter()
+        batch = load.messages(round(RATE * cap), tag="drain")
+        sent_at: dict[str, float] = {}
+        drained_at: list[float] = []
+
+        def watch_drain() -> None:
+            while time.perf_counter() - drain_started < cap:
+                if (_stored(url) or 0) >= count:
+                    drained_at.append(time.perf_counter())
+                    return
+                time.sleep(0.1)
+
+        drain = threading.Thread(target=watch_drain, daemon=True)
+        drain.start()
+        watcher.expect(batch.ids)
+        for n, (message_id, (key, value)) in enumerate(zip(batch.ids, batch.records, strict=True)):
+            delay = started + n / RATE - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            if drained_at:
+                break
+            sent_at[message_id] = time.perf_counter()
+            prod.produce(r.inbound, key=key, value=value)
+            prod.poll(0)
+        prod.flush(60)
+        drain.join(cap + 10)
+        end = drained_at[0] if drained_at else time.perf_counter()
+        stored = _stored(url) or 0
+        deadline = time.monotonic() + 300
+        while any(i not in watcher.seen for i in sent_at) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        latencies = [(watcher.seen[i] - t) * 1000 for i, t in sent_at.items() if i in watcher.seen]
+    return {
+        "written_seconds": written,
+        "drain_seconds": end - drain_started,
+        "stored": stored - before,
+        "finished": bool(drained_at),
+        "latencies": latencies,
+        "unanswered": len(sent_at) - len(latencies),
+    }
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    """Measure; print the table; write ``memory_backlog.json``."""
+    count = 10_000 if quick else 50_000
+    bursts, size, seconds = (2, 400, 15.0) if quick else (3, 2000, 30.0)
+    cap = QUICK_DRAIN_CAP_SECONDS if quick else DRAIN_CAP_SECONDS
+    with somabrain_server() as url:
+        alone_settings = await bench_settings(**_settings_for(url))
+        try:
+            alone = await asyncio.to_thread(without_backlog, alone_settings, bursts, size, seconds)
+        finally:
+            await drop(alone_settings)
+        drain_settings = await bench_settings(**_settings_for(url))
+        try:
+            drained = await asyncio.to_thread(with_backlog, drain_settings, url, count, cap)
+        finally:
+            await drop(drain_settings)
+    conversation_rate = summary(alone["rates"])["median"]
+    drain_rate = drained["stored"] / drained["drain_seconds"]
+    p50_alone, p99_alone = percentile(alone["latencies"], 50), percentile(alone["latencies"], 99)
+    lat = drained["latencies"] or [float("nan")]
+    p50_drain, p99_drain = percentile(lat, 50), percentile(lat, 99)
+    workload = (
+        f"{count:,} MemoryRecords written before the worker starts, in transactions of "
+        f"{PER_TRANSACTION} over {PAIRS} (tenant, agent) pairs "
+        f"({drain_settings.topic_partitions} partitions); loopback SomaBrain in its own process "
+        f"answering at once; echo responder; conversation rate: {bursts} bursts of {size} "
+        f"messages; latency: {RATE:.0f} msgs/s paced ({seconds:.0f} s without a backlog, for "
+        f"the whole drain with one, capped at {cap:.0f} s)"
+    )
+    status = "" if drained["finished"] else " (not finished)"
+    print(
+        table(
+            [
+                ("measure", "value", "baseline (same run)", "ratio"),
+                (
+                    f"memory drain, records/s{status}",
+                    f"{drain_rate:,.0f}",
+                    f"conversation alone {conversation_rate:,.0f} msgs/s",
+                    f"{drain_rate / conversation_rate:.2f}",
+                ),
+                (
+                    "memories stored / drain seconds",
+                    f"{drained['stored']:,} / {drained['drain_seconds']:.1f}",
+                    "",
+                    "",
+                ),
+                (
+                    f"reply p50 ms at {RATE:.0f} msgs/s",
+                    f"{p50_drain:.1f} (during the drain)",
+                    f"{p50_alone:.1f} (no backlog)",
+                    f"{p50_drain / p50_alone:.1f}",
+                ),
+                (
+                    f"reply p99 ms at {RATE:.0f} msgs/s",
+                    f"{p99_drain:.1f} (during the drain)",
+                    f"{p99_alone:.1f} (no backlog)",
+                    f"{p99_drain / p99_alone:.1f}",
+                ),
+                (
+                    "replies during the drain (unanswered)",
+                    f"{len(drained['latencies'])} ({drained['unanswered']})",
+                    f"{len(alone['latencies'])}",
+                    "",
+                ),
+            ]
+        )
+    )
+    print(f"workload: {workload}")
+    result: dict[str, Any] = {
+        "workload": workload,
+        "memories": count,
+        "drain": {
+            "records_per_s": drain_rate,
+            "seconds": drained["drain_seconds"],
+            "stored": drained["stored"],
+            "finished": drained["finished"],
+            "written_seconds": drained["written_seconds"],
+        },
+        "conversation_msgs_per_s": summary(alone["rates"]),
+        "latency_ms_without_backlog": {
+            "p50": p50_alone,
+            "p99": p99_alone,
+            "count": len(alone["latencies"]),
+        },
+        "latency_ms_during_drain": {
+            "p50": p50_drain,
+            "p99": p99_drain,
+            "count": len(drained["latencies"]),
+            "unanswered": drained["unanswered"],
+        },
+    }
+    write_result("memory_backlog", result)
+    return result
