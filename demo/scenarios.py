@@ -31,7 +31,13 @@ from demo.stack import CHAT_CHAIN, DemoStack, StackError
 from demo.ui import UI
 from loopback import FailureMode, transcript_of
 from outbox.producer import DeliveryPath
-from schemas.messages import ConversationReply, DegradationEvent, tenant_upload_key
+from schemas.messages import (
+    ConversationInbound,
+    ConversationReply,
+    DegradationEvent,
+    scoped_key,
+    tenant_upload_key,
+)
 
 __all__ = [
     "PLACEHOLDER_MODEL",
@@ -53,6 +59,13 @@ SHOWN_PER_BATCH: Final = 4
 PLACEHOLDER_MODEL: Final = "none"
 #: Where the uploads of scenario 4 are stored (in S3 and, meanwhile, on the local disk).
 UPLOADS_PREFIX: Final = tenant_upload_key(TENANT, "files/")
+
+
+def memory_key(message: ConversationInbound) -> str:
+    """The key SomaBrain stores a message's exchange under: its tenant and message id."""
+    return scoped_key(message.tenant_id, message.message_id)
+
+
 VOICE_FALLBACK: Final = "Voice in fallback mode"
 UPLOAD_QUEUED: Final = "Upload queued"
 
@@ -440,7 +453,7 @@ async def warm_up(demo: Demo) -> None:
     )
     demo.check(all(not r.degraded for r in replies.values()), "no reply is degraded")
     somabrain = demo.stack.somabrain
-    wanted = {s.message.message_id for s in sent}
+    wanted = {memory_key(s.message) for s in sent}
 
     async def remembered() -> bool:
         return wanted <= {m.key for m in somabrain.memories()}
@@ -497,7 +510,7 @@ async def somabrain_unavailable(demo: Demo) -> None:
         unit="synced",
         initial=before + kept_now,
     )
-    ids = [s.message.message_id for s in sent]
+    ids = [memory_key(s.message) for s in sent]
     stored = [m.key for m in somabrain.memories() if m.key in set(ids)]
     demo.check(
         emptied and stored == ids,

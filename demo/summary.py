@@ -14,7 +14,7 @@ from demo.observer import SeenReply, SentMessage, UploadCount
 from demo.scenarios import ScenarioResult, is_placeholder
 from demo.ui import UI
 from outbox.producer import DeliveryPath
-from schemas.messages import DegradationEvent
+from schemas.messages import DegradationEvent, scoped_key
 
 __all__ = ["Summary", "print_summary", "tally"]
 
@@ -116,6 +116,8 @@ def tally(
 ) -> Summary:
     """Count what was sent against what users received (and uploads against S3)."""
     ids = {s.message.message_id for s in sent}
+    # SomaBrain keys a memory by its tenant and message id.
+    remembered_as = {scoped_key(s.message.tenant_id, s.message.message_id) for s in sent}
     ours = [r for r in replies if r.reply.in_reply_to in ids]
     copies = Counter(r.reply.message_id for r in ours)
     # Answered means a full answer: the "answer delayed" placeholder does not count.
@@ -146,9 +148,9 @@ def tally(
         failovers=sum(failovers.values()),
         events=len(events),
         out_of_order=_out_of_order(sent, ours),
-        memories_stored=len(memory_keys & ids),
+        memories_stored=len(memory_keys & remembered_as),
         memories_pending=memories_pending,
-        not_remembered=len(ids - memory_keys),
+        not_remembered=len(remembered_as - memory_keys),
         outbox_peak=outbox_peak,
         outbox_left=outbox_left,
         seconds=round(seconds, 1),
