@@ -54,17 +54,17 @@ class PendingMemoryStore:
 
     async def next_batch(
         self, conn: Conn, tenant: str, agent: str, limit: int
-    ) -> list[tuple[int, MemoryRecord, bool]]:
-        """The oldest unsynced memories of a group: (id, record, due now)."""
+    ) -> list[tuple[int, object, bool]]:
+        """The oldest unsynced memories of a group: (id, the record as stored, due now).
+
+        The record is returned as stored, not validated: the caller dead-letters one that
+        no longer validates instead of failing the whole group."""
         cur = await conn.execute(
             "SELECT id, metadata, next_attempt_at <= now() FROM pending_memory"
             " WHERE NOT synced AND tenant_id = %s AND agent_id = %s ORDER BY id LIMIT %s",
             (tenant, agent, limit),
         )
-        return [
-            (int(r[0]), MemoryRecord.model_validate(r[1]["record"], strict=False), bool(r[2]))
-            for r in await cur.fetchall()
-        ]
+        return [(int(r[0]), r[1].get("record"), bool(r[2])) for r in await cur.fetchall()]
 
     async def mark_synced(self, conn: Conn, row_id: int) -> None:
         """The memory is in SomaBrain."""
@@ -74,12 +74,23 @@ class PendingMemoryStore:
             (row_id,),
         )
 
-    async def fail(self, conn: Conn, row_id: int, error: str, backoff: timedelta) -> None:
-        """Count a failed replay and back off."""
-        await conn.execute(
+    async def fail(self, conn: Conn, row_id: int, error: str, backoff: timedelta) -> int:
+        """Count a failed replay and back off; the attempts so far."""
+        cur = await conn.execute(
             "UPDATE pending_memory SET attempts = attempts + 1, last_error = %s,"
-            " next_attempt_at = now() + %s WHERE id = %s",
+            " next_attempt_at = now() + %s WHERE id = %s RETURNING attempts",
             (error[:MAX_ERROR_TEXT], backoff, row_id),
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def gave_up(self, conn: Conn, row_id: int, error: str) -> None:
+        """Close a memory that cannot be stored (it was dead-lettered): it leaves the
+        group's queue, so the memories behind it are replayed."""
+        await conn.execute(
+            "UPDATE pending_memory SET synced = true, synced_at = now(),"
+            " last_error = %s WHERE id = %s",
+            (f"dead-lettered: {error}"[:MAX_ERROR_TEXT], row_id),
         )
 
     async def unsynced_count(self, conn: Conn) -> int:

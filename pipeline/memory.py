@@ -8,19 +8,22 @@ message is not acked: it waits, nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import psycopg
+from pydantic import ValidationError
 
 from core.errors import InfrastructureUnavailableError, PermanentError, TransientError
 from core.metrics import Metrics
 from core.settings import Settings
+from core.topics import MEMORY_REMEMBER
 from outbox.database import Database
 from outbox.pending_memory import PendingMemoryStore
-from pipeline.dead_letters import InboundMessage
+from pipeline.dead_letters import DeadLetterWriter, InboundMessage
 from pipeline.priority import BackgroundShare
 from providers.somabrain import SomaBrainClient
 from schemas.codec import decode_message
@@ -86,6 +89,12 @@ class MemorySync:
     (tenant, agent) replay concurrently, at most ``memory_sync_concurrency`` at once
     and each memory under a slot of the :class:`BackgroundShare`; inside a group one
     memory after the other, stopping at the first failure or one not yet due.
+
+    A memory that can never be stored (SomaBrain refuses it, it no longer validates, or
+    it failed ``processing_max_attempts`` times for a reason that is not an outage) is
+    dead-lettered to ``somabrain.memory.remember.dlq`` and leaves its group's queue, so
+    it never blocks the memories behind it. An outage (a transient error) is retried
+    for ever, in order.
     """
 
     def __init__(
@@ -95,8 +104,13 @@ class MemorySync:
         client: SomaBrainClient,
         share: BackgroundShare | None = None,
         metrics: Metrics | None = None,
+        dead_letters: DeadLetterWriter | None = None,
     ) -> None:
         self.settings = settings
+        self.dead_letters = dead_letters or DeadLetterWriter(
+            settings, database, metrics or Metrics()
+        )
+        self.topic = settings.topic(MEMORY_REMEMBER)
         self.database = database
         self.client = client
         self.share = share or BackgroundShare(1_000_000, 1_000_000)
@@ -147,21 +161,46 @@ class MemorySync:
         while True:
             async with self.database.connection() as conn:
                 batch = await self.pending.next_batch(conn, tenant, agent, size)
-            for row_id, record, due in batch:
+            for row_id, stored, due in batch:
                 if not due:
                     return synced  # the oldest waits for its backoff: keep the order
                 try:
+                    record = MemoryRecord.model_validate(stored, strict=False)
                     async with self.share.slot():
                         await store_memory(self.client, record)
-                except (TransientError, PermanentError) as exc:
+                except (asyncio.CancelledError, InfrastructureUnavailableError):
+                    raise
+                except TransientError as exc:  # SomaBrain is out: retry, in order
                     async with self.database.connection() as conn:
                         await self.pending.fail(conn, row_id, str(exc), timedelta(seconds=2.0))
                     return synced
+                except Exception as exc:  # the memory itself, or a bug: bounded
+                    async with self.database.connection() as conn:
+                        attempts = await self.pending.fail(
+                            conn, row_id, f"{type(exc).__name__}: {exc}", timedelta(seconds=2.0)
+                        )
+                    permanent = isinstance(exc, PermanentError | ValidationError)
+                    if not permanent and attempts < self.settings.processing_max_attempts:
+                        return synced
+                    await self._give_up(row_id, stored, exc, attempts)
+                    continue
                 async with self.database.connection() as conn:
                     await self.pending.mark_synced(conn, row_id)
                 synced += 1
             if len(batch) < size:
                 return synced
+
+    async def _give_up(self, row_id: int, stored: object, error: Exception, attempts: int) -> None:
+        """Dead-letter a pending memory (its record as stored) and close its row."""
+        key = None
+        if isinstance(stored, dict):
+            key = f"{stored.get('tenant_id')}:{stored.get('agent_id')}".encode()
+        message = InboundMessage(self.topic, -1, -1, key, json.dumps(stored).encode())
+        await self.dead_letters.write(
+            message, error, attempts, idempotency_key=f"dlq:pending-memory:{row_id}"
+        )
+        async with self.database.connection() as conn:
+            await self.pending.gave_up(conn, row_id, f"{type(error).__name__}: {error}")
 
     async def start(self) -> None:
         """Sync in the background every ``memory_sync_interval_seconds``."""

@@ -167,7 +167,9 @@ class Runtime:
             self.share,
         )
         self.memory_processor = MemoryProcessor(settings, self.database, self.somabrain, metrics)
-        self.memory_sync = MemorySync(settings, self.database, self.somabrain, self.share, metrics)
+        self.memory_sync = MemorySync(
+            settings, self.database, self.somabrain, self.share, metrics, self.dead_letters
+        )
         self.deferred_answers = DeferredAnswerer(
             settings, self.database, journey, self.dead_letters, on_committed=self.relay.wake
         )
