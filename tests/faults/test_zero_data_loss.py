@@ -202,6 +202,11 @@ async def test_a_row_that_cannot_be_published_is_dead_lettered_then_replayed_onc
             assert dead.headers["__streams.errors.exception"] == "outbox.relay.PublishError"
 
             admin.create_topics([NewTopic(missing, 1, 1)])[missing].result()
+            # Replay only once the new topic has a leader: before that the relay's producer
+            # may still see it as unknown and burn the row's few attempts.
+            while not has_leader(admin, missing):
+                assert time.monotonic() < deadline, f"{missing} has no leader"
+                await asyncio.sleep(0.2)
             replayed = await run_dlq(
                 settings,
                 "replay",
@@ -218,3 +223,14 @@ async def test_a_row_that_cannot_be_published_is_dead_lettered_then_replayed_onc
     assert arrived.value == b"payload"
     for name in (missing, f"{missing}.dlq"):
         admin.delete_topics([name])
+
+
+def has_leader(admin: AdminClient, topic: str) -> bool:
+    """Whether every partition of ``topic`` has a leader (the topic is usable)."""
+    meta = admin.list_topics(topic, timeout=5).topics.get(topic)
+    return bool(
+        meta is not None
+        and meta.error is None
+        and meta.partitions
+        and all(p.leader >= 0 for p in meta.partitions.values())
+    )
