@@ -6,11 +6,11 @@ BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: help setup lock services services-down status migrate topics run test test-unit lint typecheck format schemas bench clean
+.PHONY: help setup lock services services-down status migrate topics run test test-unit lint typecheck layers format schemas bench clean
 
 help:
 	@echo "make run       start services, apply migrations, run the relay and the worker"
-	@echo "make test      lint, type-check and run the whole suite on the real services"
+	@echo "make test      lint, type-check, check the import layers and run the whole suite"
 	@echo "make bench     run the benchmarks (make bench ARGS=--quick)"
 	@echo "make demo      walk live through the seed's failure scenarios (make demo ARGS=--fast)"
 	@echo "make services  start Kafka, PostgreSQL and Redis natively (services-down stops)"
@@ -64,10 +64,15 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# The import-layer contract of pyproject.toml ([tool.sa01.layers]): no import cycle,
+# no upward or sideways import (docs/architecture.md, "Layers").
+layers:
+	$(PYTHON) scripts/check_layers.py
+
 schemas: setup
 	$(BIN)/python -m schemas.export
 
-test: setup lint typecheck services
+test: setup lint typecheck layers services
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider -m "not stops_services and not sasl" $(ARGS)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m sasl $(ARGS)
 	$(BIN)/python -m pytest -p no:cacheprovider -m stops_services $(ARGS)

@@ -1,39 +1,26 @@
-"""The conversation agent: ``conversation.inbound`` → pipeline → ``conversation.outbound``."""
+"""The conversation agent: ``conversation.inbound`` → pipeline → ``conversation.outbound``.
+
+Guarantees: records are handed to the runtime's session lanes unacked; the offset is
+acked (in order per partition) once the pipeline finished or dead-lettered the record.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from agents.host import AgentHost, inbound_message, raw_topic
 from core.topics import CONVERSATION_INBOUND
-from pipeline.conversation import InboundMessage
-from streams.app import StreamsApp
 
 __all__ = ["register"]
 
 
-def register(app: StreamsApp) -> Any:
-    """Declare the agent on ``app``; return it."""
-    inbound = app.topic(
-        app.settings.topic(CONVERSATION_INBOUND),
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=app.settings.topic_partitions,
-    )
+def register(app: AgentHost, name: str) -> Any:
+    """Declare the agent ``name`` on ``app``; return it."""
 
-    @app.agent(inbound, name="conversation")
+    @app.agent(raw_topic(app, CONVERSATION_INBOUND), name=name)
     async def conversation(stream: Any) -> None:
         async for event in stream.noack().events():
             message = event.message
-            await app.runtime.submit(
-                InboundMessage(
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    key=message.key,
-                    value=message.value,
-                ),
-                message.tp,
-                event.ack,
-            )
+            await app.runtime.submit(inbound_message(message), message.tp, event.ack)
 
     return conversation

@@ -1,28 +1,26 @@
-"""The degradation agent: folds ``degradation.events`` into the ``service_health`` table."""
+"""The degradation agent: folds ``degradation.events`` into the ``service_health`` table.
+
+Guarantees: one event at a time (table writes belong to the event being processed);
+what cannot be folded is dead-lettered; the offset is acked once the event was folded
+or dead-lettered.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from agents.host import AgentHost, inbound_message, raw_topic
 from core.topics import DEGRADATION_EVENTS
 from pipeline.dead_letters import InboundMessage
 from schemas.codec import decode_message
 from schemas.messages import DegradationEvent
-from streams.app import StreamsApp
-from streams.runtime import DEGRADATION
 from tables.service_health import fold
 
 __all__ = ["register"]
 
 
-def register(app: StreamsApp) -> Any:
-    """Declare the agent on ``app``; return it."""
-    topic = app.topic(
-        app.settings.topic(DEGRADATION_EVENTS),
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=app.settings.topic_partitions,
-    )
+def register(app: AgentHost, name: str) -> Any:
+    """Declare the agent ``name`` on ``app``; return it."""
 
     async def fold_event(message: InboundMessage) -> str:
         health = decode_message(DegradationEvent, message.value)
@@ -32,20 +30,11 @@ def register(app: StreamsApp) -> Any:
         app.service_health[health.service] = row
         return "folded"
 
-    @app.agent(topic, name=DEGRADATION)
+    @app.agent(raw_topic(app, DEGRADATION_EVENTS), name=name)
     async def degradation(stream: Any) -> None:
-        # One event at a time (table writes belong to the event being processed); the
-        # guard dead-letters what cannot be folded; the offset is acked once the event
-        # was folded or dead-lettered.
         guard = app.runtime.degradation_guard
         async for event in stream.noack().events():
-            message = event.message
-            await guard.run(
-                InboundMessage(
-                    message.topic, message.partition, message.offset, message.key, message.value
-                ),
-                fold_event,
-            )
+            await guard.run(inbound_message(event.message), fold_event)
             event.ack()
 
     return degradation

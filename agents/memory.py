@@ -1,40 +1,29 @@
-"""The memory agent: ``somabrain.memory.remember`` → SomaBrain, or ``pending_memory``."""
+"""The memory agent: ``somabrain.memory.remember`` → SomaBrain, or ``pending_memory``.
+
+Guarantees: lanes per tenant and agent (the record key): in order within one,
+concurrent across them; offsets acked in order once each memory is stored, kept or
+dead-lettered (pipeline.consuming).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from agents.host import AgentHost, inbound_message, raw_topic
 from core.topics import MEMORY_REMEMBER
-from pipeline.dead_letters import InboundMessage
-from streams.app import StreamsApp
-from streams.runtime import MEMORY
 
 __all__ = ["register"]
 
 
-def register(app: StreamsApp) -> Any:
-    """Declare the agent on ``app``; return it."""
-    topic = app.topic(
-        app.settings.topic(MEMORY_REMEMBER),
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=app.settings.topic_partitions,
-    )
+def register(app: AgentHost, name: str) -> Any:
+    """Declare the agent ``name`` on ``app`` (its records go to the runtime's consumer
+    of the same name); return it."""
 
-    @app.agent(topic, name=MEMORY)
+    @app.agent(raw_topic(app, MEMORY_REMEMBER), name=name)
     async def memory(stream: Any) -> None:
-        # Lanes per tenant and agent (the record key): in order within one, concurrent
-        # across them; offsets acked in order once each memory is stored, kept or
-        # dead-lettered (pipeline.consuming).
-        consumer = app.runtime.consumers[MEMORY]
+        consumer = app.runtime.consumers[name]
         async for event in stream.noack().events():
             message = event.message
-            await consumer.submit(
-                InboundMessage(
-                    message.topic, message.partition, message.offset, message.key, message.value
-                ),
-                message.tp,
-                event.ack,
-            )
+            await consumer.submit(inbound_message(message), message.tp, event.ack)
 
     return memory

@@ -1,51 +1,33 @@
-"""The upload and backup agents: ``upload.retry`` and ``backup.tasks`` (see pipeline.uploads)."""
+"""The upload and backup agents: ``upload.retry`` and ``backup.tasks`` (see pipeline.uploads).
+
+Guarantees: each task runs on the lane of its key (upload id, backup task id);
+offsets are acked in order once each is done or dead-lettered (pipeline.consuming).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from agents.host import AgentHost, inbound_message, raw_topic
 from core.topics import BACKUP_TASKS, UPLOAD_RETRY
-from pipeline.dead_letters import InboundMessage
-from streams.app import StreamsApp
-from streams.runtime import BACKUPS, UPLOADS
 
 __all__ = ["register"]
 
 
-def _inbound(message: Any) -> InboundMessage:
-    return InboundMessage(
-        message.topic, message.partition, message.offset, message.key, message.value
-    )
+def register(app: AgentHost, uploads_name: str, backups_name: str) -> tuple[Any, Any]:
+    """Declare both agents on ``app`` (each feeds the runtime's consumer of its name);
+    return them."""
 
-
-def register(app: StreamsApp) -> tuple[Any, Any]:
-    """Declare both agents on ``app``; return them."""
-    partitions = app.settings.topic_partitions
-    uploads_topic = app.topic(
-        app.settings.topic(UPLOAD_RETRY),
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=partitions,
-    )
-    backups_topic = app.topic(
-        app.settings.topic(BACKUP_TASKS),
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=partitions,
-    )
-
-    # Each task runs on the lane of its key (upload id, backup task id); offsets are
-    # acked in order once each is done or dead-lettered (pipeline.consuming).
-    @app.agent(uploads_topic, name=UPLOADS)
+    @app.agent(raw_topic(app, UPLOAD_RETRY), name=uploads_name)
     async def uploads(stream: Any) -> None:
-        consumer = app.runtime.consumers[UPLOADS]
+        consumer = app.runtime.consumers[uploads_name]
         async for event in stream.noack().events():
-            await consumer.submit(_inbound(event.message), event.message.tp, event.ack)
+            await consumer.submit(inbound_message(event.message), event.message.tp, event.ack)
 
-    @app.agent(backups_topic, name=BACKUPS)
+    @app.agent(raw_topic(app, BACKUP_TASKS), name=backups_name)
     async def backups(stream: Any) -> None:
-        consumer = app.runtime.consumers[BACKUPS]
+        consumer = app.runtime.consumers[backups_name]
         async for event in stream.noack().events():
-            await consumer.submit(_inbound(event.message), event.message.tp, event.ack)
+            await consumer.submit(inbound_message(event.message), event.message.tp, event.ack)
 
     return uploads, backups

@@ -1,46 +1,54 @@
 """The Faust app of the resilience layer: ``faust -A streams worker``.
 
-Importing this module builds the app from the environment (``SA01_*``) and
-declares its agents, pages and commands; it imports neither litellm nor anything
-slow.
+Guarantees: importing this package (or any module under it) builds no app, reads no
+environment and opens nothing. ``streams.app``, the attribute Faust's ``-A streams``
+reads, builds the app from the ``SA01_*`` environment on first access
+(:func:`streams.app.app_from_environment`: a bad setting exits with code 2) and keeps
+it; :func:`streams.app.create_app` builds one from explicit settings.
+
+The attribute and the submodule ``streams/app.py`` share the name ``app``: Python's
+import system sets the package attribute to the submodule whenever the submodule is
+imported, which would hide a plain PEP 562 ``__getattr__``. The package's module
+class therefore declares ``app`` as a property, which that assignment cannot shadow:
+``streams.app`` is always the app, ``from streams.app import create_app`` the module's.
 """
 
+from __future__ import annotations
+
 import sys
+import threading
+import types
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    from streams.app import StreamsApp
 
-from agents import conversation as _conversation_agent
-from agents import degradation as _degradation_agent
-from agents import memory as _memory_agent
-from agents import uploads as _upload_agents
-from core.errors import ConfigurationError
-from core.redaction import describe_validation_error
-from streams import circuits as _circuits
-from streams import commands as _commands
-from streams import dlq as _dlq
-from streams import timers as _timers
-from streams import web as _web
-from streams.app import StreamsApp, create_app
+__all__ = ["app"]
 
-__all__ = ["StreamsApp", "app", "create_app"]
+_lock = threading.Lock()
 
-try:
-    app: StreamsApp = create_app()
-except ValidationError as _exc:
-    print(f"error: invalid settings: {describe_validation_error(_exc)}", file=sys.stderr)
-    raise SystemExit(2) from None
-except ConfigurationError as _exc:
-    print(f"error: {_exc}", file=sys.stderr)
-    raise SystemExit(2) from None
-_conversation_agent.register(app)
-_degradation_agent.register(app)
-_memory_agent.register(app)
-_upload_agents.register(app)
-_timers.register(app)
-_web.register(app)
-_commands.register(app)
-_commands.register_operator_commands(app)
-_dlq.register(app)
-_circuits.register(app)
-_commands.register_memory_command(app)
-_commands.register_storage_commands(app)
+
+class _StreamsPackage(types.ModuleType):
+    """The ``streams`` package: ``app`` is built on first access, then kept."""
+
+    _built: StreamsApp | None = None
+
+    @property
+    def app(self) -> StreamsApp:
+        """The app built from the environment (once per process)."""
+        with _lock:
+            if self._built is None:
+                from streams.app import app_from_environment
+
+                self._built = app_from_environment()
+            return self._built
+
+    @app.setter
+    def app(self, value: object) -> None:
+        # The import system binds the submodule ``streams.app`` here once it has loaded;
+        # the attribute stays the Faust app, the submodule stays in sys.modules.
+        if not isinstance(value, types.ModuleType):
+            raise AttributeError("streams.app is built from the settings, not assigned")
+
+
+sys.modules[__name__].__class__ = _StreamsPackage

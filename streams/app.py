@@ -1,8 +1,16 @@
-"""The Faust app: ``faust -A streams worker``.
+"""The Faust app: :func:`create_app` builds it; ``faust -A streams worker`` runs it.
 
-Topics are created by the project (the broker's auto-creation is off) before the
-consumer subscribes; values are taken as raw bytes and decoded by the pipeline so
-that a bad message is dead-lettered instead of stopping an agent.
+Guarantees:
+
+* Importing this module (or any other) builds nothing, opens nothing and reads no
+  environment. :func:`create_app` builds the app from the :class:`Settings` it is
+  given and declares every agent, table, page, timer and command on it;
+  :func:`app_from_environment` reads ``SA01_*`` first and exits with code 2 on a bad
+  setting. ``streams.app`` (the attribute of the package, which ``faust -A streams``
+  reads) calls it on first access.
+* Topics are created by the project (the broker's auto-creation is off) before the
+  consumer subscribes; values are taken as raw bytes and decoded by the pipeline so
+  that a bad message is dead-lettered instead of stopping an agent.
 """
 
 from __future__ import annotations
@@ -17,20 +25,37 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import faust
+from pydantic import ValidationError
 
+from agents import conversation as conversation_agent
+from agents import degradation as degradation_agent
+from agents import memory as memory_agent
+from agents import uploads as upload_agents
 from core.errors import ConfigurationError, ResilienceError
 from core.kafka_security import faust_credentials
-from core.logging import quiet_noisy_loggers
+from core.logging import apply_format, configure_logging, quiet_noisy_loggers
 from core.metrics import Metrics
-from core.redaction import install_log_redaction
+from core.redaction import describe_validation_error, install_log_redaction
 from core.settings import Settings
 from resilience.health import ServiceHealth
+from streams import circuits, commands, dlq, timers, web
 from streams.gaps import GapTrackingConsumer
-from streams.runtime import Runtime
+from streams.runtime import BACKUPS, CONVERSATION, DEGRADATION, MEMORY, UPLOADS, Runtime
 from streams.web_guard import WebGuard
 from tables import service_health
 
-__all__ = ["EXIT_FATAL", "EXIT_STOP_TIMEOUT", "StreamsApp", "StreamsWorker", "create_app"]
+__all__ = [
+    "EXIT_BAD_SETTINGS",
+    "EXIT_FATAL",
+    "EXIT_STOP_TIMEOUT",
+    "StreamsApp",
+    "StreamsWorker",
+    "app_from_environment",
+    "create_app",
+]
+
+#: The exit code of any command when a setting is invalid.
+EXIT_BAD_SETTINGS = 2
 
 #: The worker's exit code after lost infrastructure state (a dropped table or topic).
 EXIT_FATAL = 3
@@ -89,7 +114,7 @@ class StreamsApp(faust.App):
         try:
             await self.runtime.start()
         except ResilienceError as exc:
-            logger.error("worker cannot start: %s", exc)
+            logger.error("worker cannot start", extra={"error": str(exc)})
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(1) from exc
 
@@ -118,6 +143,11 @@ class StreamsWorker(faust.Worker):
 
     _stop_bound: threading.Timer | None = None
 
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """Faust has replaced the root handlers: give them the configured log format."""
+        super().on_setup_root_logger(logger, level)
+        apply_format(root=logger)
+
     def _arm_stop_bound(self) -> None:
         if self._stop_bound is None:
             app = self.app
@@ -145,12 +175,16 @@ class StreamsWorker(faust.Worker):
             raise
 
 
-def create_app(settings: Settings | None = None) -> StreamsApp:
-    """Build the app from ``settings`` (default: the environment)."""
-    settings = settings or Settings.load()
+def create_app(settings: Settings) -> StreamsApp:
+    """The app for ``settings`` with every agent, table, page, timer and command declared.
+
+    Installs log redaction and the log format of ``settings`` (process-wide, idempotent);
+    opens no connection (the runtime connects when the worker starts).
+    """
     install_log_redaction(settings)
+    configure_logging(settings)
     brokers = [f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")]
-    return StreamsApp(
+    app = StreamsApp(
         settings,
         broker=brokers,
         broker_credentials=faust_credentials(settings),
@@ -172,3 +206,29 @@ def create_app(settings: Settings | None = None) -> StreamsApp:
         stream_wait_empty=True,
         Worker=StreamsWorker,
     )
+    conversation_agent.register(app, CONVERSATION)
+    degradation_agent.register(app, DEGRADATION)
+    memory_agent.register(app, MEMORY)
+    upload_agents.register(app, UPLOADS, BACKUPS)
+    timers.register(app)
+    web.register(app)
+    commands.register(app)
+    commands.register_operator_commands(app)
+    dlq.register(app)
+    circuits.register(app)
+    commands.register_memory_command(app)
+    commands.register_storage_commands(app)
+    return app
+
+
+def app_from_environment() -> StreamsApp:
+    """:func:`create_app` for the ``SA01_*`` environment; a bad setting prints one line
+    (without its value: it may be a secret) and exits with :data:`EXIT_BAD_SETTINGS`."""
+    try:
+        return create_app(Settings.load())
+    except ValidationError as exc:
+        print(f"error: invalid settings: {describe_validation_error(exc)}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_SETTINGS) from None
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_SETTINGS) from None

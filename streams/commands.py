@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from faust.cli import argument, option
@@ -24,10 +24,12 @@ from outbox.producer import ResilientProducer
 from outbox.relay import OutboxRelay
 from pipeline.records import message_record
 from schemas.messages import ConversationInbound, UseCase
-from streams.app import StreamsApp
 from streams.console import Console, dump_json, format_status
 from streams.runtime import check_schema
 from streams.uploads import inline_attachment, read_upload
+
+if TYPE_CHECKING:
+    from streams.app import StreamsApp
 
 __all__ = [
     "register",

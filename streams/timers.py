@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from core.errors import InfrastructureUnavailableError, TopicMissingError
 from core.topics import missing_topics
-from streams.app import StreamsApp
+
+if TYPE_CHECKING:
+    from streams.app import StreamsApp
 
 __all__ = ["register"]
 
@@ -23,7 +26,9 @@ def register(app: StreamsApp) -> None:
         await app.runtime.ready.wait()
         await app.tables.recovery.completed.wait()  # type: ignore[attr-defined]
         await app.runtime.start_monitor()
-        logger.info("degradation monitor started (%d probes)", len(app.runtime.monitor.probes))
+        logger.info(
+            "degradation monitor started", extra={"probes": len(app.runtime.monitor.probes)}
+        )
 
     @app.timer(interval=app.settings.topic_check_interval_seconds)  # type: ignore[untyped-decorator]
     async def check_topics() -> None:

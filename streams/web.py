@@ -5,9 +5,11 @@ The ``/circuits`` pages (operator control of the breakers) are in ``streams.circ
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from streams.app import StreamsApp
+if TYPE_CHECKING:
+    from streams.app import StreamsApp
+
 
 __all__ = ["register"]
 
