@@ -6,7 +6,9 @@
   configured secret (``SecretStr`` settings, the passwords of the service URLs) with
   ``***``.
 * :func:`install_log_redaction` makes every log record of the process go through
-  :func:`redact_text` (message, arguments and traceback), whatever handler prints it.
+  :func:`redact_text` (message, arguments and traceback), whatever handler prints it;
+  :func:`redact_logged` applies the same to a record's fields (``extra=``, set on the
+  record after the factory ran), which the formatters of core.logging call.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "configured_secrets",
     "describe_validation_error",
     "install_log_redaction",
+    "redact_logged",
     "redact_text",
     "redact_url",
 ]
@@ -127,3 +130,11 @@ def install_log_redaction(settings: Settings) -> None:
             factory = _RedactingRecordFactory(factory)
             logging.setLogRecordFactory(factory)
         factory.secrets |= configured_secrets(settings)
+
+
+def redact_logged(text: str) -> str:
+    """``text`` redacted as :func:`install_log_redaction` redacts log records (URL
+    passwords always; configured secrets once installed)."""
+    factory = logging.getLogRecordFactory()
+    secrets = factory.secrets if isinstance(factory, _RedactingRecordFactory) else set()
+    return redact_text(text, secrets)

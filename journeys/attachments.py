@@ -99,7 +99,7 @@ class AttachmentStorer:
             self._refuse(outcome, attachment, str(exc))
             return
         except FallbackExhaustedError as exc:
-            logger.warning("no store took %s, queued: %s", key, exc)
+            logger.warning("no store took an upload, queued", extra={"key": key, "error": str(exc)})
             outcome.tasks.append(task)
             _add(outcome.notices, UPLOAD_QUEUED)
             _add(outcome.degraded, "storage")
@@ -115,7 +115,10 @@ class AttachmentStorer:
         self.metrics.uploads_total.labels(outcome="temporary").inc()
 
     def _refuse(self, outcome: AttachmentOutcome, attachment: Attachment, why: str) -> None:
-        logger.info("attachment %s refused: %s", attachment.attachment_id, why)
+        logger.info(
+            "attachment refused",
+            extra={"attachment_id": attachment.attachment_id, "reason": why},
+        )
         outcome.notices.append(f"Attachment {attachment.attachment_id} refused: {why}")
         self.metrics.uploads_total.labels(outcome="refused").inc()
 

@@ -71,7 +71,7 @@ class ConversationJourney:
                 recalled = await self.memory.recall(inbound.tenant_id, text)
                 return [m.content for m in recalled]
             except TransientError as exc:
-                logger.info("recall failed, using session context: %s", exc)
+                logger.info("recall failed, using session context", extra={"error": str(exc)})
                 degraded.append("somabrain")
         if self.session is None:
             return []

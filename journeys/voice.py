@@ -75,7 +75,7 @@ class VoiceJourney:
         except (ObjectNotFoundError, UploadRefusedError) as exc:
             raise AudioRefusedError(f"the recording {recording.storage_key!r}: {exc}") from exc
         except (FallbackExhaustedError, ServiceUnavailableError) as exc:
-            logger.warning("voice audio %s unreadable: %s", key, exc)
+            logger.warning("voice audio unreadable", extra={"key": key, "error": str(exc)})
             return None, recording.content_type
         return data, recording.content_type
 
@@ -86,12 +86,18 @@ class VoiceJourney:
             result = await self.audio.transcribe(audio, content_type, inbound.text)
         except AudioRefusedError as exc:
             # The recording itself is at fault, not a provider: no chain is degraded.
-            logger.info("voice message %s unreadable: %s", inbound.message_id, exc)
+            logger.info(
+                "voice message unreadable",
+                extra={"message_id": inbound.message_id, "error": str(exc)},
+            )
             if inbound.text.strip():
                 return Transcript(inbound.text, NATIVE, [], [UNREADABLE_AUDIO])
             return Transcript(None, "none", [], [UNREADABLE_AUDIO])
         except FallbackExhaustedError as exc:
-            logger.warning("no STT link could transcribe %s: %s", inbound.message_id, exc)
+            logger.warning(
+                "no STT link could transcribe",
+                extra={"message_id": inbound.message_id, "error": str(exc)},
+            )
             return Transcript(None, "none", ["stt"], [VOICE_FALLBACK])
         if result.provider == self.audio.stt_primary:
             return Transcript(result.value, result.provider)
@@ -124,7 +130,9 @@ class VoiceJourney:
             speech = result.value
             provider = result.provider
         except FallbackExhaustedError as exc:
-            logger.warning("no TTS link spoke %s: %s", reply.message_id, exc)
+            logger.warning(
+                "no TTS link spoke", extra={"message_id": reply.message_id, "error": str(exc)}
+            )
             speech = None
         if speech is not None and speech.audio is not None:
             extension = "wav" if speech.content_type == "audio/wav" else "mp3"
@@ -140,7 +148,10 @@ class VoiceJourney:
                     ),
                 )
             except (ServiceUnavailableError, UploadRefusedError) as exc:
-                logger.warning("spoken reply %s not stored, client voice: %s", key, exc)
+                logger.warning(
+                    "spoken reply not stored, client voice",
+                    extra={"key": key, "error": str(exc)},
+                )
                 provider = NATIVE
                 degraded.append("storage")
         if provider != self.audio.tts_primary:

@@ -106,7 +106,10 @@ async def migrate(settings: Settings) -> list[Migration]:
                         (migration.version, migration.name),
                     )
                 applied.append(migration)
-                logger.info("applied migration %04d_%s", migration.version, migration.name)
+                logger.info(
+                    "applied migration",
+                    extra={"migration": f"{migration.version:04d}_{migration.name}"},
+                )
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied

@@ -99,17 +99,22 @@ class RecordGuard:
                     or attempts >= self.settings.processing_max_attempts
                 ):
                     if not isinstance(exc, INPUT_ERRORS):
-                        logger.exception("%s: giving up on %s", self.consumer, message.position)
+                        logger.exception(
+                            "giving up on a record",
+                            extra={"consumer": self.consumer, "position": message.position},
+                        )
                     outcome = await self.dead_letter(message, exc, attempts)
                     break
                 delay = self.settings.processing_retry_backoff_seconds * 2 ** (attempts - 1)
                 logger.warning(
-                    "%s: %s failed (attempt %d), next in %.1fs: %r",
-                    self.consumer,
-                    message.position,
-                    attempts,
-                    delay,
-                    exc,
+                    "record failed, retrying",
+                    extra={
+                        "consumer": self.consumer,
+                        "position": message.position,
+                        "attempt": attempts,
+                        "delay_seconds": round(delay, 1),
+                        "error": repr(exc),
+                    },
                 )
                 await asyncio.sleep(delay)
         self.count(outcome)
@@ -142,7 +147,10 @@ class RecordGuard:
                 await self.pause(exc, failures)
             except Exception as exc:
                 failures += 1
-                logger.exception("%s: dead letter of %s refused", self.consumer, message.position)
+                logger.exception(
+                    "dead letter refused",
+                    extra={"consumer": self.consumer, "position": message.position},
+                )
                 stored_error = PermanentError(f"{type(error).__name__} (not storable: {exc!r})")
                 await asyncio.sleep(
                     min(0.1 * 2**failures, self.settings.infrastructure_retry_max_seconds)
@@ -166,12 +174,14 @@ class RecordGuard:
         delay = min(0.1 * 2**outages, self.settings.infrastructure_retry_max_seconds)
         if outages in (1, 5) or outages % 20 == 0:
             logger.warning(
-                "%s: waiting for %s (retry %d in %.1fs): %s",
-                self.consumer,
-                exc.service,
-                outages,
-                delay,
-                exc,
+                "waiting for a service",
+                extra={
+                    "consumer": self.consumer,
+                    "service": exc.service,
+                    "retry": outages,
+                    "delay_seconds": round(delay, 1),
+                    "error": str(exc),
+                },
             )
         await asyncio.sleep(delay)
 

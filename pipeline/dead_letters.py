@@ -99,10 +99,12 @@ class DeadLetterWriter:
         if inserted:
             self.metrics.dlq_messages_total.labels(topic=dlq(message.topic)).inc()
             logger.warning(
-                "dead-lettered %s after %d attempt(s): %s: %s",
-                message.position,
-                attempts,
-                headers[ERRORS_EXCEPTION],
-                headers[ERRORS_MESSAGE],
+                "dead-lettered a record",
+                extra={
+                    "position": message.position,
+                    "attempts": attempts,
+                    "error_type": headers[ERRORS_EXCEPTION],
+                    "error": headers[ERRORS_MESSAGE],
+                },
             )
         return inserted

@@ -100,11 +100,13 @@ class _RetryingProcessor:
                 delay = backoff_seconds(self.settings, failures)
                 if failures in (1, 5) or failures % 10 == 0:
                     logger.warning(
-                        "%s: attempt %d failed, next in %.1fs: %s",
-                        message.position,
-                        failures,
-                        delay,
-                        exc,
+                        "task attempt failed, retrying",
+                        extra={
+                            "position": message.position,
+                            "attempt": failures,
+                            "delay_seconds": round(delay, 1),
+                            "error": str(exc),
+                        },
                     )
                 await asyncio.sleep(delay)
 
@@ -183,7 +185,7 @@ class UploadProcessor(_RetryingProcessor):
             except ResilienceError:
                 continue
             parked[task.storage_key] = store.name
-            logger.info("upload %s parked in %s", task.upload_id, store.name)
+            logger.info("upload parked", extra={"upload_id": task.upload_id, "store": store.name})
             return
 
     async def _forget_temporary(self, key: str, held: str | None) -> None:
@@ -196,7 +198,10 @@ class UploadProcessor(_RetryingProcessor):
             try:
                 await store.delete(key)
             except ResilienceError as exc:
-                logger.info("could not check %s for a stale copy of %r: %s", store.name, key, exc)
+                logger.info(
+                    "could not check for a stale copy",
+                    extra={"store": store.name, "key": key, "error": str(exc)},
+                )
 
 
 def _inline(task: UploadTask) -> bytes:
@@ -243,7 +248,10 @@ class BackupProcessor(_RetryingProcessor):
             try:
                 _, data = await self.storage.get(key)
             except ObjectNotFoundError:
-                logger.warning("backup %s: %r is in no store, skipped", task.task_id, key)
+                logger.warning(
+                    "backup object in no store, skipped",
+                    extra={"task_id": task.task_id, "key": key},
+                )
                 self.metrics.backup_objects_total.labels(outcome="missing").inc()
                 done.add(key)
                 continue

@@ -154,12 +154,14 @@ class WebGuard:
         if refused is None:
             return await handler(request)
         logger.warning(
-            "web: %s %s from %s refused (%d: %s)",
-            request.method,
-            request.path,
-            request.remote or "?",
-            refused.status,
-            refused.error,
+            "web request refused",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "remote": request.remote or "?",
+                "status": refused.status,
+                "error": refused.error,
+            },
         )
         headers = {"WWW-Authenticate": "Bearer"} if refused.status == 401 else None
         return web.json_response({"error": refused.error}, status=refused.status, headers=headers)

@@ -107,7 +107,9 @@ def test_an_import_for_type_checking_only_makes_no_cycle_but_still_counts_for_la
 ) -> None:
     typing_cycle = {
         "top/a.py": "from top import b\n",
-        "top/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from top.a import X\n",
+        "top/b.py": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from top.a import X\n"
+        ),
     }
     assert run(tree(tmp_path / "one", typing_cycle), capsys)[0] == 0
     upward = {
