@@ -1,40 +1,51 @@
-"""Terminal output of the demo: colour and live progress bars on a TTY, plain lines when piped."""
+"""Terminal output of the demo: ``rich`` colour and live progress bars on a TTY, plain
+lines when piped.
+
+Guarantees: on a terminal (and unless ``NO_COLOR`` or ``--no-colour``) lines are
+coloured and one live progress bar at a time is redrawn in place below them, by
+``rich``; piped, the output is plain text without escape codes: each bar prints its
+final line, and for ten or more steps also a line at each quarter.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import sys
-import time
 from typing import Final, TextIO
+
+from rich.console import Console as RichConsole
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn
+from rich.progress import Progress as RichProgress
+from rich.text import Text
 
 __all__ = ["UI", "Progress", "bar_text"]
 
 _STYLES: Final = {
-    "bold": "1",
-    "dim": "2",
-    "red": "31",
-    "green": "32",
-    "yellow": "33",
-    "blue": "34",
-    "magenta": "35",
-    "cyan": "36",
-    "healthy": "32",
-    "degraded": "33",
-    "unavailable": "31",
+    "bold": "bold",
+    "dim": "dim",
+    "red": "red",
+    "green": "green",
+    "yellow": "yellow",
+    "blue": "blue",
+    "magenta": "magenta",
+    "cyan": "cyan",
+    "healthy": "green",
+    "degraded": "yellow",
+    "unavailable": "red",
 }
 _BAR_WIDTH: Final = 24
 
 
-def bar_text(done: int, total: int, *, fancy: bool, width: int = _BAR_WIDTH) -> str:
-    """``[#####.....]`` (``█`` and ``░`` when ``fancy``) for ``done`` of ``total``."""
+def bar_text(done: int, total: int, *, width: int = _BAR_WIDTH) -> str:
+    """``[#####.....]`` for ``done`` of ``total`` (the piped form of a bar)."""
     total = max(total, 1)
     filled = min(width, max(0, round(width * min(done, total) / total)))
-    full, empty = ("█", "░") if fancy else ("#", ".")
-    return "[" + full * filled + empty * (width - filled) + "]"
+    return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
 class UI:
-    """Writes the demo's lines; one live progress bar at a time is redrawn in place on a TTY."""
+    """Writes the demo's lines; one live progress bar at a time on a TTY."""
 
     def __init__(self, stream: TextIO | None = None, *, colour: bool | None = None) -> None:
         self.stream = stream or sys.stdout
@@ -42,16 +53,28 @@ class UI:
         if colour is None:
             colour = self.tty and "NO_COLOR" not in os.environ
         self.colour = colour
+        self.console = RichConsole(
+            file=self.stream,
+            force_terminal=self.tty,
+            no_color=not colour,
+            color_system="standard" if colour else None,
+            highlight=False,
+            soft_wrap=True,
+        )
         self._live: Progress | None = None
 
     # ------------------------------------------------------------------ styling
 
     def paint(self, text: str, style: str) -> str:
         """``text`` in ``style`` (a colour, ``bold``, ``dim`` or a health state) when colouring."""
-        code = _STYLES.get(style)
-        if not self.colour or code is None:
+        name = _STYLES.get(style)
+        if not self.colour or name is None:
             return text
-        return f"\033[{code}m{text}\033[0m"
+        buffer = io.StringIO()
+        RichConsole(
+            file=buffer, force_terminal=True, color_system="standard", highlight=False
+        ).print(Text(text, style=name), end="", soft_wrap=True)
+        return buffer.getvalue()
 
     @property
     def arrow(self) -> str:
@@ -61,13 +84,12 @@ class UI:
     # ------------------------------------------------------------------ lines
 
     def line(self, text: str = "") -> None:
-        """Write one line (above the live bar, which is redrawn after it)."""
-        if self._live is not None and self.tty:
-            self.stream.write("\r\033[K")
-        self.stream.write(text + "\n")
-        if self._live is not None and self.tty:
-            self.stream.write(self._live.render())
-        self.stream.flush()
+        """Write one line (above the live bar on a TTY, which rich redraws below it)."""
+        if self.tty:
+            self.console.print(Text.from_ansi(text), soft_wrap=True)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def heading(self, text: str) -> None:
         """A section title."""
@@ -103,30 +125,18 @@ class UI:
             self._live.close()
         bar = Progress(self, label, total, unit)
         self._live = bar
-        if self.tty:
-            self.stream.write(bar.render())
-            self.stream.flush()
         return bar
 
-    def _redraw(self, bar: Progress) -> None:
-        if self._live is bar and self.tty:
-            self.stream.write("\r\033[K" + bar.render())
-            self.stream.flush()
-
-    def _finish(self, bar: Progress) -> None:
+    def _finished(self, bar: Progress) -> None:
         if self._live is bar:
             self._live = None
-            if self.tty:
-                self.stream.write("\r\033[K")
-        self.stream.write(bar.render() + "\n")
-        self.stream.flush()
 
 
 class Progress:
     """One progress bar: ``label [#####.....] done/total unit  detail``.
 
-    On a TTY it is redrawn in place (at most ten times a second); piped, it prints its
-    final line, and for ten or more steps also a line at each quarter.
+    On a TTY it is a live ``rich`` bar; piped, it prints its final line, and for ten
+    or more steps also a line at each quarter.
     """
 
     def __init__(self, ui: UI, label: str, total: int, unit: str) -> None:
@@ -137,16 +147,25 @@ class Progress:
         self.done = 0
         self.detail = ""
         self.closed = False
-        self._drawn_at = 0.0
         self._quarter = 0
+        self._bar: RichProgress | None = None
+        self._task: TaskID | None = None
+        if ui.tty:
+            self._bar = RichProgress(
+                TextColumn(f"  {label:<26}"),
+                BarColumn(bar_width=_BAR_WIDTH),
+                MofNCompleteColumn(),
+                TextColumn(f"{unit}  {{task.fields[detail]}}" if unit else "{task.fields[detail]}"),
+                console=ui.console,
+            )
+            self._task = self._bar.add_task(label, total=max(total, 1), detail="")
+            self._bar.start()
 
     def render(self) -> str:
-        """The bar as one line (no newline)."""
-        bar = bar_text(self.done, self.total, fancy=self.ui.tty)
-        if self.ui.colour:
-            bar = self.ui.paint(bar, "green" if self.done >= self.total else "cyan")
+        """The bar as one plain line (no newline): the piped form."""
         unit = f" {self.unit}" if self.unit else ""
         detail = f"  {self.detail}" if self.detail else ""
+        bar = bar_text(self.done, self.total)
         return f"  {self.label:<26} {bar} {self.done}/{self.total}{unit}{detail}"
 
     def update(self, done: int, *, total: int | None = None, detail: str | None = None) -> None:
@@ -158,11 +177,10 @@ class Progress:
             self.total = total
         if detail is not None:
             self.detail = detail
-        if self.ui.tty:
-            now = time.monotonic()
-            if now - self._drawn_at >= 0.1:
-                self._drawn_at = now
-                self.ui._redraw(self)
+        if self._bar is not None and self._task is not None:
+            self._bar.update(
+                self._task, completed=done, total=max(self.total, 1), detail=self.detail
+            )
             return
         quarter = min(4, 4 * self.done // max(self.total, 1))
         if self.total >= 10 and 0 < quarter < 4 and quarter > self._quarter:
@@ -177,7 +195,13 @@ class Progress:
         if detail is not None:
             self.detail = detail
         self.closed = True
-        self.ui._finish(self)
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=self.done, detail=self.detail)
+            self._bar.stop()
+        else:
+            self.ui.stream.write(self.render() + "\n")
+            self.ui.stream.flush()
+        self.ui._finished(self)
 
     def __enter__(self) -> Progress:
         return self

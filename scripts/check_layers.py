@@ -201,9 +201,7 @@ def _cycles(graph: Graph) -> list[list[str]]:
     return found
 
 
-def check(
-    graph: Graph, contract: Contract, root: Path
-) -> tuple[list[str], set[tuple[str, str]]]:
+def check(graph: Graph, contract: Contract, root: Path) -> tuple[list[str], set[tuple[str, str]]]:
     """The violations (one line each) and the exceptions that were used."""
     violations: list[str] = []
     used: set[tuple[str, str]] = set()

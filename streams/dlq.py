@@ -8,6 +8,9 @@ a dead letter's original key and bytes back to its original topic through the ou
 Filters: ids, ``--topic``, ``--error``, ``--since D`` (newer than D), ``--older-than D``
 (older than D: retention clean-up is ``purge --older-than 30d``). ``purge`` with no
 filter deletes every dead letter and is refused unless ``--all`` says so.
+
+Output: a replay shows a ``rich`` progress bar on a terminal and ``replayed N/T``
+lines when piped; ``--json`` prints one JSON document per line either way.
 """
 
 from __future__ import annotations
@@ -18,6 +21,15 @@ import sys
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from core.errors import ConfigurationError, ResilienceError
 from core.settings import Settings
@@ -112,22 +124,40 @@ def _summary(letter: StoredDeadLetter) -> dict[str, Any]:
 
 
 class _Progress:
-    """``done/total`` on one updating line on a TTY, every tenth elsewhere."""
+    """Replay progress: a ``rich`` bar on a terminal; piped, ``verb done/total`` lines at
+    every tenth and at the end."""
 
     def __init__(self, console: Console, verb: str, total: int) -> None:
         self.console = console
         self.verb = verb
         self.total = total
         self.step = max(1, total // 10)
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> _Progress:
+        if self.console.colour and self.total:
+            self._bar = Progress(
+                TextColumn(self.verb),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console.rich,
+            )
+            self._task = self._bar.add_task(self.verb, total=self.total)
+            self._bar.start()
+        return self
 
     def __call__(self, done: int) -> None:
-        if self.console.colour:
-            self.console.stream.write(f"\r{self.verb} {done}/{self.total}")
-            self.console.stream.flush()
-            if done == self.total:
-                self.console.stream.write("\n")
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=done)
         elif done % self.step == 0 or done == self.total:
             self.console.line(f"{self.verb} {done}/{self.total}")
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 async def _replay(
@@ -228,9 +258,8 @@ async def run_dlq(
                 console.line(f"would replay {letter.id} to {letter.topic}")
             console.line(f"would replay {len(letters)} dead letter(s)")
             return len(letters)
-        sent = await _replay(
-            settings, database, letters, _Progress(console, "replayed", len(letters))
-        )
+        with _Progress(console, "replayed", len(letters)) as progress:
+            sent = await _replay(settings, database, letters, progress)
         console.line(f"replayed {sent} dead letter(s) through the outbox")
         return sent
 
