@@ -11,6 +11,8 @@ import system sets the package attribute to the submodule whenever the submodule
 imported, which would hide a plain PEP 562 ``__getattr__``. The package's module
 class therefore declares ``app`` as a property, which that assignment cannot shadow:
 ``streams.app`` is always the app, ``from streams.app import create_app`` the module's.
+(So write ``from streams.app import ...``: ``import streams.app as m`` reads the
+attribute, and gives the app.)
 """
 
 from __future__ import annotations
