@@ -66,8 +66,8 @@ typecheck: setup
 
 # The import-layer contract of pyproject.toml ([tool.sa01.layers]): no import cycle,
 # no upward or sideways import (docs/architecture.md, "Layers").
-layers:
-	$(PYTHON) scripts/check_layers.py
+layers: setup
+	$(BIN)/python scripts/check_layers.py
 
 schemas: setup
 	$(BIN)/python -m schemas.export

@@ -208,5 +208,5 @@ async def ensure_topics(
     wanted = specs if specs is not None else project_topics(settings)
     created = await asyncio.to_thread(_create_missing, settings, wanted, timeout)
     if created:
-        logger.info("created topics: %s", ", ".join(sorted(created)))
+        logger.info("created topics", extra={"topics": ", ".join(sorted(created))})
     return created
