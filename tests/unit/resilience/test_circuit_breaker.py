@@ -35,25 +35,13 @@ from resilience.circuit_breaker import (
     CircuitBreaker,
     Permit,
 )
+from tests.support.clock import FakeClock
 
 CLOSED = BreakerState.CLOSED
 OPEN = BreakerState.OPEN
 HALF_OPEN = BreakerState.HALF_OPEN
 FORCED_OPEN = BreakerState.FORCED_OPEN
 DISABLED = BreakerState.DISABLED
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Boom(Exception):

@@ -14,17 +14,7 @@ import pytest
 from core.errors import FallbackExhaustedError, ServiceUnavailableError
 from resilience.circuit_breaker import BreakerConfig, BreakerState, CircuitBreaker
 from resilience.fallback import ChainLink, ChainResult, FallbackChain
-
-
-class FakeClock:
-    def __init__(self, start: float = 500.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.clock import FakeClock
 
 
 class BadRequest(Exception):

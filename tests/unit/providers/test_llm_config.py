@@ -12,7 +12,7 @@ from core.settings import Settings
 from providers.llm_chain import build_chain_responder
 from providers.llm_config import SEED_CHAINS, load_chains
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "llm-chains.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "docs" / "llm-chains.example.toml"
 
 
 def test_without_a_file_the_seed_table_is_in_force() -> None:
