@@ -15,11 +15,11 @@ from typing import Any
 from confluent_kafka import Producer
 
 from bench.common import drop, isolated_settings, percentile, table, write_result
-from core.metrics import Metrics
-from core.settings import Settings
-from outbox.database import Database
-from outbox.producer import DeliveryPath, ResilientProducer
-from outbox.store import OutboxRecord
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.outbox.database import Database
+from sa01.outbox.producer import DeliveryPath, ResilientProducer
+from sa01.outbox.store import OutboxRecord
 
 SERVICES = Path(__file__).resolve().parent.parent / "scripts" / "services.sh"
 

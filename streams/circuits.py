@@ -34,8 +34,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from core.errors import ResilienceError
-from resilience.circuit_breaker import STATE_GAUGE_VALUES, BreakerState, CircuitBreaker
+from sa01.core.errors import ResilienceError
+from sa01.resilience.circuit_breaker import STATE_GAUGE_VALUES, BreakerState, CircuitBreaker
 from streams.console import Console, dump_json
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ import mimetypes
 import re
 from pathlib import Path
 
-from core.errors import UploadRefusedError
-from core.settings import Settings
+from sa01.core.errors import UploadRefusedError
+from sa01.core.settings import Settings
 from schemas.messages import Attachment, storage_key_problem, tenant_upload_key
 
 __all__ = ["inline_attachment", "read_upload"]
