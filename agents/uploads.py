@@ -1,11 +1,14 @@
-"""The upload and backup agents: ``upload.retry`` and ``backup.tasks`` (see pipeline.uploads)."""
+"""The upload and backup agents: ``upload.retry`` and ``backup.tasks``.
+
+The journeys themselves are in :mod:`sa01.pipeline.upload_tasks`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sa01.core.topics import BACKUP_TASKS, UPLOAD_RETRY
-from sa01.pipeline.dead_letters import InboundMessage
+from sa01.pipeline.dead_lettering import InboundMessage
 from streams.app import StreamsApp
 from streams.runtime import BACKUPS, UPLOADS
 

@@ -26,8 +26,8 @@ from sa01.pipeline.records import message_record
 from schemas.messages import ConversationInbound, UseCase
 from streams.app import StreamsApp
 from streams.console import Console, dump_json, format_status
+from streams.inline_attachments import inline_attachment, read_upload
 from streams.runtime import check_schema
-from streams.uploads import inline_attachment, read_upload
 
 __all__ = [
     "register",

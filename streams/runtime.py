@@ -34,13 +34,13 @@ from sa01.outbox.relay import OutboxRelay
 from sa01.outbox.store import OutboxStore
 from sa01.pipeline.consuming import LanedConsumer, RecordGuard
 from sa01.pipeline.conversation import ConversationProcessor
-from sa01.pipeline.dead_letters import DeadLetterWriter, InboundMessage
-from sa01.pipeline.deferred import DeferredAnswerer
+from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
+from sa01.pipeline.deferred_answers import DeferredAnswerer
 from sa01.pipeline.memory import MemoryProcessor, MemorySync
 from sa01.pipeline.ordering import SessionLanes
 from sa01.pipeline.priority import BackgroundShare
 from sa01.pipeline.records import message_record
-from sa01.pipeline.uploads import BackupProcessor, UploadProcessor
+from sa01.pipeline.upload_tasks import BackupProcessor, UploadProcessor
 from sa01.providers.audio import build_audio_chains
 from sa01.providers.health import multimodal_probes, multimodal_specs
 from sa01.providers.responder import build_responder, missing_key_notice

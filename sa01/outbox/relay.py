@@ -38,7 +38,7 @@ from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.core.topics import OUTBOX_LEDGER, dlq
 from sa01.outbox.database import Database, database_unavailable
-from sa01.outbox.dead_letters import DeadLetter, DeadLetterStore
+from sa01.outbox.dead_letter_store import DeadLetter, DeadLetterStore
 from sa01.outbox.idempotency import IdempotencyStore
 from sa01.outbox.ledger import encode_entry, read_last_sequence
 from sa01.outbox.store import ClaimedRow, OutboxRecord, OutboxStore

@@ -32,7 +32,7 @@ import psycopg
 from sa01.core.errors import InfrastructureUnavailableError, PermanentError, SchemaMissingError
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
-from sa01.pipeline.dead_letters import DeadLetterWriter, InboundMessage
+from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
 from sa01.pipeline.ordering import OrderedAcks, SessionLanes
 from sa01.pipeline.priority import BackgroundShare
 

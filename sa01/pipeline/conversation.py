@@ -35,11 +35,11 @@ from sa01.core.topics import CONVERSATION_OUTBOUND, MEMORY_REMEMBER, UPLOAD_RETR
 from sa01.journeys.attachments import AttachmentOutcome, AttachmentStorer
 from sa01.journeys.conversation import ConversationJourney
 from sa01.outbox.database import Database
-from sa01.outbox.deferred import DeferredAnswerStore
 from sa01.outbox.idempotency import IdempotencyStore
+from sa01.outbox.owed_answers import DeferredAnswerStore
 from sa01.outbox.store import OutboxStore
 from sa01.pipeline.consuming import RecordGuard
-from sa01.pipeline.dead_letters import DeadLetterWriter, InboundMessage
+from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
 from sa01.pipeline.records import message_record
 from schemas.codec import decode_message
 from schemas.messages import ConversationInbound, ConversationReply, scoped_key

@@ -23,7 +23,7 @@ from sa01.core.settings import Settings
 from sa01.core.topics import MEMORY_REMEMBER
 from sa01.outbox.database import Database
 from sa01.outbox.pending_memory import PendingMemoryStore
-from sa01.pipeline.dead_letters import DeadLetterWriter, InboundMessage
+from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
 from sa01.pipeline.priority import BackgroundShare
 from sa01.providers.somabrain import SomaBrainClient
 from schemas.codec import decode_message

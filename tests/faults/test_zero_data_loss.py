@@ -13,7 +13,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.outbox.database import Database
-from sa01.outbox.dead_letters import DeadLetterFilter
+from sa01.outbox.dead_letter_store import DeadLetterFilter
 from sa01.outbox.producer import DeliveryPath, ProducerUnavailableError, ResilientProducer
 from sa01.outbox.relay import OutboxRelay
 from sa01.outbox.store import OutboxRecord, OutboxStore

@@ -13,9 +13,9 @@ from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.journeys.conversation import ConversationJourney
 from sa01.outbox.database import Database
-from sa01.outbox.deferred import DeferredAnswerStore
-from sa01.pipeline.dead_letters import DeadLetterWriter
-from sa01.pipeline.deferred import DeferredAnswerer, answer_id_for
+from sa01.outbox.owed_answers import DeferredAnswerStore
+from sa01.pipeline.dead_lettering import DeadLetterWriter
+from sa01.pipeline.deferred_answers import DeferredAnswerer, answer_id_for
 from sa01.providers.responder import ResponderAnswer
 from schemas.messages import ConversationInbound
 

@@ -10,7 +10,7 @@ import pytest
 
 from sa01.core.settings import Settings
 from sa01.outbox.database import Database
-from sa01.outbox.dead_letters import DeadLetter, DeadLetterStore
+from sa01.outbox.dead_letter_store import DeadLetter, DeadLetterStore
 from tests.support.commands import command
 from tests.support.status import wait_status
 from tests.support.worker import WorkerFactory

@@ -24,7 +24,7 @@ from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.outbox.database import Database
 from sa01.pipeline.consuming import RecordGuard
-from sa01.pipeline.dead_letters import DeadLetterWriter, InboundMessage
+from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
 from schemas.codec import encode_message
 from schemas.messages import BackupTask, DegradationEvent, MemoryRecord, ServiceState, UploadTask
 from tests.support.kafka import Record, consume, produce_raw, wait_committed_to_end

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from sa01.core.errors import ObjectNotFoundError, ServiceUnavailableError, UploadRefusedError
 from sa01.core.settings import Settings
-from sa01.pipeline.uploads import backoff_seconds
+from sa01.pipeline.upload_tasks import backoff_seconds
 from sa01.providers.storage import LocalFileStore, build_store
 from schemas.messages import Attachment, UploadTask, storage_key_problem
 

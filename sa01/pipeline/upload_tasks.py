@@ -36,7 +36,7 @@ from sa01.core.errors import (
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.pipeline.consuming import DEAD_LETTERED, INPUT_ERRORS, RecordGuard
-from sa01.pipeline.dead_letters import InboundMessage
+from sa01.pipeline.dead_lettering import InboundMessage
 from sa01.pipeline.priority import BackgroundShare
 from sa01.providers.storage import ObjectStore, StorageChain
 from schemas.codec import decode_message

@@ -32,9 +32,9 @@ from sa01.core.settings import Settings
 from sa01.core.topics import CONVERSATION_INBOUND, CONVERSATION_OUTBOUND, MEMORY_REMEMBER
 from sa01.journeys.conversation import ConversationJourney
 from sa01.outbox.database import Database
-from sa01.outbox.deferred import DeferredAnswerStore, OwedAnswer
+from sa01.outbox.owed_answers import DeferredAnswerStore, OwedAnswer
 from sa01.outbox.store import OutboxStore
-from sa01.pipeline.dead_letters import DeadLetterWriter, InboundMessage
+from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
 from sa01.pipeline.records import message_record
 from schemas.messages import ConversationInbound, reply_id_for
 

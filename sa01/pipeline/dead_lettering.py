@@ -13,7 +13,7 @@ from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.core.topics import dlq
 from sa01.outbox.database import Database
-from sa01.outbox.dead_letters import DeadLetter, DeadLetterStore
+from sa01.outbox.dead_letter_store import DeadLetter, DeadLetterStore
 from sa01.outbox.store import OutboxRecord, OutboxStore
 from schemas.headers import ERRORS_EXCEPTION, ERRORS_MESSAGE, MAX_ERROR_TEXT, dead_letter_headers
 
