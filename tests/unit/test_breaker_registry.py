@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from core.metrics import Metrics
 from core.settings import Settings
@@ -15,6 +17,7 @@ from resilience.monitor import DegradationMonitor
 from resilience.probes import StaticProbe
 from resilience.registry import BreakerRegistry
 from schemas.messages import DegradationEvent, ServiceState
+from streams.runtime import Runtime
 from tests.unit.test_circuit_breaker import FakeClock
 
 QUICK = BreakerConfig(wait_in_open=5.0, max_wait_in_open=5.0, wait_jitter=0.0)
@@ -128,3 +131,29 @@ async def test_the_monitors_kafka_verdict_opens_the_registered_gate() -> None:
     assert gate.state is BreakerState.OPEN
     assert other.state is BreakerState.CLOSED
     assert any(e.service == "kafka" for e in published)
+
+
+def test_the_runtime_registers_the_producer_gate_and_the_responders_breakers(
+    tmp_path: Path,
+) -> None:
+    chains = tmp_path / "chains.toml"
+    chains.write_text('[chains]\nchat = ["openai/gpt-4o", "anthropic/claude-3-5-sonnet-latest"]\n')
+    settings = Settings(
+        responder="litellm",
+        llm_chains_file=str(chains),
+        openai_api_key=SecretStr("sk-test"),
+        anthropic_api_key=SecretStr("sk-ant-test"),
+    )
+    metrics = Metrics()
+    runtime = Runtime(settings, metrics)
+
+    names = runtime.breakers.names()
+    assert runtime.breakers.get(PRODUCER_GATE) is runtime.producer.gate
+    assert {"llm:openai/gpt-4o", "llm:anthropic/claude-3-5-sonnet-latest", "somabrain"} <= set(
+        names
+    )
+    assert any(n.startswith("storage:") for n in names)
+    rendered = metrics.render().decode()
+    assert set(re.findall(r'circuit_breaker_state\{name="([^"]+)"\}', rendered)) == set(names)
+    assert runtime.monitor.breakers is runtime.breakers
+    assert runtime.monitor.trips == {"kafka": PRODUCER_GATE}
