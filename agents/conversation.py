@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.topics import CONVERSATION_INBOUND
-from pipeline.conversation import InboundMessage
+from sa01.core.topics import CONVERSATION_INBOUND
+from sa01.pipeline.conversation import InboundMessage
 from streams.app import StreamsApp
 
 __all__ = ["register"]

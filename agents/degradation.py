@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.topics import DEGRADATION_EVENTS
-from pipeline.dead_letters import InboundMessage
+from sa01.core.topics import DEGRADATION_EVENTS
+from sa01.pipeline.dead_lettering import InboundMessage
 from schemas.codec import decode_message
 from schemas.messages import DegradationEvent
 from streams.app import StreamsApp

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.topics import BACKUP_TASKS, UPLOAD_RETRY
-from pipeline.dead_letters import InboundMessage
+from sa01.core.topics import BACKUP_TASKS, UPLOAD_RETRY
+from sa01.pipeline.dead_lettering import InboundMessage
 from streams.app import StreamsApp
 from streams.runtime import BACKUPS, UPLOADS
 

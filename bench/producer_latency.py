@@ -26,11 +26,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from bench.common import drop, isolated_settings, percentile, table, write_result
-from core.metrics import Metrics
-from core.settings import Settings
-from outbox.database import Database
-from outbox.producer import ResilientProducer, SendResult
-from outbox.store import OutboxRecord
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.outbox.database import Database
+from sa01.outbox.producer import ResilientProducer, SendResult
+from sa01.outbox.store import OutboxRecord
 from tests.support.private_kafka import PrivateKafka
 
 GOAL_MAX_MS = 50.0

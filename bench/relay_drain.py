@@ -14,10 +14,10 @@ from typing import Any
 from confluent_kafka import Producer
 
 from bench.common import drop, isolated_settings, summary, table, write_result
-from core.metrics import Metrics
-from core.settings import Settings
-from outbox.database import Database
-from outbox.relay import OutboxRelay
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.outbox.database import Database
+from sa01.outbox.relay import OutboxRelay
 
 PAYLOAD = b"x" * 200
 

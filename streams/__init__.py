@@ -13,8 +13,8 @@ from agents import conversation as _conversation_agent
 from agents import degradation as _degradation_agent
 from agents import memory as _memory_agent
 from agents import uploads as _upload_agents
-from core.errors import ConfigurationError
-from core.redaction import describe_validation_error
+from sa01.core.errors import ConfigurationError
+from sa01.core.redaction import describe_validation_error
 from streams import circuits as _circuits
 from streams import commands as _commands
 from streams import dlq as _dlq

@@ -18,13 +18,13 @@ from typing import Any, NoReturn
 
 import faust
 
-from core.errors import ConfigurationError, ResilienceError
-from core.kafka_security import faust_credentials
-from core.logging import quiet_noisy_loggers
-from core.metrics import Metrics
-from core.redaction import install_log_redaction
-from core.settings import Settings
-from resilience.health import ServiceHealth
+from sa01.core.errors import ConfigurationError, ResilienceError
+from sa01.core.kafka_security import faust_credentials
+from sa01.core.logging import quiet_noisy_loggers
+from sa01.core.metrics import Metrics
+from sa01.core.redaction import install_log_redaction
+from sa01.core.settings import Settings
+from sa01.resilience.health import ServiceHealth
 from streams.gaps import GapTrackingConsumer
 from streams.runtime import Runtime
 from streams.web_guard import WebGuard

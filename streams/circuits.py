@@ -16,7 +16,7 @@ until ``close``; ``close`` and ``reset`` put it back to closed with an empty win
 ``disable`` lets every call through and records nothing until ``close``. Breakers
 live in each worker's memory: a command acts on one worker, and a restarted worker
 starts with every circuit closed. The pages list exactly the runtime's breaker registry
-(``resilience.registry``), which the metrics read too: the resilient producer's Kafka
+(``sa01.resilience.registry``), which the metrics read too: the resilient producer's Kafka
 gate ``kafka:producer``, the LLM models, audio, storage and SomaBrain.
 
 The command: ``faust -A streams circuit [list|open|close|reset|disable] [NAME]
@@ -36,8 +36,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from core.errors import ResilienceError
-from resilience.circuit_breaker import STATE_GAUGE_VALUES, BreakerState, CircuitBreaker
+from sa01.core.errors import ResilienceError
+from sa01.resilience.circuit_breaker import STATE_GAUGE_VALUES, BreakerState, CircuitBreaker
 from streams.console import Console, dump_json
 
 if TYPE_CHECKING:

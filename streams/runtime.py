@@ -12,10 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from core.errors import ConfigurationError, InfrastructureUnavailableError
-from core.metrics import Metrics
-from core.settings import Settings
-from core.topics import (
+from sa01.core.errors import ConfigurationError, InfrastructureUnavailableError
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.core.topics import (
     BACKUP_TASKS,
     CONVERSATION_INBOUND,
     DEGRADATION_EVENTS,
@@ -23,35 +23,35 @@ from core.topics import (
     UPLOAD_RETRY,
     ensure_topics,
 )
-from journeys.attachments import AttachmentStorer
-from journeys.conversation import ConversationJourney
-from journeys.session_context import SessionContext
-from journeys.voice import VoiceJourney
-from outbox.database import Database
-from outbox.migrate import applied_versions, available_migrations
-from outbox.producer import PRODUCER_GATE, ResilientProducer
-from outbox.relay import OutboxRelay
-from outbox.store import OutboxStore
-from pipeline.consuming import LanedConsumer, RecordGuard
-from pipeline.conversation import ConversationProcessor
-from pipeline.dead_letters import DeadLetterWriter, InboundMessage
-from pipeline.deferred import DeferredAnswerer
-from pipeline.memory import MemoryProcessor, MemorySync
-from pipeline.ordering import SessionLanes
-from pipeline.priority import BackgroundShare
-from pipeline.records import message_record
-from pipeline.uploads import BackupProcessor, UploadProcessor
-from providers.audio import build_audio_chains
-from providers.health import multimodal_probes, multimodal_specs
-from providers.responder import Responder, build_responder, missing_key_notice
-from providers.somabrain import SomaBrainClient
-from providers.storage import build_storage_chain, build_store
-from resilience.circuit_breaker import CircuitBreaker
-from resilience.fallback import FallbackChain
-from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
-from resilience.monitor import DegradationMonitor
-from resilience.probes import BreakerProbe, default_probes
-from resilience.registry import BreakerRegistry
+from sa01.journeys.attachments import AttachmentStorer
+from sa01.journeys.conversation import ConversationJourney
+from sa01.journeys.session_context import SessionContext
+from sa01.journeys.voice import VoiceJourney
+from sa01.outbox.database import Database
+from sa01.outbox.migrate import applied_versions, available_migrations
+from sa01.outbox.producer import PRODUCER_GATE, ResilientProducer
+from sa01.outbox.relay import OutboxRelay
+from sa01.outbox.store import OutboxStore
+from sa01.pipeline.consuming import LanedConsumer, RecordGuard
+from sa01.pipeline.conversation import ConversationProcessor
+from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
+from sa01.pipeline.deferred_answers import DeferredAnswerer
+from sa01.pipeline.memory import MemoryProcessor, MemorySync
+from sa01.pipeline.ordering import SessionLanes
+from sa01.pipeline.priority import BackgroundShare
+from sa01.pipeline.records import message_record
+from sa01.pipeline.upload_tasks import BackupProcessor, UploadProcessor
+from sa01.providers.audio import build_audio_chains
+from sa01.providers.health import multimodal_probes, multimodal_specs
+from sa01.providers.responder import Responder, build_responder, missing_key_notice
+from sa01.providers.somabrain import SomaBrainClient
+from sa01.providers.storage import build_storage_chain, build_store
+from sa01.resilience.circuit_breaker import CircuitBreaker
+from sa01.resilience.fallback import FallbackChain
+from sa01.resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
+from sa01.resilience.monitor import DegradationMonitor
+from sa01.resilience.probes import BreakerProbe, default_probes
+from sa01.resilience.registry import BreakerRegistry
 from schemas.messages import DegradationEvent
 from streams.backlog import BacklogMonitor
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from core.errors import InfrastructureUnavailableError, TopicMissingError
-from core.topics import missing_topics
+from sa01.core.errors import InfrastructureUnavailableError, TopicMissingError
+from sa01.core.topics import missing_topics
 from streams.app import StreamsApp
 
 __all__ = ["register"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 from tests.fix_services import ServiceEndpoints
 from tests.integration.test_producer_gate import check_outage, send_across_a_stop
 

@@ -7,15 +7,15 @@ from collections import defaultdict
 
 import pytest
 
-from core.errors import ServiceUnavailableError
-from core.metrics import Metrics
-from core.settings import Settings
-from core.topics import OUTBOX_LEDGER
-from outbox.database import Database
-from outbox.ledger import encode_entry, read_last_sequence
-from outbox.relay import OutboxRelay
-from outbox.store import OutboxRecord, OutboxStore
-from outbox.transactions import BatchOutcome, LedgerRecord, TransactionalPublisher
+from sa01.core.errors import ServiceUnavailableError
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.core.topics import OUTBOX_LEDGER
+from sa01.outbox.database import Database
+from sa01.outbox.ledger import encode_entry, read_last_sequence
+from sa01.outbox.relay import OutboxRelay
+from sa01.outbox.store import OutboxRecord, OutboxStore
+from sa01.outbox.transactions import BatchOutcome, LedgerRecord, TransactionalPublisher
 from tests.support.kafka import consume
 
 pytestmark = pytest.mark.integration

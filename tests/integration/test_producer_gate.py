@@ -16,19 +16,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from core.metrics import Metrics
-from core.settings import Settings
-from core.topics import ensure_topics
-from outbox.database import Database
-from outbox.producer import (
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.core.topics import ensure_topics
+from sa01.outbox.database import Database
+from sa01.outbox.producer import (
     DeliveryPath,
     FallbackReason,
     ResilientProducer,
     SendResult,
 )
-from outbox.relay import OutboxRelay
-from outbox.store import OutboxRecord
-from resilience.circuit_breaker import BreakerState, BreakerTransition
+from sa01.outbox.relay import OutboxRelay
+from sa01.outbox.store import OutboxRecord
+from sa01.resilience.circuit_breaker import BreakerState, BreakerTransition
 from tests.support.kafka import consume
 from tests.support.private_kafka import PrivateKafka
 

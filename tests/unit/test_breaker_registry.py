@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from core.metrics import Metrics
-from core.settings import Settings
-from outbox.producer import PRODUCER_GATE, gate_config
-from resilience.circuit_breaker import BreakerConfig, BreakerState, CircuitBreaker
-from resilience.health import DEFAULT_SERVICES
-from resilience.monitor import DegradationMonitor
-from resilience.probes import StaticProbe
-from resilience.registry import BreakerRegistry
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.outbox.producer import PRODUCER_GATE, gate_config
+from sa01.resilience.circuit_breaker import BreakerConfig, BreakerState, CircuitBreaker
+from sa01.resilience.health import DEFAULT_SERVICES
+from sa01.resilience.monitor import DegradationMonitor
+from sa01.resilience.probes import StaticProbe
+from sa01.resilience.registry import BreakerRegistry
 from schemas.messages import DegradationEvent, ServiceState
 from streams.runtime import Runtime
 from tests.unit.test_circuit_breaker import FakeClock

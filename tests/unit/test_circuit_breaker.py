@@ -26,9 +26,9 @@ from hypothesis.stateful import (
 )
 from prometheus_client import CollectorRegistry
 
-from core.errors import CircuitOpenError, ServiceUnavailableError
-from core.metrics import Metrics
-from resilience.circuit_breaker import (
+from sa01.core.errors import CircuitOpenError, ServiceUnavailableError
+from sa01.core.metrics import Metrics
+from sa01.resilience.circuit_breaker import (
     BreakerConfig,
     BreakerState,
     BreakerTransition,
@@ -685,7 +685,7 @@ async def test_a_raising_listener_is_logged_and_does_not_break_the_breaker(
         "svc", config(consecutive_failures_threshold=1), clock=clock, listeners=[broken]
     )
     breaker.add_listener(seen.append)
-    with caplog.at_level(logging.ERROR, logger="resilience.circuit_breaker"):
+    with caplog.at_level(logging.ERROR, logger="sa01.resilience.circuit_breaker"):
         with pytest.raises(Boom):
             async with breaker.call():
                 raise Boom()

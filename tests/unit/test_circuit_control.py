@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from resilience.circuit_breaker import BreakerConfig, CircuitBreaker
+from sa01.resilience.circuit_breaker import BreakerConfig, CircuitBreaker
 from streams.circuits import ACTIONS, apply_action, circuits_document, format_circuits
 from streams.console import Console
 

@@ -1,12 +1,12 @@
 """docs/configuration.md is generated from the settings and must not go stale."""
 
-from core.configuration_reference import REFERENCE_PATH, render_reference
-from core.settings import Settings
+from sa01.core.configuration_reference import REFERENCE_PATH, render_reference
+from sa01.core.settings import Settings
 
 
 def test_configuration_reference_matches_the_settings() -> None:
     assert REFERENCE_PATH.read_text() == render_reference(), (
-        "docs/configuration.md is stale: run `python -m core.configuration_reference`"
+        "docs/configuration.md is stale: run `python -m sa01.core.configuration_reference`"
     )
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import ConfigurationError
-from core.settings import Settings
-from outbox.dead_letters import DeadLetterFilter, _where
+from sa01.core.errors import ConfigurationError
+from sa01.core.settings import Settings
+from sa01.outbox.dead_letter_store import DeadLetterFilter, _where
 from streams.console import Console
 from streams.dlq import build_filter, parse_duration, parse_since, run_dlq
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-import core.errors as errors
-from core.errors import ResilienceError, ServiceUnavailableError, TransientError
+import sa01.core.errors as errors
+from sa01.core.errors import ResilienceError, ServiceUnavailableError, TransientError
 
 NAME = re.compile(r"[A-Z][A-Za-z]*Error")
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from core.errors import FallbackExhaustedError, ServiceUnavailableError
-from resilience.circuit_breaker import BreakerConfig, BreakerState, CircuitBreaker
-from resilience.fallback import ChainLink, ChainResult, FallbackChain
+from sa01.core.errors import FallbackExhaustedError, ServiceUnavailableError
+from sa01.resilience.circuit_breaker import BreakerConfig, BreakerState, CircuitBreaker
+from sa01.resilience.fallback import ChainLink, ChainResult, FallbackChain
 
 
 class FakeClock:
@@ -285,7 +285,7 @@ async def test_a_raising_on_failover_callback_does_not_break_the_chain(
         ],
         on_failover=broken,
     )
-    with caplog.at_level(logging.ERROR, logger="resilience.fallback"):
+    with caplog.at_level(logging.ERROR, logger="sa01.resilience.fallback"):
         result = await chain.run(lambda p: p.answer("x"))
     assert result.provider == "b"
     assert any("on_failover" in rec.message for rec in caplog.records)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.errors import MessageDecodeError, ServiceUnavailableError
+from sa01.core.errors import MessageDecodeError, ServiceUnavailableError
 from schemas import headers
 from schemas.headers import MAX_STACKTRACE_CHARS, dead_letter_headers
 
@@ -101,8 +101,8 @@ def test_content_type_defaults_to_octet_stream() -> None:
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (MessageDecodeError("x"), "core.errors.MessageDecodeError"),
-        (ServiceUnavailableError("kafka", "down"), "core.errors.ServiceUnavailableError"),
+        (MessageDecodeError("x"), "sa01.core.errors.MessageDecodeError"),
+        (ServiceUnavailableError("kafka", "down"), "sa01.core.errors.ServiceUnavailableError"),
         (ValueError("x"), "builtins.ValueError"),
     ],
 )

@@ -9,10 +9,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from datetime import UTC, datetime
 
-from core.metrics import Metrics
-from core.settings import Settings
-from journeys.conversation import ConversationJourney
-from providers.responder import EchoResponder, ResponderAnswer, build_responder
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.journeys.conversation import ConversationJourney
+from sa01.providers.responder import EchoResponder, ResponderAnswer, build_responder
 from schemas.messages import ConversationInbound, ConversationReply, reply_id_for
 
 

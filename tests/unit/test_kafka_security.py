@@ -6,8 +6,8 @@ import pytest
 from faust.auth import SASLCredentials
 from pydantic import SecretStr, ValidationError
 
-from core.kafka_security import describe_listener, faust_credentials, librdkafka_config
-from core.settings import Settings
+from sa01.core.kafka_security import describe_listener, faust_credentials, librdkafka_config
+from sa01.core.settings import Settings
 
 
 def sasl(**overrides: object) -> Settings:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ConfigurationError
-from core.metrics import Metrics
-from core.settings import Settings
-from providers.llm_chain import build_chain_responder
-from providers.llm_config import SEED_CHAINS, load_chains
+from sa01.core.errors import ConfigurationError
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.providers.llm_chain import build_chain_responder
+from sa01.providers.llm_config import SEED_CHAINS, load_chains
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "llm-chains.example.toml"
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.metrics import Metrics
-from core.settings import Settings
-from providers.llm_chain import build_chain_responder
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.providers.llm_chain import build_chain_responder
 
 
 def failover_series(metrics: Metrics) -> dict[tuple[str, str], float]:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from loopback import FailureMode, LLMServer
-from providers.responder import LiteLLMResponder, RateLimitedError, retry_after_seconds
-from resilience.circuit_breaker import CircuitBreaker
-from resilience.fallback import ChainLink, FallbackChain
+from sa01.providers.responder import LiteLLMResponder, RateLimitedError, retry_after_seconds
+from sa01.resilience.circuit_breaker import CircuitBreaker
+from sa01.resilience.fallback import ChainLink, FallbackChain
 
 pytestmark = pytest.mark.filterwarnings("ignore:Item.*ReadOnly:UserWarning")
 

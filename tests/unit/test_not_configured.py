@@ -6,15 +6,15 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from core.metrics import Metrics
-from core.settings import Settings
-from providers.audio import build_audio_chains
-from providers.configured import unconfigured_providers
-from providers.health import multimodal_probes, multimodal_specs
-from providers.storage import build_storage_chain
-from resilience.health import DEFAULT_SERVICES, DegradationLevel
-from resilience.monitor import DegradationMonitor
-from resilience.probes import default_probes
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.providers.audio import build_audio_chains
+from sa01.providers.configured import unconfigured_providers
+from sa01.providers.health import multimodal_probes, multimodal_specs
+from sa01.providers.storage import build_storage_chain
+from sa01.resilience.health import DEFAULT_SERVICES, DegradationLevel
+from sa01.resilience.monitor import DegradationMonitor
+from sa01.resilience.probes import default_probes
 from schemas.messages import DegradationEvent, ServiceState
 from streams.console import Console, format_status
 from streams.preflight import summary

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from pipeline.ordering import OrderedAcks, SessionLanes
+from sa01.pipeline.ordering import OrderedAcks, SessionLanes
 
 Job = Callable[[], Awaitable[None]]
 # Generous bound on any single wait: a test that would hang fails instead.

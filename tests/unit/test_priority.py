@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pipeline.priority import BackgroundShare
+from sa01.pipeline.priority import BackgroundShare
 
 
 async def settle(rounds: int = 20) -> None:

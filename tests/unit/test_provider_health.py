@@ -6,11 +6,11 @@ from collections.abc import Mapping
 
 import pytest
 
-from core.metrics import Metrics
-from core.settings import Settings
-from resilience.health import provider_specs
-from resilience.monitor import DegradationMonitor
-from resilience.probes import BreakerProbe, ChainProbe, Probe, ProbeResult, StoreProbe
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.resilience.health import provider_specs
+from sa01.resilience.monitor import DegradationMonitor
+from sa01.resilience.probes import BreakerProbe, ChainProbe, Probe, ProbeResult, StoreProbe
 from schemas.messages import DegradationEvent, ServiceState
 
 

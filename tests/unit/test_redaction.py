@@ -7,14 +7,14 @@ import logging
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from core.redaction import (
+from sa01.core.redaction import (
     configured_secrets,
     describe_validation_error,
     install_log_redaction,
     redact_text,
     redact_url,
 )
-from core.settings import Settings
+from sa01.core.settings import Settings
 
 
 @pytest.mark.parametrize(

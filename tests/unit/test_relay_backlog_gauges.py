@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from core.metrics import Metrics
-from core.settings import Settings
-from outbox.relay import BACKLOG_REFRESH_SECONDS, OutboxRelay
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.outbox.relay import BACKLOG_REFRESH_SECONDS, OutboxRelay
 
 
 class FakeDatabase:

@@ -13,7 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from core.errors import MessageDecodeError, MessageValidationError
+from sa01.core.errors import MessageDecodeError, MessageValidationError
 from schemas.codec import ModelCodec, decode_message, encode_message
 from schemas.export import EXPORTED_MODELS, SCHEMA_DIR, render_schema
 from schemas.messages import (

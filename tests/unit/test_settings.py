@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from core.settings import PROVIDER_KEY_VARIABLES, Settings
+from sa01.core.settings import PROVIDER_KEY_VARIABLES, Settings
 
 SECRET = "sk-test-do-not-print-0123456789"
 

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from core.metrics import Metrics
-from core.settings import Settings
 from loopback.somabrain_server import SomaBrainServer
-from providers.somabrain import (
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.providers.somabrain import (
     MemoryNotStoredError,
     RecalledMemory,
     RememberOutcome,

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from core.settings import Settings
 from loopback import FailureMode
 from loopback.somabrain_server import SomaBrainServer
-from providers.somabrain_health import read_health_body
-from resilience.probes import SomaBrainProbe
+from sa01.core.settings import Settings
+from sa01.providers.somabrain_health import read_health_body
+from sa01.resilience.probes import SomaBrainProbe
 from schemas.messages import CircuitState, ServiceState
 
 pytestmark = pytest.mark.timeout(60)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.errors import ObjectNotFoundError, ServiceUnavailableError, UploadRefusedError
-from core.settings import Settings
-from pipeline.uploads import backoff_seconds
-from providers.storage import LocalFileStore, build_store
+from sa01.core.errors import ObjectNotFoundError, ServiceUnavailableError, UploadRefusedError
+from sa01.core.settings import Settings
+from sa01.pipeline.upload_tasks import backoff_seconds
+from sa01.providers.storage import LocalFileStore, build_store
 from schemas.messages import Attachment, UploadTask, storage_key_problem
 
 
@@ -117,7 +117,7 @@ async def test_a_local_root_that_cannot_exist_is_an_outage_not_a_refusal(tmp_pat
 
 
 def test_an_unknown_store_name_is_a_clear_configuration_error() -> None:
-    from core.errors import ConfigurationError
+    from sa01.core.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="unknown store 'ftp'"):
         build_store(Settings(), "ftp")

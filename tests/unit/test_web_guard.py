@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 from streams.web_guard import WebGuard
 
 TOKEN = "s3cret-operator-token"
