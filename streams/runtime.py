@@ -29,7 +29,7 @@ from sa01.journeys.session_context import SessionContext
 from sa01.journeys.voice import VoiceJourney
 from sa01.outbox.database import Database
 from sa01.outbox.migrate import applied_versions, available_migrations
-from sa01.outbox.producer import ResilientProducer
+from sa01.outbox.producer import PRODUCER_GATE, ResilientProducer
 from sa01.outbox.relay import OutboxRelay
 from sa01.outbox.store import OutboxStore
 from sa01.pipeline.consuming import LanedConsumer, RecordGuard
@@ -43,7 +43,7 @@ from sa01.pipeline.records import message_record
 from sa01.pipeline.upload_tasks import BackupProcessor, UploadProcessor
 from sa01.providers.audio import build_audio_chains
 from sa01.providers.health import multimodal_probes, multimodal_specs
-from sa01.providers.responder import build_responder, missing_key_notice
+from sa01.providers.responder import Responder, build_responder, missing_key_notice
 from sa01.providers.somabrain import SomaBrainClient
 from sa01.providers.storage import build_storage_chain, build_store
 from sa01.resilience.circuit_breaker import CircuitBreaker
@@ -51,10 +51,21 @@ from sa01.resilience.fallback import FallbackChain
 from sa01.resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
 from sa01.resilience.monitor import DegradationMonitor
 from sa01.resilience.probes import BreakerProbe, default_probes
+from sa01.resilience.registry import BreakerRegistry
 from schemas.messages import DegradationEvent
 from streams.backlog import BacklogMonitor
 
-__all__ = ["BACKUPS", "CONVERSATION", "DEGRADATION", "MEMORY", "UPLOADS", "Runtime", "check_schema"]
+__all__ = [
+    "BACKUPS",
+    "CONVERSATION",
+    "DEGRADATION",
+    "LLM_PREFIX",
+    "MEMORY",
+    "UPLOADS",
+    "Runtime",
+    "check_schema",
+    "responder_breakers",
+]
 
 #: Memory records the memory agent may hold beyond its high-water mark: its stream must
 #: not block (Faust fetches every topic with one consumer, and a blocked stream stops
@@ -84,6 +95,20 @@ async def check_schema(settings: Settings) -> None:
         )
 
 
+#: The LLM breakers' names begin with this (``llm:<model>``).
+LLM_PREFIX = "llm:"
+
+
+def responder_breakers(responder: Responder) -> list[CircuitBreaker]:
+    """The breakers of the responder's LLM chains (the echo responder has none).
+
+    The responder factory returns a bare protocol for now; this is the only place that
+    looks inside it.
+    """
+    chains: Mapping[str, FallbackChain[Any]] = getattr(responder, "chains", {})
+    return [link.breaker for chain in chains.values() for link in chain.links]
+
+
 def lane_group(message: InboundMessage) -> bytes | None:
     """The tenant of a conversation message, from its key ``tenant:session``."""
     if message.key is None:
@@ -110,17 +135,19 @@ class Runtime:
         self.fatal_error: ConfigurationError | None = None
         self.database = Database(settings, on_schema_missing=self.fatal)
         self.relay = OutboxRelay(settings, self.database, metrics)
-        self.producer = ResilientProducer(settings, self.database, metrics)
-        self.producer.on_outbox_write = self.relay.wake
+        self.producer = ResilientProducer(
+            settings, self.database, metrics, on_outbox_write=self.relay.wake
+        )
         responder = build_responder(settings, metrics)
         self.responder = responder
         self.storage = build_storage_chain(settings, metrics)
         self.audio = build_audio_chains(settings, metrics)
         self.somabrain = SomaBrainClient(settings, metrics)
+        self.breakers = self._register_breakers()
+        metrics.read_breakers(self.breakers)
         probes = default_probes(settings, self.somabrain.health)
-        states = getattr(responder, "states", None)
-        if states is not None:
-            probes.append(BreakerProbe(settings, "llm", states))
+        if any(name.startswith(LLM_PREFIX) for name in self.breakers):
+            probes.append(BreakerProbe(settings, "llm", lambda: self.breakers.states(LLM_PREFIX)))
         probes += multimodal_probes(settings, self.audio, self.storage)
         self.monitor = DegradationMonitor(
             probes,
@@ -129,6 +156,8 @@ class Runtime:
             publish=self.publish_degradation,
             should_publish=is_leader,
             source=settings.worker_instance_id or settings.app_id,
+            breakers=self.breakers,
+            trips={"kafka": PRODUCER_GATE},
         )
         self.dead_letters = DeadLetterWriter(settings, self.database, metrics)
         self.outbox = OutboxStore()
@@ -304,15 +333,18 @@ class Runtime:
         if self.on_fatal is not None:
             self.on_fatal(error)
 
-    def breakers(self) -> dict[str, CircuitBreaker]:
-        """Every circuit breaker of this worker by name (LLM models, audio, storage)."""
-        found: dict[str, CircuitBreaker] = {}
+    def _register_breakers(self) -> BreakerRegistry:
+        """The registry of every breaker of this worker: the producer's Kafka gate, the
+        LLM models, audio, storage and SomaBrain. The one place that finds them."""
+        registry = BreakerRegistry()
+        found = [self.producer.gate, self.somabrain.breaker]
         chains: list[FallbackChain[Any]] = [self.audio.tts, self.audio.stt, self.storage.chain]
-        chains += list(getattr(self.responder, "chains", {}).values())
         for chain in chains:
-            for link in chain.links:
-                found[link.breaker.name] = link.breaker
-        return found
+            found += [link.breaker for link in chain.links]
+        found += responder_breakers(self.responder)
+        for breaker in found:
+            registry.register(breaker.name, breaker)
+        return registry
 
     def status(self) -> DegradationStatus:
         """The table's cluster view overlaid with this worker's newer observations."""

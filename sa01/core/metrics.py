@@ -6,9 +6,20 @@ registry the container was built from. Names from the seed are kept exactly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics"]
+__all__ = ["BreakerGauges", "Metrics"]
+
+
+class BreakerGauges(Protocol):
+    """What the metrics read of the breaker registry (``sa01.resilience.registry``)."""
+
+    def gauge_values(self) -> Mapping[str, int]:
+        """The ``circuit_breaker_state`` value of every registered breaker, by name."""
+        ...
 
 
 class Metrics:
@@ -16,6 +27,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._breakers: BreakerGauges | None = None
         r = self.registry
         # --- the seed's names -------------------------------------------------
         self.service_health_state = Gauge(
@@ -214,6 +226,21 @@ class Metrics:
             registry=r,
         )
 
+    def read_breakers(self, breakers: BreakerGauges) -> None:
+        """Serve ``circuit_breaker_state`` from ``breakers`` (the runtime's registry).
+
+        From then on every :meth:`render` sets the gauge to exactly the registered
+        breakers' states, read at that moment, so ``/metrics`` lists the same circuits
+        as ``/circuits`` and an ``open`` whose wait is over reads ``half_open``.
+        """
+        self._breakers = breakers
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
+        breakers = self._breakers
+        if breakers is not None:
+            values = breakers.gauge_values()
+            self.circuit_breaker_state.clear()
+            for name, value in values.items():
+                self.circuit_breaker_state.labels(name=name).set(value)
         return generate_latest(self.registry)

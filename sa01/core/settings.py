@@ -357,7 +357,17 @@ class Settings(BaseSettings):
     producer_circuit_failures: int = Field(
         3, ge=1, description="Consecutive Kafka failures that send records to the outbox at once."
     )
-    producer_circuit_open_seconds: float = Field(5.0, gt=0)
+    producer_circuit_open_seconds: float = Field(
+        5.0, gt=0, description="How long the Kafka gate stays open before a trial send."
+    )
+    producer_send_budget_seconds: float = Field(
+        0.05,
+        gt=0,
+        description=(
+            "Longest a send waits for Kafka's acknowledgement before it writes the record to"
+            " the outbox (Kafka may still deliver it: consumers deduplicate by idempotency-key)."
+        ),
+    )
 
     # --- health monitoring -----------------------------------------------------
     health_interval_seconds: float = Field(2.0, gt=0, description="Time between two probes.")

@@ -7,6 +7,7 @@ States and transitions::
     half_open ──(all N trials done, rates below thresholds)──▶ closed
     half_open ──(rates at/above thresholds, a failure with a consecutive threshold set,
                  or trials not done within max_wait_in_half_open)──▶ open (longer wait)
+    closed/half_open ──trip(reason)──▶ open (an outside verdict, e.g. a broker-down event)
     any ──force_open()──▶ forced_open     any ──disable()──▶ disabled
     any ──reset()──▶ closed (empty window, backoff reset)
 
@@ -639,6 +640,20 @@ class CircuitBreaker:
         self._settle(None, self._epoch, 0.0)
 
     # --- manual control -------------------------------------------------------------
+
+    def trip(self, reason: str) -> bool:
+        """Open now, as if the failure threshold had been reached (an outside verdict).
+
+        From closed or half-open the breaker opens with its usual wait (and backoff
+        from half-open); an open breaker whose wait is not over, a forced-open or a
+        disabled one is left as it is. True when this call opened the breaker.
+        """
+        now = self._clock()
+        self._tick(now)
+        if self._state is _CLOSED or self._state is _HALF_OPEN:
+            self._transition(_OPEN, now, reason)
+            return True
+        return False
 
     def force_open(self) -> None:
         """Reject every call until :meth:`reset` (or :meth:`disable`)."""

@@ -6,6 +6,11 @@ so a state change yields one event, never one per probe tick or per worker. Even
 that cannot be emitted (Kafka and the outbox both down) wait in order and are retried
 on the next tick. Dependents of an unavailable service are marked degraded (a
 cascade) and counted in ``cascading_failures_total``.
+
+The monitor reads the runtime's breaker registry: each ``unavailable`` verdict on a
+service named in ``trips`` opens the breaker registered for it (the resilient
+producer's Kafka gate for ``kafka``), so callers stop waiting on a service the probes
+already know is down; the breaker's own trial call decides when it closes again.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from sa01.resilience.health import (
     state_value,
 )
 from sa01.resilience.probes import Probe, ProbeResult
+from sa01.resilience.registry import BreakerRegistry
 from schemas.headers import MAX_ERROR_TEXT
 from schemas.messages import CircuitState, DegradationEvent, ServiceState
 
@@ -53,6 +59,8 @@ class DegradationMonitor:
         should_publish: Callable[[], bool] = lambda: True,
         source: str = "monitor",
         slow_observations_to_degrade: int = 3,
+        breakers: BreakerRegistry | None = None,
+        trips: Mapping[str, str] | None = None,
     ) -> None:
         self.probes = list(probes)
         self.specs = {spec.name: spec for spec in specs}
@@ -66,6 +74,8 @@ class DegradationMonitor:
         self._unsent: deque[DegradationEvent] = deque()
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
+        self.breakers = breakers if breakers is not None else BreakerRegistry()
+        self.trips = dict(trips or {})
 
     # ------------------------------------------------------------------- view
     def seed(self, known: Mapping[str, ServiceHealth]) -> None:
@@ -128,6 +138,7 @@ class DegradationMonitor:
     async def observe(self, probe: Probe) -> list[DegradationEvent]:
         """Probe once; record and emit what changed (the service and its dependents)."""
         result = await self.check(probe)
+        self._trip(probe.service, result)
         async with self._lock:
             events = []
             event = self._record(probe.service, result, source=self.source)
@@ -137,6 +148,15 @@ class DegradationMonitor:
             self._unsent.extend(events)
             await self._flush()
         return events
+
+    def _trip(self, service: str, result: ProbeResult) -> None:
+        """An ``unavailable`` verdict opens the breaker registered for ``service``."""
+        name = self.trips.get(service)
+        if name is None or result.state is not ServiceState.UNAVAILABLE:
+            return
+        breaker = self.breakers.get(name)
+        if breaker is not None:
+            breaker.trip(f"health monitor: {service} unavailable ({result.reason})")
 
     def _record(self, service: str, result: ProbeResult, *, source: str) -> DegradationEvent | None:
         previous = self._observed.get(service)
