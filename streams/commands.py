@@ -158,7 +158,7 @@ def register(app: StreamsApp) -> None:
         option("--once", is_flag=True, default=False, help="Drain the outbox, then exit."),
     )
     async def publish_outbox(self: Any, once: bool) -> None:
-        """Publish the PostgreSQL outbox to Kafka (one active relay; others stand by)."""
+        """Publish the PostgreSQL outbox to Kafka (takes over free outbox shards; keeps trying)."""
         try:
             await ensure_topics(settings)
             await check_schema(settings)

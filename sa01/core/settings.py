@@ -329,6 +329,13 @@ class Settings(BaseSettings):
         True, description="The worker also competes for the relay lock (hot standby)."
     )
     relay_batch_size: int = Field(500, ge=1)
+    outbox_shards: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Shards of the outbox by key hash, each published by one relay at a"
+        " time; fixed per deployment (docs/operations.md says how to change it).",
+    )
     relay_poll_interval_seconds: float = Field(
         0.5, gt=0, description="How often the active relay looks for rows without a wake-up."
     )
@@ -458,6 +465,18 @@ class Settings(BaseSettings):
     def relay_lock_key(self) -> int:
         """The advisory lock key that elects the active relay for this schema."""
         return _stable_hash(f"outbox-relay:{self.database_schema}")
+
+    def relay_shard_transactional_id(self, shard: int) -> str:
+        """The transactional id of one outbox shard's relay (with one shard: the old id)."""
+        if self.outbox_shards == 1:
+            return self.relay_transactional_id
+        return f"{self.relay_transactional_id}-{shard}-of-{self.outbox_shards}"
+
+    def relay_shard_lock_key(self, shard: int) -> int:
+        """The advisory lock key of one outbox shard (with one shard: the old key)."""
+        if self.outbox_shards == 1:
+            return self.relay_lock_key
+        return _stable_hash(f"outbox-relay:{self.database_schema}:{shard}/{self.outbox_shards}")
 
     @property
     def deferred_answer_lock_key(self) -> int:

@@ -1,4 +1,10 @@
-"""SQL of ``dead_letter_message``: what could not be processed or published, for replay."""
+"""SQL of ``dead_letter_message``: what could not be processed or published, for replay.
+
+:meth:`DeadLetterStore.record` is the one way to dead-letter anything (inbound records,
+outbox rows, memories): in the caller's transaction it writes the table row and the
+outbox row that publishes the record to its topic's ``.dlq`` (never to ``.dlq.dlq``),
+each at most once per idempotency key.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,9 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+
+from sa01.core.topics import dlq
+from sa01.outbox.store import OutboxRecord, OutboxStore
 
 __all__ = [
     "DeadLetter",
@@ -64,6 +73,35 @@ class DeadLetterStore:
             ),
         )
         return cur.rowcount == 1
+
+    async def record(
+        self,
+        conn: Conn,
+        letter: DeadLetter,
+        *,
+        outbox_key: str,
+        max_attempts: int,
+    ) -> bool:
+        """Dead-letter ``letter``: the table row and the ``<topic>.dlq`` outbox row (keyed
+        ``outbox_key``), in one transaction; True when the outbox row is new.
+
+        A record of a ``.dlq`` topic is only kept in the table.
+        """
+        async with conn.transaction():
+            await self.add(conn, letter)
+            if letter.topic.endswith(".dlq"):
+                return False
+            return await OutboxStore().add(
+                conn,
+                OutboxRecord(
+                    topic=dlq(letter.topic),
+                    key=letter.key,
+                    value=letter.payload,
+                    headers=letter.headers,
+                    idempotency_key=outbox_key,
+                ),
+                max_attempts,
+            )
 
 
 @dataclass(frozen=True)

@@ -3,22 +3,38 @@
 Every statement takes parameters only. Rows move ``pending → publishing →
 published``; a relay claims rows under its id and a sequence number that it also
 writes to the outbox ledger inside the same Kafka transaction, which is how a
-restarted relay tells a committed batch from an aborted one.
+restarted relay tells a committed batch from an aborted one. A batch is marked
+published, or returned to pending, with one statement.
+
+Shards are computed when rows are read, never stored: a key's hash is the first 4 bytes
+of its SHA-256 (SQL ``outbox_key_hash``, Python :func:`key_hash`), and shard ``s`` of
+``N`` owns the hashes ``h`` with ``h * N // 2**32 == s``, so every row of a key is
+published by the same shard, in id order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from schemas.headers import MAX_ERROR_TEXT
 
-__all__ = ["ClaimedRow", "OutboxRecord", "OutboxStore"]
+__all__ = [
+    "HASH_SPACE",
+    "ClaimedRow",
+    "OutboxRecord",
+    "OutboxStore",
+    "key_hash",
+    "shard_of",
+    "shard_range",
+]
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -48,13 +64,21 @@ class ClaimedRow:
     max_attempts: int
 
 
-_CLAIM = """
+_SHARD = sql.SQL(" AND outbox_key_hash({col}) >= %(low)s AND outbox_key_hash({col}) < %(high)s")
+
+
+def _claim_query(sharded: bool) -> sql.Composed:
+    def in_shard(column: str) -> sql.Composable:
+        return _SHARD.format(col=sql.SQL(column)) if sharded else sql.SQL("")
+
+    return sql.SQL(
+        """
 WITH blocked AS (
     SELECT DISTINCT topic, partition_key FROM outbox_message
-    WHERE status = 'pending' AND next_attempt_at > now()
+    WHERE status = 'pending' AND next_attempt_at > now(){blocked_shard}
 ), next AS (
     SELECT m.id FROM outbox_message m
-    WHERE m.status = 'pending' AND m.next_attempt_at <= now()
+    WHERE m.status = 'pending' AND m.next_attempt_at <= now(){next_shard}
       AND NOT EXISTS (
           SELECT 1 FROM blocked b
           WHERE b.topic = m.topic AND b.partition_key IS NOT DISTINCT FROM m.partition_key)
@@ -64,10 +88,33 @@ WITH blocked AS (
 )
 UPDATE outbox_message o
 SET status = 'publishing', claimed_by = %(relay)s, claim_seq = %(seq)s
-FROM next WHERE o.id = next.id
+WHERE o.id = ANY (ARRAY (SELECT id FROM next))
 RETURNING o.id, o.topic, o.partition_key, o.payload, o.headers, o.idempotency_key,
           o.attempts, o.max_attempts
 """
+    ).format(blocked_shard=in_shard("partition_key"), next_shard=in_shard("m.partition_key"))
+
+
+_CLAIM_ALL = _claim_query(sharded=False)
+_CLAIM_SHARD = _claim_query(sharded=True)
+
+HASH_SPACE = 2**32
+"""Keys hash to [0, 2^32): the first 4 bytes of their SHA-256 (``outbox_key_hash``)."""
+
+
+def key_hash(key: bytes | None) -> int:
+    """The hash of a row's key, as migration 0003's ``outbox_key_hash`` computes it."""
+    return int.from_bytes(hashlib.sha256(key or b"").digest()[:4], "big")
+
+
+def shard_of(key: bytes | None, shards: int) -> int:
+    """The shard (0 .. shards - 1) that publishes the rows of ``key``."""
+    return key_hash(key) * shards // HASH_SPACE
+
+
+def shard_range(shard: int, shards: int) -> tuple[int, int]:
+    """The hashes [low, high) of shard ``shard`` of ``shards``: those with ``shard_of`` = shard."""
+    return (-(-shard * HASH_SPACE // shards), -(-(shard + 1) * HASH_SPACE // shards))
 
 
 class OutboxStore:
@@ -91,10 +138,25 @@ class OutboxStore:
         )
         return cur.rowcount == 1
 
-    async def claim(self, conn: Conn, relay_id: str, seq: int, limit: int) -> list[ClaimedRow]:
-        """Claim up to ``limit`` publishable rows in id order, skipping keys in backoff."""
+    async def claim(
+        self,
+        conn: Conn,
+        relay_id: str,
+        seq: int,
+        limit: int,
+        shard: tuple[int, int] | None = None,
+    ) -> list[ClaimedRow]:
+        """Claim up to ``limit`` publishable rows in id order, skipping keys in backoff.
+
+        With ``shard`` (``(index, count)``, count > 1) only rows of that shard's keys.
+        """
+        params: dict[str, object] = {"limit": limit, "relay": relay_id, "seq": seq}
+        query = _CLAIM_ALL
+        if shard is not None and shard[1] > 1:
+            params["low"], params["high"] = shard_range(*shard)
+            query = _CLAIM_SHARD
         async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_CLAIM, {"limit": limit, "relay": relay_id, "seq": seq})
+            await cur.execute(query, params)
             rows = await cur.fetchall()
         claimed = [
             ClaimedRow(
@@ -131,7 +193,8 @@ class OutboxStore:
         return cur.rowcount
 
     async def reconcile(self, conn: Conn, relay_id: str, committed_seq: int) -> tuple[int, int]:
-        """After a restart: batches up to ``committed_seq`` were committed, the rest not.
+        """After a restart: batches of ``relay_id`` up to ``committed_seq`` were committed,
+        its later ones not. Rows claimed by other relays (other shards) are left alone.
 
         Returns (rows marked published, rows returned to pending).
         """
@@ -143,7 +206,9 @@ class OutboxStore:
             )
             published = cur.rowcount
             cur = await conn.execute(
-                "UPDATE outbox_message SET status = 'pending' WHERE status = 'publishing'"
+                "UPDATE outbox_message SET status = 'pending'"
+                " WHERE status = 'publishing' AND claimed_by = %s",
+                (relay_id,),
             )
             released = cur.rowcount
         return published, released

@@ -1,7 +1,8 @@
 """Dead-lettering of an inbound record: the outbox row to ``<topic>.dlq`` and the table row.
 
-Both are written in one PostgreSQL transaction keyed by the record's position, so a
-record processed again after a crash is not dead-lettered twice.
+Both are written by the one dead-letter writer (:meth:`DeadLetterStore.record`) in one
+PostgreSQL transaction keyed by the record's position, so a record processed again
+after a crash is not dead-lettered twice.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from sa01.core.settings import Settings
 from sa01.core.topics import dlq
 from sa01.outbox.database import Database
 from sa01.outbox.dead_letter_store import DeadLetter, DeadLetterStore
-from sa01.outbox.store import OutboxRecord, OutboxStore
 from schemas.headers import ERRORS_EXCEPTION, ERRORS_MESSAGE, MAX_ERROR_TEXT, dead_letter_headers
 
 __all__ = ["DeadLetterWriter", "InboundMessage"]
@@ -45,7 +45,6 @@ class DeadLetterWriter:
         self.settings = settings
         self.database = database
         self.metrics = metrics
-        self.outbox = OutboxStore()
         self.store = DeadLetterStore()
 
     async def write(
@@ -68,8 +67,8 @@ class DeadLetterWriter:
             idempotency_key=idempotency_key,
         )
         value = message.value if message.value is not None else b""
-        async with self.database.connection() as conn, conn.transaction():
-            await self.store.add(
+        async with self.database.connection() as conn:
+            inserted = await self.store.record(
                 conn,
                 DeadLetter(
                     idempotency_key=idempotency_key,
@@ -84,17 +83,8 @@ class DeadLetterWriter:
                     error_message=str(error)[:MAX_ERROR_TEXT],
                     attempts=attempts,
                 ),
-            )
-            inserted = await self.outbox.add(
-                conn,
-                OutboxRecord(
-                    topic=dlq(message.topic),
-                    key=message.key,
-                    value=value,
-                    headers=headers,
-                    idempotency_key=idempotency_key,
-                ),
-                self.settings.outbox_max_attempts,
+                outbox_key=idempotency_key,
+                max_attempts=self.settings.outbox_max_attempts,
             )
         if inserted:
             self.metrics.dlq_messages_total.labels(topic=dlq(message.topic)).inc()

@@ -2,7 +2,8 @@
 
 When every model of a chain is down the conversation agent replies at once with a clear
 degraded reply and records the message in ``deferred_answer``. One answerer per schema
-(advisory lock; every worker runs one) retries the oldest owed answers; the real answer
+(a :class:`~outbox.singleton.SingletonJob`; every worker runs one, one holds the lock)
+retries the oldest owed answers; the real answer
 goes out through the outbox in the same transaction that marks it given, so it is sent
 once. A message the models refuse is answered with the refusal; one that fails for any
 other reason is retried with backoff at most ``processing_max_attempts`` times and then
@@ -11,14 +12,12 @@ dead-lettered to ``conversation.inbound.dlq``, so no row blocks the ones behind 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
 from datetime import timedelta
 from enum import Enum
 
-import psycopg
 from pydantic import ValidationError
 
 from sa01.core.errors import (
@@ -33,9 +32,11 @@ from sa01.core.topics import CONVERSATION_INBOUND, CONVERSATION_OUTBOUND, MEMORY
 from sa01.journeys.conversation import ConversationJourney
 from sa01.outbox.database import Database
 from sa01.outbox.owed_answers import DeferredAnswerStore, OwedAnswer
+from sa01.outbox.singleton import Lease, SingletonJob
 from sa01.outbox.store import OutboxStore
 from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
 from sa01.pipeline.records import message_record
+from sa01.resilience.retry import sleep_unless
 from schemas.messages import ConversationInbound, reply_id_for
 
 __all__ = ["DeferredAnswerer", "answer_id_for"]
@@ -76,37 +77,39 @@ class DeferredAnswerer:
         self.outbox = OutboxStore()
         self.topic = settings.topic(CONVERSATION_OUTBOUND)
         self.memory_topic = settings.topic(MEMORY_REMEMBER)
-        self._task: asyncio.Task[None] | None = None
+        self.job = SingletonJob(
+            settings,
+            name="deferred-answers",
+            lock_key=settings.deferred_answer_lock_key,
+            body=self._answer_forever,
+        )
 
     async def answer_due(self, limit: int = 50) -> int:
-        """One pass (if this process holds the lock): how many real answers were sent.
+        """One pass (if this process gets the lock): how many real answers were sent."""
+        return await self.job.run_once(lambda lease: self._one_pass(limit)) or 0
 
-        Every row ends answered, backed off or dead-lettered: a row that cannot be
-        answered never blocks the rows behind it.
-        """
-        try:
-            lock = await psycopg.AsyncConnection.connect(
-                self.settings.database_url, autocommit=True, connect_timeout=5
-            )
-        except psycopg.OperationalError as exc:
-            raise InfrastructureUnavailableError("postgres", str(exc)) from exc
-        async with lock:
-            cur = await lock.execute(
-                "SELECT pg_try_advisory_lock(%s)", (self.settings.deferred_answer_lock_key,)
-            )
-            row = await cur.fetchone()
-            if not row or not row[0]:
-                return 0
-            async with self.database.connection() as conn:
-                owed = await self.store.due(conn, limit)
-            sent = 0
-            for answer in owed:
-                outcome = await self._answer_one(answer)
-                if outcome is _Pass.MODELS_DOWN:
-                    break  # the models are still down: try again at the next pass
-                if outcome is _Pass.SENT:
-                    sent += 1
-            return sent
+    async def _answer_forever(self, lease: Lease) -> None:
+        """The job's body: a pass every ``deferred_answer_interval_seconds``."""
+        lease.healthy()
+        while True:
+            sent = await self._one_pass(50)
+            if sent:
+                logger.info("sent %d delayed answers", sent)
+            await sleep_unless(lease.stopping, self.settings.deferred_answer_interval_seconds)
+
+    async def _one_pass(self, limit: int) -> int:
+        """Every due row ends answered, backed off or dead-lettered: a row that cannot be
+        answered never blocks the rows behind it."""
+        async with self.database.connection() as conn:
+            owed = await self.store.due(conn, limit)
+        sent = 0
+        for answer in owed:
+            outcome = await self._answer_one(answer)
+            if outcome is _Pass.MODELS_DOWN:
+                break  # the models are still down: try again at the next pass
+            if outcome is _Pass.SENT:
+                sent += 1
+        return sent
 
     async def _answer_one(self, owed: OwedAnswer) -> _Pass:
         try:
@@ -173,24 +176,9 @@ class DeferredAnswerer:
         logger.warning("gave up a delayed answer: %s", type(exc).__name__)
 
     async def start(self) -> None:
-        """Retry every ``deferred_answer_interval_seconds``."""
-        self._task = asyncio.create_task(self._run(), name="deferred-answers")
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                sent = await self.answer_due()
-                if sent:
-                    logger.info("sent %d delayed answers", sent)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("delayed answers paused: %s", exc)
-            await asyncio.sleep(self.settings.deferred_answer_interval_seconds)
+        """Retry every ``deferred_answer_interval_seconds`` in the process holding the lock."""
+        await self.job.start()
 
     async def stop(self) -> None:
-        """Stop retrying."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop retrying and release the lock."""
+        await self.job.stop()

@@ -10,7 +10,7 @@ import pytest
 
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
-from sa01.outbox.relay import BACKLOG_REFRESH_SECONDS, OutboxRelay
+from sa01.outbox.relay import BACKLOG_REFRESH_SECONDS, OutboxRelay, _Run
 
 
 class FakeDatabase:
@@ -33,14 +33,6 @@ class CountingStore:
         return self.calls, float(self.calls) / 2
 
 
-class FakeLockConnection:
-    async def execute(self, query: str) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
 def relay_with(
     store: CountingStore, settings: Settings | None = None
 ) -> tuple[OutboxRelay, Metrics]:
@@ -52,22 +44,30 @@ def relay_with(
 
 
 def active_with(relay: OutboxRelay, batch: Callable[[], Awaitable[int]]) -> None:
-    """Make ``relay`` take the lock and serve at once, publishing with ``batch``."""
+    """Make every shard of ``relay`` take its lock and serve at once, publishing with
+    ``batch`` (rows published; -1 for a broker failure)."""
+    for shard in relay.shards:
+        lock = shard.job.lock
 
-    async def acquire_lock(wait_seconds: float | None) -> FakeLockConnection:
-        return FakeLockConnection()
+        async def nothing() -> None:
+            return None
 
-    @contextlib.asynccontextmanager
-    async def serving(lock_conn: object) -> AsyncIterator[None]:
-        relay.active = True
-        try:
+        async def taken() -> bool:
+            return True
+
+        @contextlib.asynccontextmanager
+        async def publishing() -> AsyncIterator[None]:
             yield None
-        finally:
-            relay.active = False
 
-    relay._acquire_lock = acquire_lock  # type: ignore[method-assign,assignment]
-    relay._serving = serving  # type: ignore[method-assign,assignment]
-    relay._publish_one_batch = lambda publisher: batch()  # type: ignore[method-assign,assignment]
+        async def publish(publisher: object) -> _Run:
+            published = await batch()
+            return _Run(max(published, 0), broker_failed=published < 0)
+
+        lock.try_acquire = taken  # type: ignore[method-assign]
+        lock.check = nothing  # type: ignore[method-assign]
+        lock.release = nothing  # type: ignore[method-assign]
+        shard._publishing = publishing  # type: ignore[method-assign,assignment]
+        shard._publish_batches = publish  # type: ignore[method-assign,assignment]
 
 
 async def run_for_a_while(relay: OutboxRelay) -> None:
