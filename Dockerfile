@@ -4,16 +4,11 @@ WORKDIR /app
 RUN useradd --system --uid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin sa01
 COPY pyproject.toml README.md requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
-COPY core core
+COPY sa01 sa01
 COPY schemas schemas
-COPY outbox outbox
-COPY providers providers
-COPY journeys journeys
-COPY pipeline pipeline
 COPY streams streams
 COPY agents agents
 COPY tables tables
-COPY loopback loopback
 RUN pip install --no-cache-dir --no-deps . && mkdir -p /app/.run && chown sa01:sa01 /app/.run
 ENV LITELLM_LOCAL_MODEL_COST_MAP=True
 USER 10001:10001

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.host import AgentHost, inbound_message, raw_topic
-from core.topics import CONVERSATION_INBOUND
+from sa01.core.topics import CONVERSATION_INBOUND
 
 __all__ = ["register"]
 

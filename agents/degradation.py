@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from agents.host import AgentHost, inbound_message, raw_topic
-from core.topics import DEGRADATION_EVENTS
-from pipeline.dead_letters import InboundMessage
+from sa01.core.topics import DEGRADATION_EVENTS
+from sa01.pipeline.dead_lettering import InboundMessage
 from schemas.codec import decode_message
 from schemas.messages import DegradationEvent
 from tables.service_health import fold

@@ -13,9 +13,9 @@ from typing import Any, Protocol
 from faust.types import AgentT, TopicT
 from faust.types.agents import AgentFun
 
-from core.settings import Settings
-from pipeline.consuming import LanedConsumer, RecordGuard
-from pipeline.dead_letters import InboundMessage
+from sa01.core.settings import Settings
+from sa01.pipeline.consuming import LanedConsumer, RecordGuard
+from sa01.pipeline.dead_lettering import InboundMessage
 
 __all__ = ["AgentHost", "AgentRuntime", "inbound_message", "raw_topic"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.host import AgentHost, inbound_message, raw_topic
-from core.topics import MEMORY_REMEMBER
+from sa01.core.topics import MEMORY_REMEMBER
 
 __all__ = ["register"]
 

@@ -1,4 +1,5 @@
-"""The upload and backup agents: ``upload.retry`` and ``backup.tasks`` (see pipeline.uploads).
+"""The upload and backup agents: ``upload.retry`` and ``backup.tasks`` (see
+:mod:`sa01.pipeline.upload_tasks`).
 
 Guarantees: each task runs on the lane of its key (upload id, backup task id);
 offsets are acked in order once each is done or dead-lettered (pipeline.consuming).
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.host import AgentHost, inbound_message, raw_topic
-from core.topics import BACKUP_TASKS, UPLOAD_RETRY
+from sa01.core.topics import BACKUP_TASKS, UPLOAD_RETRY
 
 __all__ = ["register"]
 

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
-from core.metrics import Metrics
-from resilience.circuit_breaker import BreakerConfig, CircuitBreaker
+from sa01.core.metrics import Metrics
+from sa01.resilience.circuit_breaker import BreakerConfig, CircuitBreaker
 
 __all__ = ["ITERATIONS", "REPEATS", "Measurement", "main", "measure"]
 

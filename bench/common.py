@@ -14,9 +14,9 @@ import psycopg
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from core.settings import Settings
-from core.topics import ensure_topics, project_topics
-from outbox.migrate import migrate
+from sa01.core.settings import Settings
+from sa01.core.topics import ensure_topics, project_topics
+from sa01.outbox.migrate import migrate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -28,8 +28,8 @@ from bench.common import drop, summary, table, write_result
 from bench.procs import FaustProc, check_controlled_stack, service
 from bench.relay_drain import PAYLOAD, fill
 from bench.stack import bench_settings, deployment
-from core.settings import Settings
-from outbox.database import Database
+from sa01.core.settings import Settings
+from sa01.outbox.database import Database
 
 SERVICES = ("redis", "postgres", "kafka")
 BACKLOG = 10_000

@@ -16,9 +16,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from bench.common import table, write_result
 from loopback import FailureMode, LLMServer
-from providers.responder import LiteLLMResponder
-from resilience.circuit_breaker import BreakerConfig, CircuitBreaker
-from resilience.fallback import ChainLink, FallbackChain
+from sa01.providers.responder import LiteLLMResponder
+from sa01.resilience.circuit_breaker import BreakerConfig, CircuitBreaker
+from sa01.resilience.fallback import ChainLink, FallbackChain
 
 HANG_TIMEOUT = 1.0
 THRESHOLD = 5

@@ -26,7 +26,7 @@ from bench import load
 from bench.common import drop, summary, table, write_result
 from bench.procs import Proc, python_proc, start_relay, start_worker
 from bench.stack import bench_settings, relay_active, route
-from core.settings import Settings
+from sa01.core.settings import Settings
 
 BARE_PYTHON = "print('ready', flush=True); input()"
 

@@ -34,7 +34,7 @@ from bench import load
 from bench.common import drop, percentile, summary, table, write_result
 from bench.procs import free_port, python_proc
 from bench.stack import bench_settings, deployment, route
-from core.settings import Settings
+from sa01.core.settings import Settings
 from schemas.codec import encode_message
 from schemas.messages import MemoryRecord
 

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 
 from bench.common import drop, isolated_settings, percentile, summary, table, write_result
-from core.settings import Settings
+from sa01.core.settings import Settings
 
 CHANNEL = "sa01_outbox"
 PAYLOAD = b"x" * 200

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 FAUST = str(Path(sys.executable).parent / "faust")

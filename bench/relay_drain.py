@@ -1,8 +1,13 @@
 """Relay drain rate for an outbox backlog, against two baselines measured in the same run.
 
-* relay: ``OutboxRelay.drain`` (transactions of ``relay_batch_size`` rows + ledger);
+* relay: ``OutboxRelay.drain`` (transactions of ``relay_batch_size`` rows + ledger,
+  batch k+1 claimed while k commits) with 1, 2 and 4 outbox shards, every shard drained
+  concurrently by this one process (its own transactional producer per shard);
 * baseline A: confluent-kafka producing the same records directly (idempotent, acks=all);
 * baseline B: a naive relay publishing one row per Kafka transaction.
+
+The goal (issue 17): per shard at least 0.5x the raw producer; the aggregate growing
+with the shards up to the cores.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ from typing import Any
 from confluent_kafka import Producer
 
 from bench.common import drop, isolated_settings, summary, table, write_result
-from core.metrics import Metrics
-from core.settings import Settings
-from outbox.database import Database
-from outbox.relay import OutboxRelay
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.outbox.database import Database
+from sa01.outbox.relay import OutboxRelay
 
 PAYLOAD = b"x" * 200
 
@@ -36,8 +41,11 @@ async def fill(database: Database, settings: Settings, rows: int, tag: str = "be
                 )
 
 
-async def relay_rate(rows: int, batch: int) -> float:
-    settings = await isolated_settings(relay_batch_size=batch)
+SHARDS = (1, 2, 4)
+
+
+async def relay_rate(rows: int, batch: int, shards: int = 1) -> float:
+    settings = await isolated_settings(relay_batch_size=batch, outbox_shards=shards)
     try:
         async with Database(settings) as database:
             await fill(database, settings, rows)
@@ -91,45 +99,57 @@ async def run(quick: bool) -> dict[str, Any]:
     rows = 20_000 if quick else 100_000
     naive_rows = 500 if quick else 2_000
     repeats = 1 if quick else 3
-    relay, direct, naive = [], [], []
+    relay: dict[int, list[float]] = {n: [] for n in SHARDS}
+    direct, naive = [], []
     for _ in range(repeats):
-        relay.append(await relay_rate(rows, 500))
         settings = await isolated_settings()
         try:
             direct.append(await asyncio.to_thread(direct_rate, settings, rows))
         finally:
             await drop(settings)
+        for shards in SHARDS:
+            relay[shards].append(await relay_rate(rows, 500, shards))
         naive.append(await naive_rate(naive_rows))
     result: dict[str, Any] = {
         "workload": f"{rows} rows of 200 B, 100 keys, batch 500; naive: {naive_rows} rows",
-        "relay_rows_per_s": summary(relay),
+        "relay_rows_per_s": summary(relay[1]),
+        **{f"relay_{n}_shards_rows_per_s": summary(relay[n]) for n in SHARDS},
         "direct_producer_msgs_per_s": summary(direct),
         "naive_relay_rows_per_s": summary(naive),
     }
-    r, d, n = (
-        result[k]["median"]
-        for k in ("relay_rows_per_s", "direct_producer_msgs_per_s", "naive_relay_rows_per_s")
-    )
-    print(
-        table(
-            [
-                ("relay drain", "rows/s (median)", "min-max", "vs relay"),
-                ("relay (batch 500)", f"{r:,.0f}", f"{min(relay):,.0f}-{max(relay):,.0f}", "1.00"),
-                (
-                    "raw confluent producer",
-                    f"{d:,.0f}",
-                    f"{min(direct):,.0f}-{max(direct):,.0f}",
-                    f"{d / r:.2f}",
-                ),
-                (
-                    "naive relay (1 row/txn)",
-                    f"{n:,.0f}",
-                    f"{min(naive):,.0f}-{max(naive):,.0f}",
-                    f"{n / r:.3f}",
-                ),
-            ]
+    d = result["direct_producer_msgs_per_s"]["median"]
+    n = result["naive_relay_rows_per_s"]["median"]
+    lines = [("relay drain", "rows/s (median)", "min-max", "vs raw", "per shard vs raw")]
+    for shards in SHARDS:
+        r = result[f"relay_{shards}_shards_rows_per_s"]["median"]
+        lines.append(
+            (
+                f"relay, {shards} shard{'s' if shards > 1 else ''} (batch 500)",
+                f"{r:,.0f}",
+                f"{min(relay[shards]):,.0f}-{max(relay[shards]):,.0f}",
+                f"{r / d:.2f}",
+                f"{r / shards / d:.2f}",
+            )
+        )
+    lines.append(
+        (
+            "raw confluent producer",
+            f"{d:,.0f}",
+            f"{min(direct):,.0f}-{max(direct):,.0f}",
+            "1.00",
+            "",
         )
     )
+    lines.append(
+        (
+            "naive relay (1 row/txn)",
+            f"{n:,.0f}",
+            f"{min(naive):,.0f}-{max(naive):,.0f}",
+            f"{n / d:.3f}",
+            "",
+        )
+    )
+    print(table(lines))
     print(f"workload: {result['workload']}")
     write_result("relay_drain", result)
     return result

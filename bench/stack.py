@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from bench.common import isolated_settings
 from bench.load import Route
 from bench.procs import FaustProc, free_port, python_proc, start_relay, start_worker
-from core.settings import Settings
+from sa01.core.settings import Settings
 
 #: SomaBrain is not part of these measurements: memory off, no somabrain probe.
 BENCH_DEFAULTS: dict[str, Any] = {

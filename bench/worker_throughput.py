@@ -25,7 +25,7 @@ from bench import load
 from bench.common import drop, percentile, summary, table, write_result
 from bench.procs import FaustProc, python_proc
 from bench.stack import bench_settings, deployment, llm_server, route, with_llm
-from core.settings import Settings
+from sa01.core.settings import Settings
 
 WARMUP = 50
 BARE_FACTOR = 20

@@ -21,9 +21,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from core.errors import ResilienceError
-from core.redaction import describe_validation_error, redact_url
-from core.settings import Settings
 from demo.observer import Backlog, Sender, TopicReader, count_uploads
 from demo.scenarios import (
     SCENARIOS,
@@ -38,7 +35,10 @@ from demo.scenarios import (
 from demo.stack import ROOT, DemoStack, StackError, StackOptions
 from demo.summary import Summary, print_summary, tally
 from demo.ui import UI
-from providers.audio import kokoro_installed
+from sa01.core.errors import ResilienceError
+from sa01.core.redaction import describe_validation_error, redact_url
+from sa01.core.settings import Settings
+from sa01.providers.audio import kokoro_installed
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -24,22 +24,22 @@ from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from core.errors import PermanentError
-from core.kafka_security import librdkafka_config
-from core.metrics import Metrics
-from core.settings import Settings
-from core.topics import (
+from loopback import fake_audio
+from sa01.core.errors import PermanentError
+from sa01.core.kafka_security import librdkafka_config
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.core.topics import (
     CONVERSATION_INBOUND,
     CONVERSATION_OUTBOUND,
     DEGRADATION_EVENTS,
     UPLOAD_RETRY,
 )
-from loopback import fake_audio
-from outbox.database import Database
-from outbox.pending_memory import PendingMemoryStore
-from outbox.producer import DeliveryPath, ResilientProducer
-from outbox.store import OutboxStore
-from pipeline.records import message_record
+from sa01.outbox.database import Database
+from sa01.outbox.pending_memory import PendingMemoryStore
+from sa01.outbox.producer import DeliveryPath, ResilientProducer
+from sa01.outbox.store import OutboxStore
+from sa01.pipeline.records import message_record
 from schemas.codec import decode_message
 from schemas.messages import (
     Attachment,

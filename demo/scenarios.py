@@ -30,7 +30,7 @@ from demo.observer import (
 from demo.stack import CHAT_CHAIN, DemoStack, StackError
 from demo.ui import UI
 from loopback import FailureMode, transcript_of
-from outbox.producer import DeliveryPath
+from sa01.outbox.producer import DeliveryPath
 from schemas.messages import (
     ConversationInbound,
     ConversationReply,

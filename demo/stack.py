@@ -34,13 +34,13 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from pydantic import SecretStr
 
-from core.kafka_security import librdkafka_config
-from core.settings import Settings
-from core.topics import ensure_topics
 from loopback import AudioServer, FailureMode, LLMServer, S3Server, SomaBrainServer
 from loopback.s3_server import ACCESS_KEY, SECRET_KEY
-from outbox.migrate import migrate
-from providers.llm_config import SEED_CHAINS
+from sa01.core.kafka_security import librdkafka_config
+from sa01.core.settings import Settings
+from sa01.core.topics import ensure_topics
+from sa01.outbox.migrate import migrate
+from sa01.providers.llm_config import SEED_CHAINS
 
 __all__ = [
     "CHAT_CHAIN",

@@ -13,7 +13,7 @@ from typing import Any
 from demo.observer import SeenReply, SentMessage, UploadCount
 from demo.scenarios import ScenarioResult, is_placeholder
 from demo.ui import UI
-from outbox.producer import DeliveryPath
+from sa01.outbox.producer import DeliveryPath
 from schemas.messages import DegradationEvent, scoped_key
 
 __all__ = ["Summary", "print_summary", "tally"]

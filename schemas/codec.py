@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from faust.serializers.codecs import Codec
 from pydantic import BaseModel, ValidationError
 
-from core.errors import MessageDecodeError, MessageValidationError
+from sa01.core.errors import MessageDecodeError, MessageValidationError
 
 __all__ = ["CONTENT_TYPE", "ModelCodec", "decode_message", "encode_message"]
 

@@ -51,8 +51,13 @@ class Contract:
 
     @property
     def packages(self) -> tuple[str, ...]:
-        """Every package the check reads."""
+        """Every package the check reads (dotted names: ``sa01.core``)."""
         return tuple(p for layer in self.layers for p in layer) + self.tools
+
+    def package_of(self, module: str) -> str | None:
+        """The package of the contract that holds ``module`` (the longest that does)."""
+        found = [p for p in self.packages if module == p or module.startswith(p + ".")]
+        return max(found, key=len) if found else None
 
 
 @dataclass
@@ -137,7 +142,7 @@ def scan(root: Path, packages: Iterable[str]) -> Graph:
     graph = Graph()
     sources: dict[str, tuple[Path, bool]] = {}
     for package in packages:
-        for path in sorted((root / package).rglob("*.py")):
+        for path in sorted((root / package.replace(".", "/")).rglob("*.py")):
             name = _module_name(root, path)
             sources[name] = (path, path.name == "__init__.py")
     graph.modules = set(sources)
@@ -205,7 +210,6 @@ def check(graph: Graph, contract: Contract, root: Path) -> tuple[list[str], set[
     """The violations (one line each) and the exceptions that were used."""
     violations: list[str] = []
     used: set[tuple[str, str]] = set()
-    layered = {p for layer in contract.layers for p in layer}
     # Cycles are about what runs at import: an import for type checking only is left
     # out of them (it still counts for the layers: it is a dependency all the same).
     runtime = Graph(modules=set(graph.modules), files=graph.files)
@@ -216,8 +220,10 @@ def check(graph: Graph, contract: Contract, root: Path) -> tuple[list[str], set[
                 continue
             if (importer, imported) not in graph.typing_only:
                 runtime.add(importer, imported, line)
-            source, target = importer.split(".")[0], imported.split(".")[0]
-            if source == target or source not in layered:
+            source, target = contract.package_of(importer), contract.package_of(imported)
+            if source is None or target is None or source == target:
+                continue
+            if source in contract.tools:
                 continue
             where = f"{graph.files[importer].relative_to(root)}:{line}"
             if target in contract.tools:

@@ -31,13 +31,13 @@ from agents import conversation as conversation_agent
 from agents import degradation as degradation_agent
 from agents import memory as memory_agent
 from agents import uploads as upload_agents
-from core.errors import ConfigurationError, ResilienceError
-from core.kafka_security import faust_credentials
-from core.logging import apply_format, configure_logging, quiet_noisy_loggers
-from core.metrics import Metrics
-from core.redaction import describe_validation_error, install_log_redaction
-from core.settings import Settings
-from resilience.health import ServiceHealth
+from sa01.core.errors import ConfigurationError, ResilienceError
+from sa01.core.kafka_security import faust_credentials
+from sa01.core.logging import apply_format, configure_logging, quiet_noisy_loggers
+from sa01.core.metrics import Metrics
+from sa01.core.redaction import describe_validation_error, install_log_redaction
+from sa01.core.settings import Settings
+from sa01.resilience.health import ServiceHealth
 from streams import circuits, commands, dlq, timers, web
 from streams.gaps import GapTrackingConsumer
 from streams.runtime import BACKUPS, CONVERSATION, DEGRADATION, MEMORY, UPLOADS, Runtime

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.metrics import Metrics
+from sa01.core.metrics import Metrics
 
 __all__ = ["BACKLOG_WINDOW_SECONDS", "BacklogMonitor", "ConsumerBacklog"]
 

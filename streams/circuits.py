@@ -15,7 +15,9 @@ unknown name answers 404 with the names the worker knows, a wrong action 400.
 until ``close``; ``close`` and ``reset`` put it back to closed with an empty window;
 ``disable`` lets every call through and records nothing until ``close``. Breakers
 live in each worker's memory: a command acts on one worker, and a restarted worker
-starts with every circuit closed.
+starts with every circuit closed. The pages list exactly the runtime's breaker registry
+(``sa01.resilience.registry``), which the metrics read too: the resilient producer's Kafka
+gate ``kafka:producer``, the LLM models, audio, storage and SomaBrain.
 
 The command: ``faust -A streams circuit [list|open|close|reset|disable] [NAME]
 [--url http://127.0.0.1:6066] [--json]``.
@@ -34,8 +36,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from core.errors import ResilienceError
-from resilience.circuit_breaker import STATE_GAUGE_VALUES, BreakerState, CircuitBreaker
+from sa01.core.errors import ResilienceError
+from sa01.resilience.circuit_breaker import STATE_GAUGE_VALUES, BreakerState, CircuitBreaker
 from streams.console import Console, dump_json
 
 if TYPE_CHECKING:
@@ -80,13 +82,8 @@ class CircuitCommandError(ResilienceError):
 
 
 def worker_breakers(app: StreamsApp) -> dict[str, CircuitBreaker]:
-    """Every breaker of this worker by name: the runtime's chains, and SomaBrain's."""
-    breakers = app.runtime.breakers()
-    somabrain = getattr(app.runtime, "somabrain", None)
-    breaker = getattr(somabrain, "breaker", None)
-    if isinstance(breaker, CircuitBreaker):
-        breakers.setdefault(breaker.name, breaker)
-    return breakers
+    """Every breaker of this worker by name: its runtime's breaker registry."""
+    return dict(app.runtime.breakers.items())
 
 
 def circuit_json(breaker: CircuitBreaker) -> dict[str, Any]:

@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING, Any
 import click
 from faust.cli import argument, option
 
-from core.errors import ResilienceError
-from core.redaction import redact_url
-from core.topics import CONVERSATION_INBOUND, DEGRADATION_EVENTS, ensure_topics
-from outbox.database import Database
-from outbox.migrate import migrate
-from outbox.producer import ResilientProducer
-from outbox.relay import OutboxRelay
-from pipeline.records import message_record
+from sa01.core.errors import ResilienceError
+from sa01.core.redaction import redact_url
+from sa01.core.topics import CONVERSATION_INBOUND, DEGRADATION_EVENTS, ensure_topics
+from sa01.outbox.database import Database
+from sa01.outbox.migrate import migrate
+from sa01.outbox.producer import ResilientProducer
+from sa01.outbox.relay import OutboxRelay
+from sa01.pipeline.records import message_record
 from schemas.messages import ConversationInbound, UseCase
 from streams.console import Console, dump_json, format_status
+from streams.inline_attachments import inline_attachment, read_upload
 from streams.runtime import check_schema
-from streams.uploads import inline_attachment, read_upload
 
 if TYPE_CHECKING:
     from streams.app import StreamsApp
@@ -160,7 +160,7 @@ def register(app: StreamsApp) -> None:
         option("--once", is_flag=True, default=False, help="Drain the outbox, then exit."),
     )
     async def publish_outbox(self: Any, once: bool) -> None:
-        """Publish the PostgreSQL outbox to Kafka (one active relay; others stand by)."""
+        """Publish the PostgreSQL outbox to Kafka (takes over free outbox shards; keeps trying)."""
         try:
             await ensure_topics(settings)
             await check_schema(settings)
@@ -258,8 +258,8 @@ def register_memory_command(app: StreamsApp) -> None:
     )
     async def sync_memories(self: Any, once: bool) -> None:
         """Replay pending memories into SomaBrain, in order per tenant and agent, each once."""
-        from pipeline.memory import MemorySync
-        from providers.somabrain import SomaBrainClient
+        from sa01.pipeline.memory import MemorySync
+        from sa01.providers.somabrain import SomaBrainClient
 
         if not settings.somabrain_url:
             _fail(RuntimeError("SA01_SOMABRAIN_URL is not set: there is no SomaBrain to sync to"))
@@ -312,7 +312,7 @@ def register_storage_commands(app: StreamsApp) -> None:
         task id. KEYS are relative to the tenant's prefix (``uploads/notes.txt``)."""
         from pydantic import ValidationError
 
-        from core.topics import BACKUP_TASKS
+        from sa01.core.topics import BACKUP_TASKS
         from schemas.messages import BackupTask
 
         try:

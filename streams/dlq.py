@@ -31,11 +31,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from core.errors import ConfigurationError, ResilienceError
-from core.settings import Settings
-from outbox.database import Database
-from outbox.dead_letters import DeadLetterAdmin, DeadLetterFilter, StoredDeadLetter
-from outbox.store import OutboxRecord, OutboxStore
+from sa01.core.errors import ConfigurationError, ResilienceError
+from sa01.core.settings import Settings
+from sa01.outbox.database import Database
+from sa01.outbox.dead_letter_store import DeadLetterAdmin, DeadLetterFilter, StoredDeadLetter
+from sa01.outbox.store import OutboxRecord, OutboxStore
 from schemas.headers import IDEMPOTENCY_KEY
 from streams.console import Console, dump_json
 

@@ -6,11 +6,11 @@ import sys
 
 import psycopg
 
-from core.kafka_security import describe_listener
-from core.redaction import redact_url
-from core.settings import Settings
-from providers.configured import unconfigured_providers
-from providers.responder import missing_key_notice
+from sa01.core.kafka_security import describe_listener
+from sa01.core.redaction import redact_url
+from sa01.core.settings import Settings
+from sa01.providers.configured import unconfigured_providers
+from sa01.providers.responder import missing_key_notice
 
 __all__ = ["main", "summary"]
 

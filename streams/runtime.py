@@ -12,10 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from core.errors import ConfigurationError, InfrastructureUnavailableError
-from core.metrics import Metrics
-from core.settings import Settings
-from core.topics import (
+from sa01.core.errors import ConfigurationError, InfrastructureUnavailableError
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.core.topics import (
     BACKUP_TASKS,
     CONVERSATION_INBOUND,
     DEGRADATION_EVENTS,
@@ -23,38 +23,49 @@ from core.topics import (
     UPLOAD_RETRY,
     ensure_topics,
 )
-from journeys.attachments import AttachmentStorer
-from journeys.conversation import ConversationJourney
-from journeys.session_context import SessionContext
-from journeys.voice import VoiceJourney
-from outbox.database import Database
-from outbox.migrate import applied_versions, available_migrations
-from outbox.producer import ResilientProducer
-from outbox.relay import OutboxRelay
-from outbox.store import OutboxStore
-from pipeline.consuming import LanedConsumer, RecordGuard
-from pipeline.conversation import ConversationProcessor
-from pipeline.dead_letters import DeadLetterWriter, InboundMessage
-from pipeline.deferred import DeferredAnswerer
-from pipeline.memory import MemoryProcessor, MemorySync
-from pipeline.ordering import SessionLanes
-from pipeline.priority import BackgroundShare
-from pipeline.records import message_record
-from pipeline.uploads import BackupProcessor, UploadProcessor
-from providers.audio import build_audio_chains
-from providers.health import multimodal_probes, multimodal_specs
-from providers.responder import build_responder, missing_key_notice
-from providers.somabrain import SomaBrainClient
-from providers.storage import build_storage_chain, build_store
-from resilience.circuit_breaker import CircuitBreaker
-from resilience.fallback import FallbackChain
-from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
-from resilience.monitor import DegradationMonitor
-from resilience.probes import BreakerProbe, default_probes
+from sa01.journeys.attachments import AttachmentStorer
+from sa01.journeys.conversation import ConversationJourney
+from sa01.journeys.session_context import SessionContext
+from sa01.journeys.voice import VoiceJourney
+from sa01.outbox.database import Database
+from sa01.outbox.migrate import applied_versions, available_migrations
+from sa01.outbox.producer import PRODUCER_GATE, ResilientProducer
+from sa01.outbox.relay import OutboxRelay
+from sa01.outbox.store import OutboxStore
+from sa01.pipeline.consuming import LanedConsumer, RecordGuard
+from sa01.pipeline.conversation import ConversationProcessor
+from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
+from sa01.pipeline.deferred_answers import DeferredAnswerer
+from sa01.pipeline.memory import MemoryProcessor, MemorySync
+from sa01.pipeline.ordering import SessionLanes
+from sa01.pipeline.priority import BackgroundShare
+from sa01.pipeline.records import message_record
+from sa01.pipeline.upload_tasks import BackupProcessor, UploadProcessor
+from sa01.providers.audio import build_audio_chains
+from sa01.providers.health import multimodal_probes, multimodal_specs
+from sa01.providers.responder import Responder, build_responder, missing_key_notice
+from sa01.providers.somabrain import SomaBrainClient
+from sa01.providers.storage import build_storage_chain, build_store
+from sa01.resilience.circuit_breaker import CircuitBreaker
+from sa01.resilience.fallback import FallbackChain
+from sa01.resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
+from sa01.resilience.monitor import DegradationMonitor
+from sa01.resilience.probes import BreakerProbe, default_probes
+from sa01.resilience.registry import BreakerRegistry
 from schemas.messages import DegradationEvent
 from streams.backlog import BacklogMonitor
 
-__all__ = ["BACKUPS", "CONVERSATION", "DEGRADATION", "MEMORY", "UPLOADS", "Runtime", "check_schema"]
+__all__ = [
+    "BACKUPS",
+    "CONVERSATION",
+    "DEGRADATION",
+    "LLM_PREFIX",
+    "MEMORY",
+    "UPLOADS",
+    "Runtime",
+    "check_schema",
+    "responder_breakers",
+]
 
 #: Memory records the memory agent may hold beyond its high-water mark: its stream must
 #: not block (Faust fetches every topic with one consumer, and a blocked stream stops
@@ -84,6 +95,20 @@ async def check_schema(settings: Settings) -> None:
         )
 
 
+#: The LLM breakers' names begin with this (``llm:<model>``).
+LLM_PREFIX = "llm:"
+
+
+def responder_breakers(responder: Responder) -> list[CircuitBreaker]:
+    """The breakers of the responder's LLM chains (the echo responder has none).
+
+    The responder factory returns a bare protocol for now; this is the only place that
+    looks inside it.
+    """
+    chains: Mapping[str, FallbackChain[Any]] = getattr(responder, "chains", {})
+    return [link.breaker for chain in chains.values() for link in chain.links]
+
+
 def lane_group(message: InboundMessage) -> bytes | None:
     """The tenant of a conversation message, from its key ``tenant:session``."""
     if message.key is None:
@@ -110,17 +135,19 @@ class Runtime:
         self.fatal_error: ConfigurationError | None = None
         self.database = Database(settings, on_schema_missing=self.fatal)
         self.relay = OutboxRelay(settings, self.database, metrics)
-        self.producer = ResilientProducer(settings, self.database, metrics)
-        self.producer.on_outbox_write = self.relay.wake
+        self.producer = ResilientProducer(
+            settings, self.database, metrics, on_outbox_write=self.relay.wake
+        )
         responder = build_responder(settings, metrics)
         self.responder = responder
         self.storage = build_storage_chain(settings, metrics)
         self.audio = build_audio_chains(settings, metrics)
         self.somabrain = SomaBrainClient(settings, metrics)
+        self.breakers = self._register_breakers()
+        metrics.read_breakers(self.breakers)
         probes = default_probes(settings, self.somabrain.health)
-        states = getattr(responder, "states", None)
-        if states is not None:
-            probes.append(BreakerProbe(settings, "llm", states))
+        if any(name.startswith(LLM_PREFIX) for name in self.breakers):
+            probes.append(BreakerProbe(settings, "llm", lambda: self.breakers.states(LLM_PREFIX)))
         probes += multimodal_probes(settings, self.audio, self.storage)
         self.monitor = DegradationMonitor(
             probes,
@@ -129,6 +156,8 @@ class Runtime:
             publish=self.publish_degradation,
             should_publish=is_leader,
             source=settings.worker_instance_id or settings.app_id,
+            breakers=self.breakers,
+            trips={"kafka": PRODUCER_GATE},
         )
         self.dead_letters = DeadLetterWriter(settings, self.database, metrics)
         self.outbox = OutboxStore()
@@ -304,15 +333,18 @@ class Runtime:
         if self.on_fatal is not None:
             self.on_fatal(error)
 
-    def breakers(self) -> dict[str, CircuitBreaker]:
-        """Every circuit breaker of this worker by name (LLM models, audio, storage)."""
-        found: dict[str, CircuitBreaker] = {}
+    def _register_breakers(self) -> BreakerRegistry:
+        """The registry of every breaker of this worker: the producer's Kafka gate, the
+        LLM models, audio, storage and SomaBrain. The one place that finds them."""
+        registry = BreakerRegistry()
+        found = [self.producer.gate, self.somabrain.breaker]
         chains: list[FallbackChain[Any]] = [self.audio.tts, self.audio.stt, self.storage.chain]
-        chains += list(getattr(self.responder, "chains", {}).values())
         for chain in chains:
-            for link in chain.links:
-                found[link.breaker.name] = link.breaker
-        return found
+            found += [link.breaker for link in chain.links]
+        found += responder_breakers(self.responder)
+        for breaker in found:
+            registry.register(breaker.name, breaker)
+        return registry
 
     def status(self) -> DegradationStatus:
         """The table's cluster view overlaid with this worker's newer observations."""

@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from core.errors import InfrastructureUnavailableError, MessageDecodeError, PermanentError
-from core.kafka_security import librdkafka_config
-from core.settings import Settings
-from core.topics import DEGRADATION_EVENTS
-from resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
+from sa01.core.errors import InfrastructureUnavailableError, MessageDecodeError, PermanentError
+from sa01.core.kafka_security import librdkafka_config
+from sa01.core.settings import Settings
+from sa01.core.topics import DEGRADATION_EVENTS
+from sa01.resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
 from schemas.codec import decode_message
 from schemas.messages import DegradationEvent
 from streams.console import Console, dump_json, format_event

@@ -6,8 +6,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from core.errors import InfrastructureUnavailableError, TopicMissingError
-from core.topics import missing_topics
+from sa01.core.errors import InfrastructureUnavailableError, TopicMissingError
+from sa01.core.topics import missing_topics
 
 if TYPE_CHECKING:
     from streams.app import StreamsApp

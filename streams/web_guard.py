@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 
 __all__ = ["SAFE_METHODS", "Refusal", "WebGuard"]
 

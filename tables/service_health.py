@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from resilience.health import ServiceHealth
+from sa01.resilience.health import ServiceHealth
 from schemas.messages import CircuitState, DegradationEvent, ServiceState
 
 __all__ = ["TABLE_NAME", "declare", "fold", "health_from_row"]

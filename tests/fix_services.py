@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_SCRIPT = ROOT / "scripts" / "services.sh"

@@ -17,13 +17,13 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from core.kafka_security import librdkafka_config
-from core.settings import Settings
-from core.topics import ensure_topics, project_topics
 from loopback import LLMServer, SomaBrainServer
 from loopback.audio_server import AudioServer
 from loopback.s3_server import S3Server
-from outbox.migrate import migrate
+from sa01.core.kafka_security import librdkafka_config
+from sa01.core.settings import Settings
+from sa01.core.topics import ensure_topics, project_topics
+from sa01.outbox.migrate import migrate
 from tests.fix_services import ServiceEndpoints
 from tests.support.worker import WorkerFactory
 

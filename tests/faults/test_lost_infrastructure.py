@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 from streams.app import EXIT_FATAL, EXIT_STOP_TIMEOUT
 from tests.support.kafka import consume, inbound, produce_inbound
 from tests.support.worker import WorkerFactory, WorkerProcess

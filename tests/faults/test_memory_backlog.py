@@ -15,8 +15,8 @@ from collections import defaultdict
 
 import pytest
 
-from core.settings import Settings
 from loopback import SomaBrainServer
+from sa01.core.settings import Settings
 from schemas.codec import encode_message
 from schemas.messages import MemoryRecord
 from tests.support.kafka import produce_transactional, wait_committed_to_end

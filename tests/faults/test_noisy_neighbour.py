@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
-from journeys.conversation import ConversationJourney
-from journeys.voice import UNREADABLE_AUDIO
 from loopback import LLMServer
 from loopback.audio_server import AudioServer
 from loopback.s3_server import S3Server
+from sa01.core.settings import Settings
+from sa01.journeys.conversation import ConversationJourney
+from sa01.journeys.voice import UNREADABLE_AUDIO
 from schemas.codec import decode_message, encode_message
 from schemas.messages import Attachment, ConversationInbound, ConversationReply
 from tests.integration.test_multimodal import multimodal_settings, objects

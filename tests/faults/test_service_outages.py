@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 from tests.fix_services import ServiceEndpoints
 from tests.support.status import degradation_events, state_of, transitions, wait_status
 from tests.support.worker import WorkerFactory

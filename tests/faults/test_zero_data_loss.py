@@ -10,13 +10,13 @@ from urllib.parse import urlsplit
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from core.metrics import Metrics
-from core.settings import Settings
-from outbox.database import Database
-from outbox.dead_letters import DeadLetterFilter
-from outbox.producer import DeliveryPath, ProducerUnavailableError, ResilientProducer
-from outbox.relay import OutboxRelay
-from outbox.store import OutboxRecord, OutboxStore
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.outbox.database import Database
+from sa01.outbox.dead_letter_store import DeadLetterFilter
+from sa01.outbox.producer import DeliveryPath, ProducerUnavailableError, ResilientProducer
+from sa01.outbox.relay import OutboxRelay
+from sa01.outbox.store import OutboxRecord, OutboxStore
 from streams.dlq import run_dlq
 from tests.fix_services import ServiceEndpoints
 from tests.support.kafka import consume
@@ -199,7 +199,7 @@ async def test_a_row_that_cannot_be_published_is_dead_lettered_then_replayed_onc
             [dead] = await asyncio.to_thread(consume, settings, f"{missing}.dlq", 1)
             assert dead.value == b"payload" and dead.key == b"k"
             assert dead.headers["dlq.attempts"] == "3"
-            assert dead.headers["__streams.errors.exception"] == "outbox.relay.PublishError"
+            assert dead.headers["__streams.errors.exception"] == "sa01.outbox.relay.PublishError"
 
             admin.create_topics([NewTopic(missing, 1, 1)])[missing].result()
             # Replay only once the new topic has a leader: before that the relay's producer

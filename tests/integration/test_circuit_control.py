@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from urllib.parse import quote
@@ -11,8 +12,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from core.settings import Settings
 from loopback import LLMServer
+from sa01.core.settings import Settings
 from schemas.codec import decode_message
 from schemas.messages import ConversationReply
 from tests.support.kafka import consume, inbound, produce_inbound
@@ -170,6 +171,22 @@ async def test_the_pages_list_every_breaker_and_take_encoded_or_plain_names(
     assert CIRCUIT in unknown.json()["known"]
     assert unknown_get.status_code == 404
     assert worker.get("/circuits").json()["circuits"][CIRCUIT]["state"] == "closed"
+
+
+async def test_the_pages_the_metrics_and_the_command_show_the_registry_with_the_producer_gate(
+    chained: Settings, worker: WorkerProcess
+) -> None:
+    pages = set(worker.get("/circuits").json()["circuits"])
+    metrics = set(
+        re.findall(r'^circuit_breaker_state\{name="([^"]+)"\}', worker.get("/metrics").text, re.M)
+    )
+    listed = circuit_command(chained, "list", "--json", "--url", url(worker))
+    assert listed.returncode == 0, listed.stderr
+    command = set(json.loads(listed.stdout)["circuits"])
+
+    assert {"kafka:producer", CIRCUIT, f"llm:{FALLBACK}", "somabrain"} <= pages
+    assert pages == metrics == command
+    assert worker.get("/circuits/kafka:producer").json()["state"] == "closed"
 
 
 async def test_the_command_prints_a_table_and_fails_clearly_on_an_unknown_name(

@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from core.errors import PermanentError, RequestTooLongError
-from core.metrics import Metrics
-from core.settings import Settings
-from journeys.conversation import ConversationJourney
-from outbox.database import Database
-from outbox.deferred import DeferredAnswerStore
-from pipeline.dead_letters import DeadLetterWriter
-from pipeline.deferred import DeferredAnswerer, answer_id_for
-from providers.responder import ResponderAnswer
+from sa01.core.errors import PermanentError, RequestTooLongError
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.journeys.conversation import ConversationJourney
+from sa01.outbox.database import Database
+from sa01.outbox.owed_answers import DeferredAnswerStore
+from sa01.pipeline.dead_lettering import DeadLetterWriter
+from sa01.pipeline.deferred_answers import DeferredAnswerer, answer_id_for
+from sa01.providers.responder import ResponderAnswer
 from schemas.messages import ConversationInbound
 
 pytestmark = pytest.mark.integration
@@ -119,7 +119,7 @@ async def test_a_poisoned_delayed_answer_is_dead_lettered_and_blocks_nobody(
         assert [r[0] for r in outbox if r[0].endswith(".dlq")] == [
             settings.topic("conversation.inbound.dlq")
         ]
-        assert [d[0] for d in dead] == ["core.errors.PermanentError"]
+        assert [d[0] for d in dead] == ["sa01.core.errors.PermanentError"]
         assert b'"poison"' in bytes(dead[0][1])
 
         # The bug is retried after its backoff, and dead-lettered at the bound.

@@ -21,9 +21,9 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from pydantic import BaseModel
 
-from core.errors import PermanentError
-from core.settings import Settings
 from loopback import SomaBrainServer
+from sa01.core.errors import PermanentError
+from sa01.core.settings import Settings
 from schemas.codec import decode_message
 from schemas.messages import (
     BackupTask,

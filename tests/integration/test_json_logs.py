@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 from tests.support.kafka import produce_raw
 from tests.support.worker import WorkerFactory
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from core.settings import Settings
 from loopback import FailureMode, LLMServer
+from sa01.core.settings import Settings
 from schemas.codec import decode_message
 from schemas.messages import ConversationReply
 from tests.support.kafka import consume, inbound, produce_inbound

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 import redis
 
-from core.redaction import configured_secrets
-from core.settings import CREDENTIALS_FILE, Settings
+from sa01.core.redaction import configured_secrets
+from sa01.core.settings import CREDENTIALS_FILE, Settings
 from tests.fix_services import SERVICES_SCRIPT
 from tests.support.worker import free_port
 

@@ -9,8 +9,8 @@ from collections import defaultdict
 import psycopg
 import pytest
 
-from core.settings import Settings
 from loopback import FailureMode, SomaBrainServer
+from sa01.core.settings import Settings
 from schemas.codec import decode_message
 from schemas.messages import ConversationReply
 from tests.support.kafka import consume, inbound, produce_inbound

@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from core.metrics import Metrics
-from core.settings import Settings
 from loopback import FailureMode, SomaBrainServer
-from outbox.database import Database
-from outbox.pending_memory import PendingMemoryStore
-from pipeline.memory import MemorySync
-from providers.somabrain import SomaBrainClient
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.outbox.database import Database
+from sa01.outbox.pending_memory import PendingMemoryStore
+from sa01.pipeline.memory import MemorySync
+from sa01.providers.somabrain import SomaBrainClient
 from schemas.messages import MemoryRecord
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ async def test_a_memory_somabrain_refuses_or_that_no_longer_validates_blocks_nob
             )
             published = (await cur.fetchone() or (0,))[0]
         assert [d[0] for d in dead] == [settings.topic("somabrain.memory.remember")] * 2
-        assert dead[0][1] == "providers.somabrain.SomaBrainRequestError"
+        assert dead[0][1] == "sa01.providers.somabrain.SomaBrainRequestError"
         assert dead[1][1] == "pydantic_core._pydantic_core.ValidationError"
         assert published == 2
     finally:

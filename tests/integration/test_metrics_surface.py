@@ -26,10 +26,10 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from core.metrics import Metrics
-from core.settings import Settings
 from loopback import FailureMode, LLMServer
-from resilience.health import DEFAULT_SERVICES
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.resilience.health import DEFAULT_SERVICES
 from tests.support.kafka import inbound, produce_inbound, produce_raw
 from tests.support.worker import ROOT, WorkerFactory, WorkerProcess, free_port
 

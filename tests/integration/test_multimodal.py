@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from core.settings import Settings
 from loopback import FailureMode
 from loopback.audio_server import AudioServer, fake_audio, transcript_of
 from loopback.s3_server import S3Server
+from sa01.core.settings import Settings
 from schemas.codec import decode_message, encode_message
 from schemas.headers import ERRORS_MESSAGE
 from schemas.messages import (

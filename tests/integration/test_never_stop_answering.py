@@ -6,8 +6,8 @@ from collections import defaultdict
 
 import pytest
 
-from core.settings import Settings
 from loopback import FailureMode, LLMServer
+from sa01.core.settings import Settings
 from schemas.codec import decode_message
 from schemas.messages import ConversationReply, MemoryRecord
 from tests.integration.test_worker_end_to_end import with_llm

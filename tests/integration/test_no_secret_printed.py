@@ -10,9 +10,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from core.redaction import configured_secrets
-from core.settings import Settings
 from loopback import LLMServer, SomaBrainServer
+from sa01.core.redaction import configured_secrets
+from sa01.core.settings import Settings
 from schemas.codec import decode_message
 from schemas.messages import ConversationReply
 from tests.support.commands import command

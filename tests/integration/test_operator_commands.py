@@ -8,9 +8,9 @@ import subprocess
 import psycopg
 import pytest
 
-from core.settings import Settings
-from outbox.database import Database
-from outbox.dead_letters import DeadLetter, DeadLetterStore
+from sa01.core.settings import Settings
+from sa01.outbox.database import Database
+from sa01.outbox.dead_letter_store import DeadLetter, DeadLetterStore
 from tests.support.commands import command
 from tests.support.status import wait_status
 from tests.support.worker import WorkerFactory
@@ -140,7 +140,7 @@ async def aged_dead_letters(stack: Settings) -> dict[str, int]:
                     source="agent",
                     topic=stack.topic("conversation.inbound"),
                     payload=name.encode(),
-                    error_class="core.errors.MessageDecodeError",
+                    error_class="sa01.core.errors.MessageDecodeError",
                     error_message=f"{name} is not JSON",
                     attempts=1,
                 ),

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 import pytest
 
-from core.errors import ServiceUnavailableError
-from core.metrics import Metrics
-from core.settings import Settings
-from core.topics import OUTBOX_LEDGER
-from outbox.database import Database
-from outbox.ledger import encode_entry, read_last_sequence
-from outbox.relay import OutboxRelay
-from outbox.store import OutboxRecord, OutboxStore
-from outbox.transactions import BatchOutcome, LedgerRecord, TransactionalPublisher
+from sa01.core.errors import ServiceUnavailableError
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.core.topics import OUTBOX_LEDGER
+from sa01.outbox.database import Database
+from sa01.outbox.ledger import encode_entry, read_last_sequence
+from sa01.outbox.relay import OutboxRelay, Shard
+from sa01.outbox.store import OutboxRecord, OutboxStore, key_hash, shard_of
+from sa01.outbox.transactions import BatchOutcome, LedgerRecord, TransactionalPublisher
 from tests.support.kafka import consume
 
 pytestmark = pytest.mark.integration
@@ -129,3 +130,58 @@ async def test_only_one_relay_is_active_and_the_other_waits(stack: Settings) -> 
             assert not standby.active
         finally:
             await active.stop()
+
+
+async def test_postgresql_and_python_agree_on_the_hash_of_a_key(stack: Settings) -> None:
+    keys: list[bytes | None] = [None, b"", b"key-1", "tenant:séance".encode(), bytes(range(256))]
+    async with Database(stack) as database, database.connection() as conn:
+        for key in keys:
+            cur = await conn.execute("SELECT outbox_key_hash(%s)", (key,))
+            row = await cur.fetchone()
+            assert row is not None and int(row[0]) == key_hash(key), key
+
+
+async def test_three_shards_publish_each_row_once_in_order_and_only_their_own_keys(
+    stack: Settings,
+) -> None:
+    settings = stack.model_copy(update={"outbox_shards": 3, "relay_batch_size": 20})
+    async with Database(settings) as database:
+        await add_rows(database, settings, 300, keys=12)
+        published = await OutboxRelay(settings, database, Metrics()).drain()
+        assert published == 300
+        assert await statuses(database) == {"published": 300}
+        async with database.connection() as conn:
+            cur = await conn.execute("SELECT partition_key, claimed_by FROM outbox_message")
+            claims = {(bytes(key), str(by)) for key, by in await cur.fetchall()}
+    expected = {(key, settings.relay_shard_transactional_id(shard_of(key, 3))) for key, _ in claims}
+    assert claims == expected
+    assert len({by for _, by in claims}) == 3, "some shard published nothing"
+    by_key = values_by_key(settings, 300)
+    assert sum(len(v) for v in by_key.values()) == 300
+    for key, values in by_key.items():
+        assert values == sorted(values), f"{key!r} out of order"
+    for shard in Shard.all_of(settings):
+        assert await read_last_sequence(settings, settings.topic(OUTBOX_LEDGER), shard.relay_id)
+
+
+async def test_a_relay_holding_every_shard_hands_some_to_a_second_relay(stack: Settings) -> None:
+    settings = stack.model_copy(update={"outbox_shards": 2, "relay_lock_retry_seconds": 0.2})
+    async with Database(settings) as database:
+        first = OutboxRelay(settings, database, Metrics())
+        second = OutboxRelay(settings, database, Metrics())
+        await first.start()
+        try:
+            await wait_for(lambda: first.held == [0, 1])
+            await second.start()
+            await wait_for(lambda: len(first.held) == len(second.held) == 1, timeout=60)
+            assert sorted(first.held + second.held) == [0, 1]
+        finally:
+            await second.stop()
+            await first.stop()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.1)

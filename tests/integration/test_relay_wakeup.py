@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 from tests.support.kafka import consume, inbound, produce_inbound
 from tests.support.worker import WorkerFactory, free_port
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from core.settings import CREDENTIALS_FILE, Settings
-from core.topics import ensure_topics
-from outbox.migrate import migrate
+from sa01.core.settings import CREDENTIALS_FILE, Settings
+from sa01.core.topics import ensure_topics
+from sa01.outbox.migrate import migrate
 from schemas.codec import decode_message
 from schemas.messages import ConversationReply
 from tests.fix_services import ROOT, ServiceEndpoints

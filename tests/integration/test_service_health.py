@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 from tests.support.status import degradation_events, transitions, wait_status
 from tests.support.worker import WorkerFactory
 

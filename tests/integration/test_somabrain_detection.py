@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.settings import Settings
 from loopback import FailureMode, SomaBrainServer
+from sa01.core.settings import Settings
 from tests.support.status import degradation_events, state_of, transitions, wait_status
 from tests.support.worker import WorkerFactory
 

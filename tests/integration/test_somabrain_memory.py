@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from core.settings import Settings
 from loopback import LLMServer, SomaBrainServer
+from sa01.core.settings import Settings
 from schemas.codec import decode_message
 from schemas.messages import ConversationReply
 from tests.support.kafka import consume, inbound, produce_inbound

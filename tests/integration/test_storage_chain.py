@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from core.errors import FallbackExhaustedError, ObjectNotFoundError, ServiceUnavailableError
-from core.metrics import Metrics
-from core.settings import Settings
 from loopback.s3_server import S3Server
-from providers.storage import (
+from sa01.core.errors import FallbackExhaustedError, ObjectNotFoundError, ServiceUnavailableError
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.providers.storage import (
     LocalFileStore,
     RedisTempStore,
     S3Store,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 from schemas.codec import decode_message
 from schemas.messages import BackupTask, ConversationInbound
 from tests.support.commands import command

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
-from resilience.probes import TemporalProbe
+from sa01.core.settings import Settings
+from sa01.resilience.probes import TemporalProbe
 from schemas.messages import ServiceState
 from tests.support.worker import free_port
 

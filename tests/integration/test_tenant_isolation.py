@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from core.settings import Settings
 from loopback import LLMServer
+from sa01.core.settings import Settings
 from schemas.messages import reply_id_for
 from tests.integration.test_worker_end_to_end import outbound, with_llm
 from tests.support.kafka import inbound, produce_inbound

@@ -19,12 +19,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core.metrics import Metrics
-from core.settings import Settings
 from loopback import FailureMode, SomaBrainServer
-from outbox.database import Database
-from pipeline.consuming import RecordGuard
-from pipeline.dead_letters import DeadLetterWriter, InboundMessage
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.outbox.database import Database
+from sa01.pipeline.consuming import RecordGuard
+from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
 from schemas.codec import encode_message
 from schemas.messages import BackupTask, DegradationEvent, MemoryRecord, ServiceState, UploadTask
 from tests.support.kafka import Record, consume, produce_raw, wait_committed_to_end
@@ -32,8 +32,8 @@ from tests.support.worker import WorkerFactory
 
 pytestmark = pytest.mark.integration
 
-DECODE = "core.errors.MessageDecodeError"
-VALIDATION = "core.errors.MessageValidationError"
+DECODE = "sa01.core.errors.MessageDecodeError"
+VALIDATION = "sa01.core.errors.MessageValidationError"
 # A NUL byte in an identifier: PostgreSQL refuses it (psycopg.DataError), or the schema
 # does once identifiers forbid control characters.
 NUL_REFUSED = {"psycopg.DataError", VALIDATION}
@@ -159,7 +159,7 @@ async def test_memory_agent_dead_letters_a_memory_somabrain_rejects(
         settings,
         topic,
         key,
-        [(encode_message(rejected), {"providers.somabrain.SomaBrainRequestError"})],
+        [(encode_message(rejected), {"sa01.providers.somabrain.SomaBrainRequestError"})],
     )
     somabrain.set_mode(FailureMode.OK)
     accepted = memory(2)
@@ -199,7 +199,7 @@ async def test_upload_agent_dead_letters_each_poison_kind_and_keeps_committing(
         (json.dumps(bad_base64).encode(), {VALIDATION}),
         (json.dumps(nul_key).encode(), {VALIDATION}),
         # An error of no kind the upload path expects: retried, then dead-lettered.
-        (unknown_store, {"core.errors.ConfigurationError"}),
+        (unknown_store, {"sa01.core.errors.ConfigurationError"}),
     ]
     run_poison(settings, workers, "upload.retry", key, goods, poison)
     stored = {p.name for p in (tmp_path / "storage" / "tenant-p" / "uploads").iterdir()}

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 from tests.support.commands import command
 from tests.support.sockets import listeners
 from tests.support.worker import WorkerFactory, WorkerProcess, free_port

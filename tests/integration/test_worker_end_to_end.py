@@ -9,8 +9,8 @@ from collections import defaultdict
 import pytest
 from pydantic import SecretStr
 
-from core.settings import Settings
 from loopback import FailureMode, LLMServer
+from sa01.core.settings import Settings
 from schemas.codec import decode_message, encode_message
 from schemas.messages import ConversationInbound, ConversationReply
 from tests.support.kafka import Record, consume, inbound, produce_inbound, produce_raw
@@ -118,11 +118,11 @@ async def test_each_poison_kind_is_dead_lettered_with_headers_while_good_message
     wrong_version = json.loads(encode_message(inbound("v2")))
     wrong_version["schema_version"] = 2
     poison: list[tuple[bytes, str]] = [
-        (b"this is not json", "core.errors.MessageDecodeError"),
-        (b"\xff\xfe\x00not utf-8", "core.errors.MessageDecodeError"),
-        (b'{"message_id": 42}', "core.errors.MessageValidationError"),
-        (b"[1, 2, 3]", "core.errors.MessageValidationError"),
-        (json.dumps(wrong_version).encode(), "core.errors.MessageValidationError"),
+        (b"this is not json", "sa01.core.errors.MessageDecodeError"),
+        (b"\xff\xfe\x00not utf-8", "sa01.core.errors.MessageDecodeError"),
+        (b'{"message_id": 42}', "sa01.core.errors.MessageValidationError"),
+        (b"[1, 2, 3]", "sa01.core.errors.MessageValidationError"),
+        (json.dumps(wrong_version).encode(), "sa01.core.errors.MessageValidationError"),
     ]
     topic = stack.topic("conversation.inbound")
     records: list[tuple[bytes | None, bytes]] = [(key, encode_message(good[0]))]
@@ -168,7 +168,7 @@ async def test_processing_that_keeps_failing_is_dead_lettered_after_bounded_retr
 
     assert decode_message(ConversationInbound, dead.value) == failing
     assert dead.headers["dlq.attempts"] == str(settings.processing_max_attempts)
-    assert dead.headers["__streams.errors.exception"] == "core.errors.FallbackExhaustedError"
+    assert dead.headers["__streams.errors.exception"] == "sa01.core.errors.FallbackExhaustedError"
     assert "ServiceUnavailableError" in dead.headers["__streams.errors.stacktrace"]
     assert reply.in_reply_to == later.message_id
     assert llm_server.request_count == settings.processing_max_attempts + 1

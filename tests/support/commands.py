@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 from tests.support.worker import FAUST, ROOT, settings_env
 
 

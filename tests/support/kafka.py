@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from core.kafka_security import librdkafka_config
-from core.settings import Settings
+from sa01.core.kafka_security import librdkafka_config
+from sa01.core.settings import Settings
 from schemas.codec import encode_message
 from schemas.messages import ConversationInbound
 

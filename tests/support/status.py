@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 from schemas.codec import decode_message
 from schemas.messages import DegradationEvent
 from tests.support.kafka import consume

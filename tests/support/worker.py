@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from core.settings import Settings
+from sa01.core.settings import Settings
 
 FAUST = str(Path(sys.executable).parent / "faust")
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,256 @@
+"""SQL of the ``outbox_message`` table: add, claim, publish, release, fail.
+
+Every statement takes parameters only. Rows move ``pending → publishing →
+published``; a relay claims rows under its id and a sequence number that it also
+writes to the outbox ledger inside the same Kafka transaction, which is how a
+restarted relay tells a committed batch from an aborted one. A batch is marked
+published, or returned to pending, with one statement.
+
+Shards are computed when rows are read, never stored: a key's hash is the first 4 bytes
+of its SHA-256 (SQL ``outbox_key_hash``, Python :func:`key_hash`), and shard ``s`` of
+``N`` owns the hashes ``h`` with ``h * N // 2**32 == s``, so every row of a key is
+published by the same shard, in id order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from schemas.headers import MAX_ERROR_TEXT
+
+__all__ = [
+    "HASH_SPACE",
+    "ClaimedRow",
+    "OutboxRecord",
+    "OutboxStore",
+    "key_hash",
+    "shard_of",
+    "shard_range",
+]
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """A Kafka record to publish exactly once (the idempotency key is unique)."""
+
+    topic: str
+    value: bytes
+    idempotency_key: str
+    key: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    """An outbox row a relay claimed for one Kafka transaction."""
+
+    id: int
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: dict[str, str]
+    idempotency_key: str
+    attempts: int
+    max_attempts: int
+
+
+_SHARD = sql.SQL(" AND outbox_key_hash({col}) >= %(low)s AND outbox_key_hash({col}) < %(high)s")
+
+
+def _claim_query(sharded: bool) -> sql.Composed:
+    def in_shard(column: str) -> sql.Composable:
+        return _SHARD.format(col=sql.SQL(column)) if sharded else sql.SQL("")
+
+    return sql.SQL(
+        """
+WITH blocked AS (
+    SELECT DISTINCT topic, partition_key FROM outbox_message
+    WHERE status = 'pending' AND next_attempt_at > now(){blocked_shard}
+), next AS (
+    SELECT m.id FROM outbox_message m
+    WHERE m.status = 'pending' AND m.next_attempt_at <= now(){next_shard}
+      AND NOT EXISTS (
+          SELECT 1 FROM blocked b
+          WHERE b.topic = m.topic AND b.partition_key IS NOT DISTINCT FROM m.partition_key)
+    ORDER BY m.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox_message o
+SET status = 'publishing', claimed_by = %(relay)s, claim_seq = %(seq)s
+WHERE o.id = ANY (ARRAY (SELECT id FROM next))
+RETURNING o.id, o.topic, o.partition_key, o.payload, o.headers, o.idempotency_key,
+          o.attempts, o.max_attempts
+"""
+    ).format(blocked_shard=in_shard("partition_key"), next_shard=in_shard("m.partition_key"))
+
+
+_CLAIM_ALL = _claim_query(sharded=False)
+_CLAIM_SHARD = _claim_query(sharded=True)
+
+HASH_SPACE = 2**32
+"""Keys hash to [0, 2^32): the first 4 bytes of their SHA-256 (``outbox_key_hash``)."""
+
+
+def key_hash(key: bytes | None) -> int:
+    """The hash of a row's key, as migration 0003's ``outbox_key_hash`` computes it."""
+    return int.from_bytes(hashlib.sha256(key or b"").digest()[:4], "big")
+
+
+def shard_of(key: bytes | None, shards: int) -> int:
+    """The shard (0 .. shards - 1) that publishes the rows of ``key``."""
+    return key_hash(key) * shards // HASH_SPACE
+
+
+def shard_range(shard: int, shards: int) -> tuple[int, int]:
+    """The hashes [low, high) of shard ``shard`` of ``shards``: those with ``shard_of`` = shard."""
+    return (-(-shard * HASH_SPACE // shards), -(-(shard + 1) * HASH_SPACE // shards))
+
+
+class OutboxStore:
+    """Statements over ``outbox_message``; each takes the connection to run on."""
+
+    async def add(self, conn: Conn, record: OutboxRecord, max_attempts: int) -> bool:
+        """Insert ``record`` unless its idempotency key exists; True when inserted."""
+        cur = await conn.execute(
+            "INSERT INTO outbox_message"
+            " (idempotency_key, topic, partition_key, payload, headers, max_attempts)"
+            " VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (idempotency_key) DO NOTHING",
+            (
+                record.idempotency_key,
+                record.topic,
+                record.key,
+                record.value,
+                json.dumps(record.headers),
+                max_attempts,
+            ),
+        )
+        return cur.rowcount == 1
+
+    async def claim(
+        self,
+        conn: Conn,
+        relay_id: str,
+        seq: int,
+        limit: int,
+        shard: tuple[int, int] | None = None,
+    ) -> list[ClaimedRow]:
+        """Claim up to ``limit`` publishable rows in id order, skipping keys in backoff.
+
+        With ``shard`` (``(index, count)``, count > 1) only rows of that shard's keys.
+        """
+        params: dict[str, object] = {"limit": limit, "relay": relay_id, "seq": seq}
+        query = _CLAIM_ALL
+        if shard is not None and shard[1] > 1:
+            params["low"], params["high"] = shard_range(*shard)
+            query = _CLAIM_SHARD
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query, params)
+            rows = await cur.fetchall()
+        claimed = [
+            ClaimedRow(
+                id=r["id"],
+                topic=r["topic"],
+                key=bytes(r["partition_key"]) if r["partition_key"] is not None else None,
+                value=bytes(r["payload"]),
+                headers=dict(r["headers"]),
+                idempotency_key=r["idempotency_key"],
+                attempts=r["attempts"],
+                max_attempts=r["max_attempts"],
+            )
+            for r in rows
+        ]
+        return sorted(claimed, key=lambda row: row.id)
+
+    async def mark_published(self, conn: Conn, relay_id: str, seq: int) -> int:
+        """Mark the rows of batch ``seq`` published; return how many."""
+        cur = await conn.execute(
+            "UPDATE outbox_message SET status = 'published', published_at = now(),"
+            " last_error = NULL"
+            " WHERE status = 'publishing' AND claimed_by = %s AND claim_seq = %s",
+            (relay_id, seq),
+        )
+        return cur.rowcount
+
+    async def release(self, conn: Conn, relay_id: str, seq: int, error: str | None = None) -> int:
+        """Return batch ``seq`` to pending without counting an attempt (broker-level failure)."""
+        cur = await conn.execute(
+            "UPDATE outbox_message SET status = 'pending', last_error = coalesce(%s, last_error)"
+            " WHERE status = 'publishing' AND claimed_by = %s AND claim_seq = %s",
+            (error[:MAX_ERROR_TEXT] if error is not None else None, relay_id, seq),
+        )
+        return cur.rowcount
+
+    async def reconcile(self, conn: Conn, relay_id: str, committed_seq: int) -> tuple[int, int]:
+        """After a restart: batches of ``relay_id`` up to ``committed_seq`` were committed,
+        its later ones not. Rows claimed by other relays (other shards) are left alone.
+
+        Returns (rows marked published, rows returned to pending).
+        """
+        async with conn.transaction():
+            cur = await conn.execute(
+                "UPDATE outbox_message SET status = 'published', published_at = now()"
+                " WHERE status = 'publishing' AND claimed_by = %s AND claim_seq <= %s",
+                (relay_id, committed_seq),
+            )
+            published = cur.rowcount
+            cur = await conn.execute(
+                "UPDATE outbox_message SET status = 'pending'"
+                " WHERE status = 'publishing' AND claimed_by = %s",
+                (relay_id,),
+            )
+            released = cur.rowcount
+        return published, released
+
+    async def fail(
+        self, conn: Conn, row_id: int, error: str, backoff: timedelta
+    ) -> tuple[int, int]:
+        """Count a row-specific failure; return (attempts now, max_attempts)."""
+        cur = await conn.execute(
+            "UPDATE outbox_message SET status = 'pending', attempts = attempts + 1,"
+            " last_error = %s, next_attempt_at = now() + %s"
+            " WHERE id = %s RETURNING attempts, max_attempts",
+            (error[:MAX_ERROR_TEXT], backoff, row_id),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return 0, 0
+        return int(row[0]), int(row[1])
+
+    async def mark_failed(self, conn: Conn, row_id: int, error: str) -> None:
+        """Give up on a row (it has been dead-lettered)."""
+        await conn.execute(
+            "UPDATE outbox_message SET status = 'failed', last_error = %s WHERE id = %s",
+            (error[:MAX_ERROR_TEXT], row_id),
+        )
+
+    async def delete_published(self, conn: Conn, older_than: timedelta, limit: int) -> int:
+        """Delete up to ``limit`` rows published more than ``older_than`` ago."""
+        cur = await conn.execute(
+            "DELETE FROM outbox_message WHERE id IN ("
+            " SELECT id FROM outbox_message WHERE status = 'published'"
+            " AND published_at < now() - %s LIMIT %s)",
+            (older_than, limit),
+        )
+        return cur.rowcount
+
+    async def pending_count(self, conn: Conn) -> tuple[int, float]:
+        """(rows not yet published, age in seconds of the oldest of them)."""
+        cur = await conn.execute(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+            " FROM outbox_message WHERE status IN ('pending', 'publishing')"
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), float(row[1])

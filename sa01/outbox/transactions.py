@@ -1,0 +1,212 @@
+"""Kafka transactions of the relay (confluent-kafka), off the event loop.
+
+A batch of outbox rows and one ledger record are produced in one transaction. The
+outcome is ``committed``, ``aborted`` (known not to be visible; per-row errors are
+reported) or ``unknown`` (the producer must be re-initialised and the ledger read
+to learn what happened). librdkafka's blocking calls run in one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from sa01.core.errors import InfrastructureUnavailableError
+from sa01.core.kafka_security import librdkafka_config
+from sa01.core.logging import librdkafka_logger
+from sa01.core.settings import Settings
+from sa01.outbox.store import ClaimedRow
+
+__all__ = ["ROW_SPECIFIC_ERRORS", "BatchOutcome", "BatchResult", "TransactionalPublisher"]
+
+logger = logging.getLogger(__name__)
+
+#: Errors caused by the record itself: they count an attempt against its row.
+ROW_SPECIFIC_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError._INVALID_ARG,
+    }
+)
+
+
+class BatchOutcome(enum.Enum):
+    """What became of one transaction."""
+
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+    UNKNOWN = "unknown"
+
+
+@dataclass
+class BatchResult:
+    """The outcome of one transaction and the errors seen on the way."""
+
+    outcome: BatchOutcome
+    row_errors: dict[int, KafkaError] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerRecord:
+    """The record written with every batch: which relay committed which sequence."""
+
+    topic: str
+    key: bytes
+    value: bytes
+
+
+class TransactionalPublisher:
+    """One transactional confluent-kafka producer; constructing it does no I/O."""
+
+    def __init__(self, settings: Settings, transactional_id: str) -> None:
+        self.settings = settings
+        self.transactional_id = transactional_id
+        self._producer: Producer | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-txn")
+
+    def _config(self) -> dict[str, Any]:
+        timeout_ms = int(self.settings.relay_transaction_timeout_seconds * 1000)
+        return {
+            **librdkafka_config(self.settings),
+            "transactional.id": self.transactional_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "logger": librdkafka_logger(),
+            "message.max.bytes": self.settings.kafka_max_message_bytes + 65_536,
+            "compression.type": "lz4",
+            "transaction.timeout.ms": max(timeout_ms * 2, 60_000),
+            "message.timeout.ms": timeout_ms,
+            "socket.timeout.ms": 10_000,
+            "topic.metadata.propagation.max.ms": 5_000,
+            "queue.buffering.max.messages": 200_000,
+        }
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        """Create the producer and initialise transactions (fences an older holder).
+
+        Raises :class:`InfrastructureUnavailableError` when the broker does not answer.
+        """
+        await self._call(self._start_blocking)
+
+    def _start_blocking(self) -> None:
+        producer = Producer(self._config())
+        try:
+            producer.init_transactions(self.settings.relay_transaction_timeout_seconds)
+        except KafkaException as exc:
+            raise InfrastructureUnavailableError(
+                "kafka",
+                f"Kafka at {self.settings.kafka_bootstrap_servers} did not initialise "
+                f"transactions for {self.transactional_id}: {exc.args[0]}",
+            ) from exc
+        self._producer = producer
+
+    async def restart(self) -> None:
+        """Drop the producer and initialise a new one: resolves an uncertain transaction."""
+        await self._call(self._close_blocking)
+        await self._call(self._start_blocking)
+
+    async def close(self) -> None:
+        """Drop the producer (an open transaction is aborted by the broker later)."""
+        await self._call(self._close_blocking)
+        self._executor.shutdown(wait=False)
+
+    def _close_blocking(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.flush(0)
+
+    async def publish(self, rows: list[ClaimedRow], ledger: LedgerRecord) -> BatchResult:
+        """Publish ``rows`` and ``ledger`` atomically; never raises for Kafka errors."""
+        return await self._call(self._publish_blocking, rows, ledger)  # type: ignore[no-any-return]
+
+    def _publish_blocking(self, rows: list[ClaimedRow], ledger: LedgerRecord) -> BatchResult:
+        producer = self._producer
+        if producer is None:
+            return BatchResult(BatchOutcome.UNKNOWN, error="producer is not started")
+        row_errors: dict[int, KafkaError] = {}
+
+        def on_delivery(row_id: int) -> Callable[[KafkaError | None, Any], None]:
+            def callback(err: KafkaError | None, _msg: Any) -> None:
+                if err is not None:
+                    row_errors[row_id] = err
+
+            return callback
+
+        try:
+            producer.begin_transaction()
+        except KafkaException as exc:
+            return BatchResult(BatchOutcome.UNKNOWN, error=str(exc.args[0]))
+        try:
+            for row in rows:
+                self._produce(producer, row, on_delivery(row.id))
+            producer.produce(ledger.topic, value=ledger.value, key=ledger.key)
+            producer.commit_transaction(self.settings.relay_transaction_timeout_seconds)
+            return BatchResult(BatchOutcome.COMMITTED)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            return self._abort(producer, error, row_errors)
+        except _RowRejected as rejected:
+            row_errors[rejected.row_id] = rejected.error
+            return self._abort(producer, rejected.error, row_errors)
+
+    @staticmethod
+    def _produce(
+        producer: Producer,
+        row: ClaimedRow,
+        callback: Callable[[KafkaError | None, Any], None],
+    ) -> None:
+        while True:
+            try:
+                producer.produce(
+                    row.topic,
+                    value=row.value,
+                    key=row.key,
+                    headers=list(row.headers.items()),
+                    on_delivery=callback,
+                )
+                return
+            except BufferError:
+                producer.poll(0.05)
+            except KafkaException as exc:
+                raise _RowRejected(row.id, exc.args[0]) from exc
+
+    def _abort(
+        self, producer: Producer, error: KafkaError, row_errors: dict[int, KafkaError]
+    ) -> BatchResult:
+        if error.fatal():
+            return BatchResult(BatchOutcome.UNKNOWN, row_errors, f"fatal: {error}")
+        try:
+            producer.abort_transaction(self.settings.relay_transaction_timeout_seconds)
+        except KafkaException as exc:
+            return BatchResult(BatchOutcome.UNKNOWN, row_errors, f"{error}; abort: {exc}")
+        return BatchResult(BatchOutcome.ABORTED, row_errors, str(error))
+
+
+class _RowRejected(Exception):
+    def __init__(self, row_id: int, error: KafkaError) -> None:
+        super().__init__(str(error))
+        self.row_id = row_id
+        self.error = error

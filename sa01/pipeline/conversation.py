@@ -1,0 +1,251 @@
+"""Processing of ``conversation.inbound``: decode, deduplicate, answer, commit, ack.
+
+Guarantees (see docs/guarantees.md):
+
+* Bad input never stops the stream: bytes that are not JSON or fail the schema, and
+  messages whose processing raises a :class:`PermanentError`, are dead-lettered at
+  once; any other error is retried with backoff and dead-lettered after
+  ``processing_max_attempts``. Dead letters keep the original bytes and key.
+* The reply, the idempotency record and any dead letter are written to PostgreSQL
+  in one transaction (the outbox); the relay publishes them exactly once. A second
+  copy of a ``message_id`` finds its record and produces nothing.
+* While PostgreSQL is unreachable the message waits (it is neither acked nor
+  dead-lettered): nothing is lost, and the offset is never committed past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from sa01.core.errors import (
+    CallerError,
+    FallbackExhaustedError,
+    InfrastructureUnavailableError,
+    PermanentError,
+    SchemaMissingError,
+)
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.core.topics import CONVERSATION_OUTBOUND, MEMORY_REMEMBER, UPLOAD_RETRY
+from sa01.journeys.attachments import AttachmentOutcome, AttachmentStorer
+from sa01.journeys.conversation import ConversationJourney
+from sa01.outbox.database import Database
+from sa01.outbox.idempotency import IdempotencyStore
+from sa01.outbox.owed_answers import DeferredAnswerStore
+from sa01.outbox.store import OutboxStore
+from sa01.pipeline.consuming import RecordGuard
+from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
+from sa01.pipeline.records import message_record
+from schemas.codec import decode_message
+from schemas.messages import ConversationInbound, ConversationReply, scoped_key
+
+__all__ = ["ConversationProcessor", "InboundMessage", "Outcome"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Outcome:
+    """What became of a message (the label of ``conversation_messages_total``)."""
+
+    REPLIED = "replied"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+    DEGRADED = "degraded"
+
+
+class ConversationProcessor:
+    """Processes one inbound message to its end; :meth:`process` never raises."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        journey: ConversationJourney,
+        metrics: Metrics,
+        on_committed: Callable[[], None] = lambda: None,
+        attachments: AttachmentStorer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.attachments = attachments
+        self.upload_topic = settings.topic(UPLOAD_RETRY)
+        self.database = database
+        self.journey = journey
+        self.metrics = metrics
+        self.on_committed = on_committed
+        self.outbound_topic = settings.topic(CONVERSATION_OUTBOUND)
+        self.memory_topic = settings.topic(MEMORY_REMEMBER)
+        self.outbox = OutboxStore()
+        self.idempotency = IdempotencyStore()
+        self.dead_letters = DeadLetterWriter(settings, database, metrics)
+        self.guard = RecordGuard("conversation", settings, self.dead_letters, metrics, on_committed)
+        self.ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
+        self.deferred = DeferredAnswerStore()
+
+    @staticmethod
+    def decode(message: InboundMessage) -> ConversationInbound:
+        """The validated message, or a :class:`PermanentError` saying what is wrong."""
+        return decode_message(ConversationInbound, message.value)
+
+    async def process(self, message: InboundMessage) -> str:
+        """Process ``message`` to one outcome; waits while PostgreSQL is unreachable."""
+        started = time.monotonic()
+        self.metrics.messages_in_flight.inc()
+        try:
+            outcome = await self._process(message)
+        except (asyncio.CancelledError, SchemaMissingError):
+            raise  # the tables are gone: the worker stops (one report, nothing acked)
+        except Exception as exc:  # a bug: keep the stream going, keep the message
+            logger.exception("unexpected error processing %s", message.position)
+            outcome = await self._retry_infrastructure(self._dead_letter, message, exc, 1)
+        finally:
+            self.metrics.messages_in_flight.dec()
+        self.metrics.messages_processed_total.labels(outcome=outcome).inc()
+        self.metrics.processing_seconds.observe(time.monotonic() - started)
+        return outcome
+
+    async def _process(self, message: InboundMessage) -> str:
+        try:
+            inbound = self.decode(message)
+        except PermanentError as exc:
+            return await self._retry_infrastructure(self._dead_letter, message, exc, 1)
+        key = scoped_key(message.topic, inbound.tenant_id, inbound.message_id)
+        if await self._retry_infrastructure(self._already_processed, key):
+            return Outcome.DUPLICATE
+        stored = AttachmentOutcome()
+        if self.attachments is not None and inbound.attachments:
+            stored = await self.attachments.store(inbound)
+        attempts = 0
+        remember = True
+        while True:
+            attempts += 1
+            try:
+                reply = await self.journey.answer(inbound)
+                break
+            except CallerError as exc:
+                # The message itself is at fault: answer it with a notice that says so.
+                logger.info("message refused by the model: %s", type(exc).__name__)
+                self.metrics.caller_errors_total.labels(kind=type(exc).__name__).inc()
+                reply = self.journey.refusal(inbound, exc)
+                remember = False
+                break
+            except InfrastructureUnavailableError as exc:
+                attempts -= 1
+                await self._pause(exc)
+            except FallbackExhaustedError as exc:
+                if not self.settings.llm_degraded_reply:
+                    if attempts >= self.settings.processing_max_attempts:
+                        return await self._retry_infrastructure(
+                            self._dead_letter, message, exc, attempts
+                        )
+                    await asyncio.sleep(
+                        self.settings.processing_retry_backoff_seconds * 2 ** (attempts - 1)
+                    )
+                    continue
+                logger.warning("every model is down: degraded reply to %s", inbound.message_id)
+                return await self._retry_infrastructure(self._commit_degraded, key, inbound, stored)
+            except Exception as exc:
+                permanent = isinstance(exc, PermanentError)
+                if permanent or attempts >= self.settings.processing_max_attempts:
+                    return await self._retry_infrastructure(
+                        self._dead_letter, message, exc, attempts
+                    )
+                delay = self.settings.processing_retry_backoff_seconds * 2 ** (attempts - 1)
+                logger.warning(
+                    "processing %s failed (attempt %d): %s", message.position, attempts, exc
+                )
+                await asyncio.sleep(delay)
+        return await self._retry_infrastructure(
+            self._commit_reply, key, inbound, _with_uploads(reply, stored), stored, remember
+        )
+
+    # ------------------------------------------------------------- persistence
+    async def _already_processed(self, key: str) -> bool:
+        async with self.database.connection() as conn:
+            found, _ = await self.idempotency.get(conn, key)
+        return found
+
+    async def _commit_reply(
+        self,
+        key: str,
+        inbound: ConversationInbound,
+        reply: ConversationReply,
+        stored: AttachmentOutcome,
+        remember: bool = True,
+    ) -> str:
+        async with self.database.connection() as conn, conn.transaction():
+            if not await self.idempotency.put(conn, key, reply.model_dump(mode="json"), self.ttl):
+                return Outcome.DUPLICATE
+            await self.outbox.add(
+                conn,
+                message_record(self.outbound_topic, inbound.partition_key, reply, reply.message_id),
+                self.settings.outbox_max_attempts,
+            )
+            await self._add_upload_tasks(conn, stored)
+            if self.settings.memory_active and remember:
+                memory = self.journey.memory_for(inbound, reply)
+                await self.outbox.add(
+                    conn,
+                    message_record(
+                        self.memory_topic, memory.partition_key, memory, memory.memory_id
+                    ),
+                    self.settings.outbox_max_attempts,
+                )
+        self.on_committed()
+        return Outcome.REPLIED
+
+    async def _commit_degraded(
+        self, key: str, inbound: ConversationInbound, stored: AttachmentOutcome
+    ) -> str:
+        reply = _with_uploads(self.journey.degraded_reply(inbound), stored)
+        async with self.database.connection() as conn, conn.transaction():
+            if not await self.idempotency.put(conn, key, reply.model_dump(mode="json"), self.ttl):
+                return Outcome.DUPLICATE
+            await self.outbox.add(
+                conn,
+                message_record(self.outbound_topic, inbound.partition_key, reply, reply.message_id),
+                self.settings.outbox_max_attempts,
+            )
+            await self._add_upload_tasks(conn, stored)
+            await self.deferred.add(conn, inbound)
+        self.on_committed()
+        return Outcome.DEGRADED
+
+    async def _add_upload_tasks(self, conn: Any, stored: AttachmentOutcome) -> None:
+        for task in stored.tasks:
+            await self.outbox.add(
+                conn,
+                message_record(self.upload_topic, task.upload_id, task, task.upload_id),
+                self.settings.outbox_max_attempts,
+            )
+
+    async def _dead_letter(self, message: InboundMessage, error: Exception, attempts: int) -> str:
+        await self.guard.dead_letter(message, error, attempts)
+        return Outcome.DEAD_LETTERED
+
+    # ------------------------------------------------------------------ waiting
+    async def _retry_infrastructure(
+        self, operation: Callable[..., Awaitable[T]], *args: object
+    ) -> T:
+        """Run ``operation`` until the infrastructure lets it finish (the shared guard's)."""
+        return await self.guard.wait_for(operation, *args)
+
+    async def _pause(self, exc: InfrastructureUnavailableError, failures: int = 1) -> None:
+        await self.guard.pause(exc, failures)
+
+
+def _with_uploads(reply: ConversationReply, stored: AttachmentOutcome) -> ConversationReply:
+    """``reply`` with the notices and degraded services of storing the attachments."""
+    if not stored.notices and not stored.degraded:
+        return reply
+    return reply.model_copy(
+        update={
+            "degraded": tuple(sorted({*reply.degraded, *stored.degraded})),
+            "notices": (*reply.notices, *stored.notices),
+        }
+    )

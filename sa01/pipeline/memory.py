@@ -1,0 +1,226 @@
+"""The memory journey: store each MemoryRecord in SomaBrain, or keep it in PostgreSQL.
+
+Order per tenant and agent is kept: while older memories of the pair wait in
+``pending_memory``, newer ones queue behind them. With PostgreSQL down as well the
+message is not acked: it waits, nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from pydantic import ValidationError
+
+from sa01.core.errors import InfrastructureUnavailableError, PermanentError, TransientError
+from sa01.core.metrics import Metrics
+from sa01.core.settings import Settings
+from sa01.core.topics import MEMORY_REMEMBER
+from sa01.outbox.database import Database
+from sa01.outbox.pending_memory import PendingMemoryStore
+from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
+from sa01.pipeline.priority import BackgroundShare
+from sa01.providers.somabrain import SomaBrainClient
+from schemas.codec import decode_message
+from schemas.messages import MemoryRecord
+
+__all__ = ["MemoryProcessor", "MemorySync", "store_memory"]
+
+logger = logging.getLogger(__name__)
+
+
+async def store_memory(client: SomaBrainClient, record: MemoryRecord) -> None:
+    """Store ``record`` in SomaBrain, or raise: the one place a store outcome is decided.
+
+    Returning means the memory counts as stored; a :class:`TransientError` means keep
+    it and replay it later; a :class:`PermanentError` means SomaBrain refuses it.
+    """
+    await client.remember(record)
+
+
+class MemoryProcessor:
+    """Handles one record of ``somabrain.memory.remember`` (run under a RecordGuard).
+
+    Returns ``stored`` or ``pending``; raises :class:`PermanentError` for a record that
+    cannot be decoded or that SomaBrain refuses (dead-lettered by the guard) and
+    :class:`InfrastructureUnavailableError` while PostgreSQL is down (the record waits).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        client: SomaBrainClient,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.client = client
+        self.metrics = metrics
+        self.pending = PendingMemoryStore()
+
+    async def process(self, message: InboundMessage) -> str:
+        """``stored`` or ``pending`` (see the class)."""
+        record = decode_message(MemoryRecord, message.value)
+        async with self.database.connection() as conn:
+            backlog = await self.pending.has_unsynced(conn, record.tenant_id, record.agent_id)
+        if not backlog:
+            try:
+                await store_memory(self.client, record)
+                return "stored"
+            except TransientError as exc:
+                if isinstance(exc, InfrastructureUnavailableError):
+                    raise
+                logger.info("SomaBrain unavailable, memory %s kept: %s", record.memory_id, exc)
+        async with self.database.connection() as conn:
+            await self.pending.add(conn, record)
+        return "pending"
+
+
+class MemorySync:
+    """Replays ``pending_memory`` into SomaBrain in order per tenant and agent, each once.
+
+    One process at a time holds the sync lock (a PostgreSQL advisory lock). Groups
+    (tenant, agent) replay concurrently, at most ``memory_sync_concurrency`` at once
+    and each memory under a slot of the :class:`BackgroundShare`; inside a group one
+    memory after the other, stopping at the first failure or one not yet due.
+
+    A memory that can never be stored (SomaBrain refuses it, it no longer validates, or
+    it failed ``processing_max_attempts`` times for a reason that is not an outage) is
+    dead-lettered to ``somabrain.memory.remember.dlq`` and leaves its group's queue, so
+    it never blocks the memories behind it. An outage (a transient error) is retried
+    for ever, in order.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        client: SomaBrainClient,
+        share: BackgroundShare | None = None,
+        metrics: Metrics | None = None,
+        dead_letters: DeadLetterWriter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dead_letters = dead_letters or DeadLetterWriter(
+            settings, database, metrics or Metrics()
+        )
+        self.topic = settings.topic(MEMORY_REMEMBER)
+        self.database = database
+        self.client = client
+        self.share = share or BackgroundShare(1_000_000, 1_000_000)
+        self.metrics = metrics
+        self.pending = PendingMemoryStore()
+        self.lock_key = settings.memory_sync_lock_key
+        self.waiting: int | None = None
+        """Rows of ``pending_memory`` not yet replayed, as of the last pass."""
+        self._task: asyncio.Task[None] | None = None
+
+    async def sync_once(self) -> tuple[int, int]:
+        """One pass (if this process gets the sync lock): (synced, still waiting)."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.settings.database_url,
+                autocommit=True,
+                connect_timeout=5,
+                options=f"-c search_path={self.settings.database_schema}",
+            )
+        except psycopg.OperationalError as exc:
+            raise InfrastructureUnavailableError("postgres", str(exc)) from exc
+        async with conn:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key,))
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return 0, await self._waiting(conn)
+            groups = await self.pending.groups(conn)
+            limit = asyncio.Semaphore(self.settings.memory_sync_concurrency)
+
+            async def replay(tenant: str, agent: str) -> int:
+                async with limit:
+                    return await self._sync_group(tenant, agent)
+
+            synced = await asyncio.gather(*(replay(t, a) for t, a in groups))
+            return sum(synced), await self._waiting(conn)
+
+    async def _waiting(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        waiting = await self.pending.unsynced_count(conn)
+        self.waiting = waiting
+        if self.metrics is not None:
+            self.metrics.memory_pending_rows.set(waiting)
+        return waiting
+
+    async def _sync_group(self, tenant: str, agent: str) -> int:
+        """Replay one group's due memories in order until done, failed or not yet due."""
+        synced = 0
+        size = self.settings.memory_sync_batch_size
+        while True:
+            async with self.database.connection() as conn:
+                batch = await self.pending.next_batch(conn, tenant, agent, size)
+            for row_id, stored, due in batch:
+                if not due:
+                    return synced  # the oldest waits for its backoff: keep the order
+                try:
+                    record = MemoryRecord.model_validate(stored, strict=False)
+                    async with self.share.slot():
+                        await store_memory(self.client, record)
+                except (asyncio.CancelledError, InfrastructureUnavailableError):
+                    raise
+                except TransientError as exc:  # SomaBrain is out: retry, in order
+                    async with self.database.connection() as conn:
+                        await self.pending.fail(conn, row_id, str(exc), timedelta(seconds=2.0))
+                    return synced
+                except Exception as exc:  # the memory itself, or a bug: bounded
+                    async with self.database.connection() as conn:
+                        attempts = await self.pending.fail(
+                            conn, row_id, f"{type(exc).__name__}: {exc}", timedelta(seconds=2.0)
+                        )
+                    permanent = isinstance(exc, PermanentError | ValidationError)
+                    if not permanent and attempts < self.settings.processing_max_attempts:
+                        return synced
+                    await self._give_up(row_id, stored, exc, attempts)
+                    continue
+                async with self.database.connection() as conn:
+                    await self.pending.mark_synced(conn, row_id)
+                synced += 1
+            if len(batch) < size:
+                return synced
+
+    async def _give_up(self, row_id: int, stored: object, error: Exception, attempts: int) -> None:
+        """Dead-letter a pending memory (its record as stored) and close its row."""
+        key = None
+        if isinstance(stored, dict):
+            key = f"{stored.get('tenant_id')}:{stored.get('agent_id')}".encode()
+        message = InboundMessage(self.topic, -1, -1, key, json.dumps(stored).encode())
+        await self.dead_letters.write(
+            message, error, attempts, idempotency_key=f"dlq:pending-memory:{row_id}"
+        )
+        async with self.database.connection() as conn:
+            await self.pending.gave_up(conn, row_id, f"{type(error).__name__}: {error}")
+
+    async def start(self) -> None:
+        """Sync in the background every ``memory_sync_interval_seconds``."""
+        self._task = asyncio.create_task(self._run(), name=f"memory-sync-{uuid.uuid4().hex[:6]}")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                synced, waiting = await self.sync_once()
+                if synced:
+                    logger.info("synced %d memories to SomaBrain (%d waiting)", synced, waiting)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("memory sync paused: %s", exc)
+            await asyncio.sleep(self.settings.memory_sync_interval_seconds)
+
+    async def stop(self) -> None:
+        """Stop syncing."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

@@ -1,0 +1,88 @@
+"""A relay shard holder killed with kill -9 while another process takes its shards over."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+
+import pytest
+
+from sa01.core.settings import Settings
+from sa01.outbox.database import Database
+from sa01.outbox.store import OutboxRecord, OutboxStore, shard_of
+from tests.support.kafka import consume
+from tests.support.worker import WorkerFactory
+
+pytestmark = pytest.mark.faults
+
+SHARDS = 2
+
+
+def record(settings: Settings, n: int, keys: int = 40) -> OutboxRecord:
+    return OutboxRecord(
+        topic=settings.topic("conversation.outbound"),
+        key=f"key-{n % keys}".encode(),
+        value=str(n).encode(),
+        idempotency_key=f"message-{n}",
+        headers={"idempotency-key": f"message-{n}"},
+    )
+
+
+async def published_by(database: Database) -> Counter[str]:
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT claimed_by, count(*) FROM outbox_message WHERE status = 'published'"
+            " GROUP BY claimed_by"
+        )
+        return Counter({str(by): int(n) for by, n in await cur.fetchall()})
+
+
+async def shard_counts(database: Database, shard_ids: list[str]) -> list[int]:
+    counts = await published_by(database)
+    return [counts[shard_id] for shard_id in shard_ids]
+
+
+@pytest.mark.timeout(600)
+async def test_a_killed_shard_holder_is_taken_over_and_each_row_arrives_once_in_order(
+    stack: Settings, workers: WorkerFactory
+) -> None:
+    total = 20_000
+    settings = stack.model_copy(
+        update={"outbox_shards": SHARDS, "relay_batch_size": 100, "relay_lock_retry_seconds": 0.5}
+    )
+    shard_ids = [settings.relay_shard_transactional_id(s) for s in range(SHARDS)]
+    rows = [record(settings, n) for n in range(total)]
+    assert {shard_of(r.key, SHARDS) for r in rows} == set(range(SHARDS))
+    async with Database(settings) as database:
+        store = OutboxStore()
+        async with database.connection() as conn, conn.transaction():
+            for row in rows:
+                await store.add(conn, row, settings.outbox_max_attempts)
+        holder = workers.start_relay(settings, name="relay-a")
+        deadline = time.monotonic() + 180
+        # relay-a alone: it takes every shard and publishes from each.
+        while min(await shard_counts(database, shard_ids)) < 1000:
+            assert holder.alive and time.monotonic() < deadline, holder.log_tail()
+            await asyncio.sleep(0.05)
+        taker = workers.start_relay(settings, name="relay-b")
+        await asyncio.sleep(1.0)  # relay-b is up and competing for the shards
+        holder.kill()  # kill -9: its sessions close, its locks are free, a batch may be open
+        at_kill = await published_by(database)
+        while sum((await published_by(database)).values()) < total:
+            assert taker.alive and time.monotonic() < deadline + 180, taker.log_tail()
+            await asyncio.sleep(0.2)
+        after = await published_by(database)
+    print(f"\npublished at the kill: {dict(at_kill)}; at the end: {dict(after)}")
+    assert sum(at_kill.values()) < total, "the kill came after the drain"
+    for shard_id in shard_ids:  # every shard got rows published after the kill
+        assert after[shard_id] > at_kill[shard_id], f"{shard_id} was never taken over"
+
+    records = consume(settings, settings.topic("conversation.outbound"), total, timeout=180)
+    keys = Counter(r.headers["idempotency-key"] for r in records)
+    assert len(keys) == total, f"{total - len(keys)} rows never arrived"
+    assert len(records) == total, f"{len(records) - total} rows arrived twice"
+    by_key: dict[bytes | None, list[int]] = defaultdict(list)
+    for r in records:
+        by_key[r.key].append(int(r.value or b"-1"))
+    assert all(values == sorted(values) for values in by_key.values()), "order per key broken"
