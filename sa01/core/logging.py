@@ -39,11 +39,13 @@ __all__ = [
 
 LogFormat = Literal["json", "text"]
 
-#: Attributes every LogRecord has (and those formatting adds): anything else is a field.
+#: Attributes every LogRecord has, and those formatters add (``extra``: mode's formatters
+#: set it on every record they format): anything else is a field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
     "asctime",
     "taskName",
+    "extra",
 }
 
 _format: LogFormat = "text"
@@ -122,7 +124,9 @@ class FieldsFormatter(logging.Formatter):
         )
         msg, args = record.msg, record.args
         try:
-            record.msg, record.args = f"{record.getMessage()} {suffix}", None
+            # Empty arguments, not None: mode's formatter wraps None into (None,), which
+            # the formatted message (no placeholder left) would refuse.
+            record.msg, record.args = f"{record.getMessage()} {suffix}", ()
             return self.wrapped.format(record)
         finally:
             record.msg, record.args = msg, args

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from mode.utils.logging import ExtensionFormatter
 from pydantic import SecretStr
 
 from sa01.core.logging import FieldsFormatter, JsonFormatter, apply_format, configure_logging
@@ -79,6 +80,26 @@ def test_text_lines_append_fields_quoted_so_a_newline_forges_no_line(
         '\\"message\\": \\"forged\\"}" retry=3'
     )
     assert lines[1] == "INFO no fields: as before"
+
+
+def test_text_fields_work_with_fausts_formatter_and_a_record_formatted_twice(
+    logger: logging.Logger,
+) -> None:
+    # mode's formatter rewrites a record's arguments and adds an ``extra`` attribute;
+    # a second handler then formats the same record again.
+    first = capture(logger, FieldsFormatter(ExtensionFormatter(fmt="%(message)s")))
+    second = logging.StreamHandler(io.StringIO())
+    second.setFormatter(FieldsFormatter(ExtensionFormatter(fmt="%(message)s")))
+    logger.addHandler(second)
+
+    logger.warning("%s [%s] %s", "TXNERR", "rdkafka#producer-1", "failed", extra={"shard": 2})
+    logger.warning("%s [%s] %s", "TXNERR", "rdkafka#producer-1", "failed")
+
+    for stream in (first, second.stream):
+        assert stream.getvalue().splitlines() == [
+            "TXNERR [rdkafka#producer-1] failed shard=2",
+            "TXNERR [rdkafka#producer-1] failed",
+        ]
 
 
 def test_secrets_in_fields_are_redacted(logger: logging.Logger) -> None:
