@@ -308,6 +308,7 @@ class Runtime:
         self.ready.clear()
         for consumer in self.consumers.values():
             await consumer.cancel()
+        await self.processor.close()
         await self.monitor.stop()
         await self.share.stop()
         await self.memory_sync.stop()
