@@ -43,7 +43,8 @@ from sa01.pipeline.records import message_record
 from sa01.pipeline.upload_tasks import BackupProcessor, UploadProcessor
 from sa01.providers.audio import build_audio_chains
 from sa01.providers.health import multimodal_probes, multimodal_specs
-from sa01.providers.responder import Responder, build_responder, missing_key_notice
+from sa01.providers.llm_chain import build_responder
+from sa01.providers.responder import Responder, missing_key_notice
 from sa01.providers.somabrain import SomaBrainClient
 from sa01.providers.storage import build_storage_chain, build_store
 from sa01.resilience.circuit_breaker import CircuitBreaker

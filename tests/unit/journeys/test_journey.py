@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.journeys.conversation import ConversationJourney
-from sa01.providers.responder import EchoResponder, ResponderAnswer, build_responder
+from sa01.providers.llm_chain import build_responder
+from sa01.providers.responder import EchoResponder, ResponderAnswer
 from schemas.messages import ConversationInbound, ConversationReply, reply_id_for
 
 
