@@ -28,7 +28,6 @@ __all__ = [
     "ChainResponder",
     "ResponderChain",
     "build_chain_responder",
-    "build_responder",
     "build_responder_chain",
     "llm_breaker_config",
 ]
@@ -190,9 +189,3 @@ def build_responder_chain(settings: Settings, metrics: Metrics) -> ResponderChai
         return ResponderChain(EchoResponder())
     chain = build_chain_responder(settings, metrics)
     return ResponderChain(chain, chain.breakers(), chain)
-
-
-def build_responder(settings: Settings, metrics: Metrics) -> Responder:
-    """``build_responder_chain(...).responder``: what ``streams.runtime`` calls until it
-    reads the breakers from :class:`ResponderChain` (then this goes)."""
-    return build_responder_chain(settings, metrics).responder
