@@ -21,6 +21,7 @@ BENCHES = (
     "detection",
     "footprint",
     "memory_backlog",
+    "llm_client_cpu",
 )
 
 
@@ -71,6 +72,10 @@ def main() -> int:
             from bench import memory_backlog
 
             asyncio.run(memory_backlog.run(args.quick))
+        elif name == "llm_client_cpu":
+            from bench import llm_client_cpu
+
+            asyncio.run(llm_client_cpu.run(args.quick))
         print(f"({name}: {time.monotonic() - started:.0f} s)", flush=True)
     return 0
 

@@ -1,22 +1,20 @@
 """Latency a failover adds, before and after the primary's breaker opens.
 
-Two loopback LLM servers (real HTTP, litellm clients): the primary refuses connections,
-returns 500 or hangs; the fallback answers. Baseline in the same run: the fallback
+Two loopback LLM servers (real HTTP, the chain's own client for ``openai/gpt-4o``: the
+shared openai SDK client): the primary refuses connections, returns 500 or hangs; the
+fallback answers. Baseline in the same run: the fallback
 called directly, without a chain.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
 from bench.common import table, write_result
 from loopback import FailureMode, LLMServer
-from sa01.providers.responder import LiteLLMResponder
+from sa01.providers.llm_clients import ModelResponder, OpenAIClients, model_responder
 from sa01.resilience.circuit_breaker import BreakerConfig, CircuitBreaker
 from sa01.resilience.fallback import ChainLink, FallbackChain
 
@@ -24,9 +22,13 @@ HANG_TIMEOUT = 1.0
 THRESHOLD = 5
 
 
-def _responder(server: LLMServer, timeout: float) -> LiteLLMResponder:
-    return LiteLLMResponder(
-        "openai/gpt-4o", api_base=server.openai_base_url, api_key="sk-bench", timeout=timeout
+def _responder(server: LLMServer, timeout: float, clients: OpenAIClients) -> ModelResponder:
+    return model_responder(
+        "openai/gpt-4o",
+        api_base=server.openai_base_url,
+        api_key="sk-bench",
+        timeout=timeout,
+        clients=clients,
     )
 
 
@@ -41,8 +43,9 @@ async def run(quick: bool) -> dict[str, Any]:
     primary, fallback = LLMServer(name="primary"), LLMServer(name="fallback")
     primary.start()
     fallback.start()
+    clients = OpenAIClients()
     try:
-        direct = _responder(fallback, 30.0)
+        direct = _responder(fallback, 30.0, clients)
         await direct.respond("warm up", session_key="b")
         baseline = [
             await _timed(lambda: direct.respond("hi", session_key="b")) for _ in range(after_open)
@@ -69,16 +72,19 @@ async def run(quick: bool) -> dict[str, Any]:
                     window_size=THRESHOLD,
                 ),
             )
-            chain: FallbackChain[LiteLLMResponder] = FallbackChain(
+            chain: FallbackChain[ModelResponder] = FallbackChain(
                 [
                     ChainLink(
-                        "primary", _responder(primary, HANG_TIMEOUT), breaker, HANG_TIMEOUT + 0.5
+                        "primary",
+                        _responder(primary, HANG_TIMEOUT, clients),
+                        breaker,
+                        HANG_TIMEOUT + 0.5,
                     ),
                     ChainLink("fallback", direct, CircuitBreaker("fallback"), 30.0),
                 ]
             )
 
-            async def ask(chain: FallbackChain[LiteLLMResponder] = chain) -> None:
+            async def ask(chain: FallbackChain[ModelResponder] = chain) -> None:
                 await chain.run(lambda p: p.respond("hi", session_key="b"))
 
             before = [await _timed(ask) for _ in range(THRESHOLD)]
@@ -93,6 +99,7 @@ async def run(quick: bool) -> dict[str, Any]:
             }
             rows.append((str(mode), f"{b:.1f}", f"{a:.2f}", f"{b - base:+.1f}", f"{a - base:+.2f}"))
     finally:
+        await clients.aclose()
         primary.stop()
         fallback.stop()
     print(table(rows))

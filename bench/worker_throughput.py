@@ -9,21 +9,27 @@ Targets, each a real process on its own topics:
 
 Throughput: a burst of messages sent at once, from the first send to the last reply
 seen by a read_committed consumer, repeated. Latency: every target at one fixed offered
-load, half the slowest worker's median throughput.
+load, half the slowest worker's median throughput. During the bursts each target's CPU
+time per message (``/proc``; less sensitive to the other load of a shared machine than
+the rates) and the worker's messages per PostgreSQL transaction (``outbox_commit_batch_size``,
+group commit) are read too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import load
 from bench.common import drop, percentile, summary, table, write_result
-from bench.procs import FaustProc, python_proc
+from bench.procs import FaustProc, Proc, python_proc
 from bench.stack import bench_settings, deployment, llm_server, route, with_llm
 from sa01.core.settings import Settings
 
@@ -49,6 +55,8 @@ class Figures:
     latencies_ms: list[float]
     duplicates: int
     log_bytes_per_message: float | None
+    cpu_ms_per_message: float | None = None
+    messages_per_commit: float | None = None
 
     @property
     def median_rate(self) -> float:
@@ -56,8 +64,25 @@ class Figures:
         return summary(self.rates)["median"]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _commits(worker: FaustProc) -> tuple[float, float]:
+    """(transactions, messages) of the worker's group commits so far."""
+    text = worker.get("/metrics").text
+    found = [
+        re.search(rf"^outbox_commit_batch_size_{part} ([0-9.e+]+)$", text, re.M)
+        for part in ("count", "sum")
+    ]
+    count, total = (float(m.group(1)) if m else 0.0 for m in found)
+    return count, total
+
+
 @contextlib.contextmanager
-def _bare(settings: Settings) -> Iterator[None]:
+def _bare(settings: Settings) -> Iterator[Proc]:
     r = route(settings)
     proc = python_proc(
         "bare-loop",
@@ -65,21 +90,23 @@ def _bare(settings: Settings) -> Iterator[None]:
     )
     try:
         proc.wait_ready_line()
-        yield
+        yield proc
     finally:
         proc.stop()
 
 
 @contextlib.contextmanager
-def _target(settings: Settings, kind: str, api_base: str) -> Iterator[FaustProc | None]:
-    """The bare loop (yields None) or a worker deployment (yields the worker)."""
+def _target(
+    settings: Settings, kind: str, api_base: str
+) -> Iterator[tuple[FaustProc | None, Proc]]:
+    """The bare loop (yields None and it) or a worker deployment (yields the worker twice)."""
     if kind == "bare":
-        with _bare(settings):
-            yield None
+        with _bare(settings) as bare:
+            yield None, bare
     else:
         chosen = with_llm(settings, api_base) if kind == "litellm" else settings
         with deployment(chosen, standalone_relay=kind != "echo-own-relay") as (_relay, worker):
-            yield worker
+            yield worker, worker
 
 
 def measure(
@@ -89,19 +116,26 @@ def measure(
     ``rate`` (or half the throughput just measured); the figures and the rate used."""
     r = route(settings)
     size = plan.messages * (BARE_FACTOR if kind == "bare" else 1)
-    with _target(settings, kind, api_base) as worker, load.ReplyWatcher(r) as watcher:
+    with _target(settings, kind, api_base) as (worker, proc), load.ReplyWatcher(r) as watcher:
         prod = load.producer(r.bootstrap)
         load.round_trip(r, prod, watcher, load.messages(WARMUP, tag="warm"), 180)
         log_start = worker.log_path.stat().st_size if worker else 0
+        cpu_start = _cpu_seconds(proc.pid)
+        commits_start = _commits(worker) if worker else (0.0, 0.0)
         rates = []
         for _ in range(plan.repeats):
             rates.append(size / load.round_trip(r, prod, watcher, load.messages(size), 600))
         sent = size * plan.repeats
         log_bytes = (worker.log_path.stat().st_size - log_start) / sent if worker else None
+        cpu_ms = 1000 * (_cpu_seconds(proc.pid) - cpu_start) / sent
+        per_commit = None
+        if worker:
+            count, total = (b - a for a, b in zip(commits_start, _commits(worker), strict=True))
+            per_commit = total / count if count else None
         offered = rate if rate is not None else summary(rates)["median"] / 2
         batch = load.messages(max(50, round(offered * plan.latency_seconds)), tag="lat")
         latencies = load.paced(r, prod, watcher, batch, offered, 300)
-        figures = Figures(size, rates, latencies, watcher.duplicates, log_bytes)
+        figures = Figures(size, rates, latencies, watcher.duplicates, log_bytes, cpu_ms, per_commit)
         return figures, offered
 
 
@@ -117,6 +151,11 @@ def _row(label: str, f: Figures, base: Figures) -> tuple[str, ...]:
     p50, p99 = percentile(f.latencies_ms, 50), percentile(f.latencies_ms, 99)
     b50 = percentile(base.latencies_ms, 50)
     log = "-" if f.log_bytes_per_message is None else f"{f.log_bytes_per_message:,.0f}"
+    cpu = cpu_ratio = "-"
+    if f.cpu_ms_per_message and base.cpu_ms_per_message:
+        cpu = f"{f.cpu_ms_per_message:.2f}"
+        cpu_ratio = f"{base.cpu_ms_per_message / f.cpu_ms_per_message:.3f}"
+    per_commit = "-" if f.messages_per_commit is None else f"{f.messages_per_commit:.1f}"
     return (
         label,
         f"{f.median_rate:,.0f}",
@@ -126,6 +165,9 @@ def _row(label: str, f: Figures, base: Figures) -> tuple[str, ...]:
         f"{p99:.1f}",
         f"{p50 / b50:.1f}",
         log,
+        cpu,
+        cpu_ratio,
+        per_commit,
     )
 
 
@@ -172,6 +214,8 @@ async def run(quick: bool) -> dict[str, Any]:
             },
             "duplicate_replies": figures.duplicates,
             "worker_log_bytes_per_message": figures.log_bytes_per_message,
+            "cpu_ms_per_message": figures.cpu_ms_per_message,
+            "messages_per_commit": figures.messages_per_commit,
         }
     header = (
         "target",
@@ -182,6 +226,9 @@ async def run(quick: bool) -> dict[str, Any]:
         "p99 ms",
         "p50 vs bare",
         "log B/msg",
+        "CPU ms/msg",
+        "CPU vs bare",
+        "msgs/txn",
     )
     print(
         table(

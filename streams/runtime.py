@@ -43,10 +43,10 @@ from sa01.pipeline.records import message_record
 from sa01.pipeline.upload_tasks import BackupProcessor, UploadProcessor
 from sa01.providers.audio import build_audio_chains
 from sa01.providers.health import multimodal_probes, multimodal_specs
-from sa01.providers.responder import Responder, build_responder, missing_key_notice
+from sa01.providers.llm_chain import build_responder_chain
+from sa01.providers.responder import missing_key_notice
 from sa01.providers.somabrain import SomaBrainClient
 from sa01.providers.storage import build_storage_chain, build_store
-from sa01.resilience.circuit_breaker import CircuitBreaker
 from sa01.resilience.fallback import FallbackChain
 from sa01.resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
 from sa01.resilience.monitor import DegradationMonitor
@@ -64,7 +64,6 @@ __all__ = [
     "UPLOADS",
     "Runtime",
     "check_schema",
-    "responder_breakers",
 ]
 
 #: Memory records the memory agent may hold beyond its high-water mark: its stream must
@@ -99,16 +98,6 @@ async def check_schema(settings: Settings) -> None:
 LLM_PREFIX = "llm:"
 
 
-def responder_breakers(responder: Responder) -> list[CircuitBreaker]:
-    """The breakers of the responder's LLM chains (the echo responder has none).
-
-    The responder factory returns a bare protocol for now; this is the only place that
-    looks inside it.
-    """
-    chains: Mapping[str, FallbackChain[Any]] = getattr(responder, "chains", {})
-    return [link.breaker for chain in chains.values() for link in chain.links]
-
-
 def lane_group(message: InboundMessage) -> bytes | None:
     """The tenant of a conversation message, from its key ``tenant:session``."""
     if message.key is None:
@@ -138,7 +127,8 @@ class Runtime:
         self.producer = ResilientProducer(
             settings, self.database, metrics, on_outbox_write=self.relay.wake
         )
-        responder = build_responder(settings, metrics)
+        self.llm = build_responder_chain(settings, metrics)
+        responder = self.llm.responder
         self.responder = responder
         self.storage = build_storage_chain(settings, metrics)
         self.audio = build_audio_chains(settings, metrics)
@@ -308,6 +298,7 @@ class Runtime:
         self.ready.clear()
         for consumer in self.consumers.values():
             await consumer.cancel()
+        await self.processor.close()
         await self.monitor.stop()
         await self.share.stop()
         await self.memory_sync.stop()
@@ -320,6 +311,7 @@ class Runtime:
         await self.storage.close()
         await self.backup_processor.backup.close()
         await self.audio.close()
+        await self.llm.aclose()
 
     def fatal(self, error: ConfigurationError) -> None:
         """Lost infrastructure state (tables, topics): report it once and stop the worker.
@@ -341,7 +333,7 @@ class Runtime:
         chains: list[FallbackChain[Any]] = [self.audio.tts, self.audio.stt, self.storage.chain]
         for chain in chains:
             found += [link.breaker for link in chain.links]
-        found += responder_breakers(self.responder)
+        found += list(self.llm.breakers.values())
         for breaker in found:
             registry.register(breaker.name, breaker)
         return registry

@@ -138,6 +138,24 @@ class Metrics:
             registry=r,
         )
 
+        self.outbox_commit_batch_size = Histogram(
+            "outbox_commit_batch_size",
+            "Answered messages per PostgreSQL transaction of the conversation agent.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=r,
+        )
+        self.outbox_commit_fallbacks_total = Counter(
+            "outbox_commit_fallbacks",
+            "Group commits that failed and were committed again message by message.",
+            registry=r,
+        )
+        self.idempotency_lookup_batch_size = Histogram(
+            "idempotency_lookup_batch_size",
+            "Idempotency keys per lookup of the conversation agent.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=r,
+        )
+
         # --- audio and storage ------------------------------------------------
         self.provider_failover_count = Counter(
             "provider_failover_count",

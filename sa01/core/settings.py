@@ -216,6 +216,18 @@ class Settings(BaseSettings):
     processing_retry_backoff_seconds: float = Field(0.2, ge=0)
     infrastructure_retry_max_seconds: float = Field(5.0, gt=0)
     idempotency_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    group_commit_max_messages: int = Field(
+        256,
+        ge=1,
+        description="Answered messages committed together in one PostgreSQL transaction at "
+        "most (and idempotency keys looked up together); 1 commits each message alone.",
+    )
+    group_commit_max_wait_seconds: float = Field(
+        0.002,
+        ge=0,
+        description="How long a group commit (or lookup) waits for more messages after its "
+        "first; 0: only the messages that arrived during the previous one join it.",
+    )
 
     # --- the responder (LLM) ---------------------------------------------------
     responder: Literal["litellm", "echo"] = "litellm"

@@ -1,5 +1,7 @@
 """SQL of the ``outbox_message`` table: add, claim, publish, release, fail.
 
+``add_many`` inserts the rows of many messages in one statement (group commit).
+
 Every statement takes parameters only. Rows move ``pending → publishing →
 published``; a relay claims rows under its id and a sequence number that it also
 writes to the outbox ledger inside the same Kafka transaction, which is how a
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from schemas.headers import MAX_ERROR_TEXT
 
@@ -137,6 +141,29 @@ class OutboxStore:
             ),
         )
         return cur.rowcount == 1
+
+    async def add_many(self, conn: Conn, records: Sequence[OutboxRecord], max_attempts: int) -> int:
+        """Insert ``records`` in one statement, ids in their order, skipping those whose
+        idempotency key exists; return how many were inserted."""
+        if not records:
+            return 0
+        cur = await conn.execute(
+            "INSERT INTO outbox_message"
+            " (idempotency_key, topic, partition_key, payload, headers, max_attempts)"
+            " SELECT k, t, pk, p, h, %s FROM unnest("
+            "   %s::text[], %s::text[], %s::bytea[], %s::bytea[], %s::jsonb[]"
+            " ) WITH ORDINALITY AS r(k, t, pk, p, h, n) ORDER BY n"
+            " ON CONFLICT (idempotency_key) DO NOTHING",
+            (
+                max_attempts,
+                [r.idempotency_key for r in records],
+                [r.topic for r in records],
+                [r.key for r in records],
+                [r.value for r in records],
+                [Jsonb(r.headers) for r in records],
+            ),
+        )
+        return cur.rowcount
 
     async def claim(
         self,

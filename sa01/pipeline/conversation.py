@@ -6,9 +6,13 @@ Guarantees (see docs/guarantees.md):
   messages whose processing raises a :class:`PermanentError`, are dead-lettered at
   once; any other error is retried with backoff and dead-lettered after
   ``processing_max_attempts``. Dead letters keep the original bytes and key.
-* The reply, the idempotency record and any dead letter are written to PostgreSQL
-  in one transaction (the outbox); the relay publishes them exactly once. A second
-  copy of a ``message_id`` finds its record and produces nothing.
+* The reply, the memory and the upload tasks are written to PostgreSQL in one
+  transaction with the idempotency record (the outbox); the relay publishes them
+  exactly once. A second copy of a ``message_id`` finds its record and produces
+  nothing. Messages answered together share that transaction, and their idempotency
+  pre-checks share one lookup (:mod:`sa01.pipeline.group_commit`); a message whose rows
+  fail in a shared transaction is committed alone, and dead-lettered when they fail
+  again, without holding back the others.
 * While PostgreSQL is unreachable the message waits (it is neither acked nor
   dead-lettered): nothing is lost, and the offset is never committed past it.
 """
@@ -19,8 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sa01.core.errors import (
     CallerError,
@@ -35,11 +38,10 @@ from sa01.core.topics import CONVERSATION_OUTBOUND, MEMORY_REMEMBER, UPLOAD_RETR
 from sa01.journeys.attachments import AttachmentOutcome, AttachmentStorer
 from sa01.journeys.conversation import ConversationJourney
 from sa01.outbox.database import Database
-from sa01.outbox.idempotency import IdempotencyStore
-from sa01.outbox.owed_answers import DeferredAnswerStore
-from sa01.outbox.store import OutboxStore
+from sa01.outbox.store import OutboxRecord
 from sa01.pipeline.consuming import RecordGuard
 from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
+from sa01.pipeline.group_commit import Answered, GroupCommitter
 from sa01.pipeline.records import message_record
 from schemas.codec import decode_message
 from schemas.messages import ConversationInbound, ConversationReply, scoped_key
@@ -80,12 +82,9 @@ class ConversationProcessor:
         self.on_committed = on_committed
         self.outbound_topic = settings.topic(CONVERSATION_OUTBOUND)
         self.memory_topic = settings.topic(MEMORY_REMEMBER)
-        self.outbox = OutboxStore()
-        self.idempotency = IdempotencyStore()
+        self.committer = GroupCommitter(settings, database, metrics)
         self.dead_letters = DeadLetterWriter(settings, database, metrics)
         self.guard = RecordGuard("conversation", settings, self.dead_letters, metrics, on_committed)
-        self.ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
-        self.deferred = DeferredAnswerStore()
 
     @staticmethod
     def decode(message: InboundMessage) -> ConversationInbound:
@@ -165,10 +164,12 @@ class ConversationProcessor:
         )
 
     # ------------------------------------------------------------- persistence
+    async def close(self) -> None:
+        """Wait for the commits already handed over (at shutdown, before the pool closes)."""
+        await self.committer.close()
+
     async def _already_processed(self, key: str) -> bool:
-        async with self.database.connection() as conn:
-            found, _ = await self.idempotency.get(conn, key)
-        return found
+        return await self.committer.answered(key)
 
     async def _commit_reply(
         self,
@@ -178,24 +179,16 @@ class ConversationProcessor:
         stored: AttachmentOutcome,
         remember: bool = True,
     ) -> str:
-        async with self.database.connection() as conn, conn.transaction():
-            if not await self.idempotency.put(conn, key, reply.model_dump(mode="json"), self.ttl):
-                return Outcome.DUPLICATE
-            await self.outbox.add(
-                conn,
-                message_record(self.outbound_topic, inbound.partition_key, reply, reply.message_id),
-                self.settings.outbox_max_attempts,
+        records = [self._reply_record(inbound, reply), *self._upload_records(stored)]
+        if self.settings.memory_active and remember:
+            memory = self.journey.memory_for(inbound, reply)
+            records.append(
+                message_record(self.memory_topic, memory.partition_key, memory, memory.memory_id)
             )
-            await self._add_upload_tasks(conn, stored)
-            if self.settings.memory_active and remember:
-                memory = self.journey.memory_for(inbound, reply)
-                await self.outbox.add(
-                    conn,
-                    message_record(
-                        self.memory_topic, memory.partition_key, memory, memory.memory_id
-                    ),
-                    self.settings.outbox_max_attempts,
-                )
+        if not await self.committer.commit(
+            Answered(key, reply.model_dump(mode="json"), tuple(records))
+        ):
+            return Outcome.DUPLICATE
         self.on_committed()
         return Outcome.REPLIED
 
@@ -203,26 +196,22 @@ class ConversationProcessor:
         self, key: str, inbound: ConversationInbound, stored: AttachmentOutcome
     ) -> str:
         reply = _with_uploads(self.journey.degraded_reply(inbound), stored)
-        async with self.database.connection() as conn, conn.transaction():
-            if not await self.idempotency.put(conn, key, reply.model_dump(mode="json"), self.ttl):
-                return Outcome.DUPLICATE
-            await self.outbox.add(
-                conn,
-                message_record(self.outbound_topic, inbound.partition_key, reply, reply.message_id),
-                self.settings.outbox_max_attempts,
-            )
-            await self._add_upload_tasks(conn, stored)
-            await self.deferred.add(conn, inbound)
+        records = (self._reply_record(inbound, reply), *self._upload_records(stored))
+        if not await self.committer.commit(
+            Answered(key, reply.model_dump(mode="json"), records, owed=inbound)
+        ):
+            return Outcome.DUPLICATE
         self.on_committed()
         return Outcome.DEGRADED
 
-    async def _add_upload_tasks(self, conn: Any, stored: AttachmentOutcome) -> None:
-        for task in stored.tasks:
-            await self.outbox.add(
-                conn,
-                message_record(self.upload_topic, task.upload_id, task, task.upload_id),
-                self.settings.outbox_max_attempts,
-            )
+    def _reply_record(self, inbound: ConversationInbound, reply: ConversationReply) -> OutboxRecord:
+        return message_record(self.outbound_topic, inbound.partition_key, reply, reply.message_id)
+
+    def _upload_records(self, stored: AttachmentOutcome) -> list[OutboxRecord]:
+        return [
+            message_record(self.upload_topic, task.upload_id, task, task.upload_id)
+            for task in stored.tasks
+        ]
 
     async def _dead_letter(self, message: InboundMessage, error: Exception, attempts: int) -> str:
         await self.guard.dead_letter(message, error, attempts)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +33,9 @@ from sa01.core.errors import (
 )
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
+from sa01.providers._litellm import load_litellm
 from sa01.providers.configured import audio_unconfigured
+from sa01.providers.llm_errors import CALLER_ERROR_STATUSES
 from sa01.providers.storage import provider_breaker_config
 from sa01.resilience.circuit_breaker import CircuitBreaker
 from sa01.resilience.fallback import ChainLink, ChainResult, FallbackChain
@@ -99,10 +100,6 @@ class SpeechToText(Protocol):
 # may still have something to give.
 def _no_audio() -> MessageValidationError:
     return MessageValidationError("the voice message's audio is unavailable")
-
-
-#: Statuses by which a provider refuses the input itself, not its own health.
-CALLER_ERROR_STATUSES = frozenset({400, 413, 415, 422})
 
 
 def _http_failure(
@@ -185,9 +182,7 @@ class OpenAITTS:
         """MP3 audio of ``text``."""
         if not self.key:
             raise ServiceUnavailableError("tts.openai", "OPENAI_API_KEY is not set")
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm
-
+        litellm = await load_litellm()
         try:
             response = await litellm.aspeech(
                 model=self.model,
@@ -293,9 +288,7 @@ class OpenAISTT:
             raise _no_audio()
         if not self.key:
             raise ServiceUnavailableError("stt.openai", "OPENAI_API_KEY is not set")
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm
-
+        litellm = await load_litellm()
         try:
             response = await litellm.atranscription(
                 model=self.model,
@@ -427,10 +420,7 @@ class AudioChains:
             isinstance(p, OpenAITTS | OpenAISTT) and p.key is not None for p in providers
         )
         if uses_litellm:
-            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            from sa01.providers.responder import import_litellm
-
-            await asyncio.to_thread(import_litellm)
+            await load_litellm()
 
     async def close(self) -> None:
         """Close the HTTP client."""

@@ -3,21 +3,34 @@
 A provider whose circuit is open costs nothing (the chain skips it). A rate-limited
 model is not called before its Retry-After. A request that every model would refuse
 (:class:`ProviderRequestError`, e.g. too long) is not failed over: it is a clear error.
+
+:func:`build_responder_chain` is the one factory the runtime calls: it returns a
+:class:`ResponderChain`, the responder the settings ask for with every circuit breaker
+behind it (``llm:<model>``, as ``/circuits`` names them) and the shared HTTP clients
+to close on stop. The echo responder has no breaker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from sa01.core.errors import PermanentError, ProviderRequestError
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
+from sa01.providers.llm_clients import ModelResponder, OpenAIClients, model_responder
 from sa01.providers.llm_config import BreakerSettings, ChainsConfig, load_chains
-from sa01.providers.responder import LiteLLMResponder, ResponderAnswer
+from sa01.providers.responder import EchoResponder, Responder, ResponderAnswer
 from sa01.resilience.circuit_breaker import BreakerConfig, CircuitBreaker
 from sa01.resilience.fallback import ChainLink, FallbackChain
 
-__all__ = ["ChainResponder", "build_chain_responder", "llm_breaker_config"]
+__all__ = [
+    "ChainResponder",
+    "ResponderChain",
+    "build_chain_responder",
+    "build_responder_chain",
+    "llm_breaker_config",
+]
 
 
 def llm_breaker_config(
@@ -50,8 +63,13 @@ def llm_breaker_config(
 class ChainResponder:
     """Answers with the first model of the use case's chain that is allowed to and does."""
 
-    def __init__(self, chains: dict[str, FallbackChain[LiteLLMResponder]]) -> None:
+    def __init__(
+        self,
+        chains: dict[str, FallbackChain[ModelResponder]],
+        clients: OpenAIClients | None = None,
+    ) -> None:
         self.chains = chains
+        self.clients = clients or OpenAIClients()
 
     async def respond(
         self,
@@ -78,24 +96,38 @@ class ChainResponder:
             states.update({name: str(state) for name, state in chain.states().items()})
         return states
 
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Every model's breaker by its name (``llm:<model>``), each once."""
+        return {
+            link.breaker.name: link.breaker
+            for chain in self.chains.values()
+            for link in chain.links
+        }
+
+    async def aclose(self) -> None:
+        """Close the shared HTTP clients."""
+        await self.clients.aclose()
+
 
 def build_chain_responder(
     settings: Settings, metrics: Metrics, config: ChainsConfig | None = None
 ) -> ChainResponder:
     """The chains in force (see ``sa01.providers.llm_config``), each model behind one breaker."""
     config = config or load_chains(settings)
-    links: dict[str, ChainLink[LiteLLMResponder]] = {}
+    clients = OpenAIClients()
+    links: dict[str, ChainLink[ModelResponder]] = {}
 
-    def link(model: str) -> ChainLink[LiteLLMResponder]:
+    def link(model: str) -> ChainLink[ModelResponder]:
         if model not in links:
             options = config.models.get(model)
             timeout = (options.timeout_seconds if options else None) or settings.llm_timeout_seconds
             key = settings.provider_key(model)
-            provider = LiteLLMResponder(
+            provider = model_responder(
                 model,
                 api_base=options.api_base if options else None,
                 api_key=key.get_secret_value() if key is not None else None,
                 timeout=timeout,
+                clients=clients,
             )
             breaker = CircuitBreaker(
                 f"llm:{model}", llm_breaker_config(settings, config.breaker), metrics=metrics
@@ -124,4 +156,36 @@ def build_chain_responder(
                     metrics.llm_failover_count.labels(
                         from_provider=from_model, to_provider=to_model
                     )
-    return ChainResponder(chains)
+    return ChainResponder(chains, clients)
+
+
+@dataclass(frozen=True)
+class ResponderChain:
+    """The responder the runtime answers with, and what it must watch and close.
+
+    ``breakers``: every circuit breaker behind ``responder``, by breaker name
+    (``llm:<model>``, as ``/circuits``, the metrics and the ``circuit`` command name
+    them); empty for the echo responder. ``states()``: each model's breaker state by
+    model name, what the health monitor's ``llm`` probe reads.
+    """
+
+    responder: Responder
+    breakers: Mapping[str, CircuitBreaker] = field(default_factory=dict)
+    chain: ChainResponder | None = None
+
+    def states(self) -> dict[str, str]:
+        """Breaker state per model name (empty for the echo responder)."""
+        return self.chain.states() if self.chain is not None else {}
+
+    async def aclose(self) -> None:
+        """Close the shared HTTP clients (nothing for the echo responder)."""
+        if self.chain is not None:
+            await self.chain.aclose()
+
+
+def build_responder_chain(settings: Settings, metrics: Metrics) -> ResponderChain:
+    """The responder the settings ask for (``echo``, or the LLM fallback chains), typed."""
+    if settings.responder == "echo":
+        return ResponderChain(EchoResponder())
+    chain = build_chain_responder(settings, metrics)
+    return ResponderChain(chain, chain.breakers(), chain)

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.journeys.conversation import ConversationJourney
-from sa01.providers.responder import EchoResponder, ResponderAnswer, build_responder
+from sa01.providers.llm_chain import build_responder_chain
+from sa01.providers.responder import EchoResponder, ResponderAnswer
 from schemas.messages import ConversationInbound, ConversationReply, reply_id_for
 
 
@@ -70,4 +71,6 @@ async def test_answer_passes_the_partition_key_to_the_responder() -> None:
 
 
 def test_build_responder_echo() -> None:
-    assert isinstance(build_responder(Settings(responder="echo"), Metrics()), EchoResponder)
+    assert isinstance(
+        build_responder_chain(Settings(responder="echo"), Metrics()).responder, EchoResponder
+    )
