@@ -3,6 +3,10 @@
 Guarantees: lanes per tenant and agent (the record key): in order within one,
 concurrent across them; offsets acked in order once each memory is stored, kept or
 dead-lettered (pipeline.consuming).
+
+On every rebalance the app makes the memory processor forget which (tenant, agent)
+pairs it knew to have no pending memories (``sa01.pipeline.memory.ClearGroups``):
+another worker may have kept some while it owned their partition.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ SomaBrain in its own process, answering at once):
   the worker starts, in transactions of 10 over 100 (tenant, agent) pairs (a control
   record, an offset gap, after each transaction's records on every partition), as the
   transactional relay writes them. The drain is timed from the worker's ``/health``
-  ready to the last memory stored in SomaBrain (records/s); after 50 warm-up messages
+  ready to the last memory of the backlog's tenants stored in SomaBrain (records/s;
+  replies are remembered too, under their own tenant, and do not count); after 50
+  warm-up messages
   (as without a backlog) the same 20 msgs/s load runs meanwhile, and only replies to
   messages sent before the drain ended count.
 
@@ -21,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,6 +47,8 @@ PAIRS = 100
 PER_TRANSACTION = 10
 DRAIN_CAP_SECONDS = 600.0
 QUICK_DRAIN_CAP_SECONDS = 180.0
+#: The backlog's tenants (``tenant-{n % PAIRS // 10}``, ten agents each).
+BACKLOG_TENANTS = tuple(f"tenant-{t}" for t in range(PAIRS // 10))
 
 
 @contextlib.contextmanager
@@ -62,10 +68,31 @@ def somabrain_server() -> Iterator[str]:
 
 
 def _stored(url: str) -> int | None:
+    """Memories of the backlog's tenants in the loopback (replies are remembered too, under
+    the conversation's own tenant: they are not part of the drain)."""
     try:
-        return int(httpx.get(f"{url}/_loopback/mode", timeout=2.0).json()["memories"])
-    except (httpx.HTTPError, KeyError, ValueError):
+        by_tenant = httpx.get(f"{url}/_loopback/mode", timeout=2.0).json()["memories_by_tenant"]
+        return sum(int(by_tenant.get(tenant, 0)) for tenant in BACKLOG_TENANTS)
+    except (httpx.HTTPError, KeyError, ValueError, AttributeError):
         return None
+
+
+def _stored_now(url: str, timeout: float = 60.0) -> int:
+    """The loopback's count of memories, asked until it answers (it may be busy)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = _stored(url)
+        if stored is not None:
+            return stored
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the loopback SomaBrain at {url} did not answer in {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_backlog(settings: Settings, count: int) -> float:
@@ -124,9 +151,11 @@ def with_backlog(settings: Settings, url: str, count: int, cap: float) -> dict[s
     """Drain ``count`` memories while ``RATE`` msgs/s of conversation run."""
     written = write_backlog(settings, count)
     r = route(settings)
-    with deployment(settings), load.ReplyWatcher(r) as watcher:
+    with deployment(settings) as (_, worker), load.ReplyWatcher(r) as watcher:
         drain_started = time.perf_counter()
-        before = _stored(url) or 0
+        cpu_started = cpu_seconds(worker.pid)
+        load_average = os.getloadavg()[0]
+        before = _stored_now(url)
         prod = load.producer(r.bootstrap)
         # As without a backlog: the first replies (partition assignment) are not counted.
         load.round_trip(r, prod, watcher, load.messages(50, tag="warm"), 180)
@@ -157,7 +186,8 @@ def with_backlog(settings: Settings, url: str, count: int, cap: float) -> dict[s
         prod.flush(60)
         drain.join(cap + 10)
         end = drained_at[0] if drained_at else time.perf_counter()
-        stored = _stored(url) or 0
+        stored = _stored_now(url)
+        cpu = cpu_seconds(worker.pid) - cpu_started
         deadline = time.monotonic() + 300
         while any(i not in watcher.seen for i in sent_at) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -169,6 +199,8 @@ def with_backlog(settings: Settings, url: str, count: int, cap: float) -> dict[s
         "finished": bool(drained_at),
         "latencies": latencies,
         "unanswered": len(sent_at) - len(latencies),
+        "worker_cpu_seconds": cpu,
+        "load_average": load_average,
     }
 
 
@@ -202,6 +234,7 @@ async def run(quick: bool) -> dict[str, Any]:
         f"the whole drain with one, capped at {cap:.0f} s)"
     )
     status = "" if drained["finished"] else " (not finished)"
+    cpu_per_memory = drained["worker_cpu_seconds"] * 1000 / max(1, drained["stored"])
     print(
         table(
             [
@@ -231,6 +264,12 @@ async def run(quick: bool) -> dict[str, Any]:
                     f"{p99_drain / p99_alone:.1f}",
                 ),
                 (
+                    "worker CPU ms per memory stored (replies included)",
+                    f"{cpu_per_memory:.2f}",
+                    f"load average {drained['load_average']:.1f} at the drain's start",
+                    "",
+                ),
+                (
                     "replies during the drain (unanswered)",
                     f"{len(drained['latencies'])} ({drained['unanswered']})",
                     f"{len(alone['latencies'])}",
@@ -249,6 +288,8 @@ async def run(quick: bool) -> dict[str, Any]:
             "stored": drained["stored"],
             "finished": drained["finished"],
             "written_seconds": drained["written_seconds"],
+            "worker_cpu_ms_per_memory": cpu_per_memory,
+            "load_average": drained["load_average"],
         },
         "conversation_msgs_per_s": summary(alone["rates"]),
         "latency_ms_without_backlog": {

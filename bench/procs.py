@@ -32,8 +32,11 @@ LOGS = Path(tempfile.gettempdir()) / "sa01-bench-logs"
 
 
 def free_port(start: int = 26000) -> int:
-    """The first TCP port from ``start`` up that is free on 127.0.0.1."""
-    for port in range(start, start + 2000):
+    """A TCP port free on 127.0.0.1: the first from ``start`` plus an offset of this
+    process's own (benches run at once by several processes would otherwise pick the same
+    port before either binds it, and one would poll the other's worker)."""
+    first = start + os.getpid() % 97 * 3
+    for port in range(first, first + 2000):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))

@@ -42,12 +42,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import logging
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar, Final, TypeVar
 
@@ -534,7 +536,12 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         with self._lock:
             circuit_open = self._queue_for_replay
             backend_down = self._backend_down
-            working = [copy.deepcopy(p) for p in self._working.get(tenant, {}).values()]
+            items = list(self._working.get(tenant, {}).values())
+            # Only what is returned is copied: a tenant's working memory grows with every
+            # remember, and copying all of it per recall made the server the bottleneck of
+            # the memory backlog bench.
+            wm_count = len(items)
+            working = [copy.deepcopy(p) for p in items[:top_k]] if layer in ("wm", "both") else []
         degraded_reasons: list[str] = []
         results: list[dict[str, Any]] = []
         ltm_hits = 0
@@ -559,7 +566,7 @@ class SomaBrainServer(LoopbackServer[_Settings]):
                     )
         wm_hits = 0
         if layer in ("wm", "both"):
-            wm_hits = len(working)
+            wm_hits = wm_count
             results += [{"content": item, "layer": "wm", "score": 1.0} for item in working[:top_k]]
         results.sort(key=lambda result: float(result["score"]), reverse=True)
         results = results[:top_k]
@@ -636,6 +643,7 @@ class SomaBrainServer(LoopbackServer[_Settings]):
                 "queue_for_replay": self._queue_for_replay,
                 "backend_down": self._backend_down,
                 "memories": len(self._store),
+                "memories_by_tenant": dict(Counter(m.tenant for m in self._store.values())),
                 "queued": len(self._queued),
                 "remember_count": self._remember_count,
                 "request_count": len(self._requests),
@@ -761,9 +769,14 @@ def _score(words: set[str], memory: StoredMemory) -> float:
     """
     if not words:
         return 0.0
-    indexed = str(memory.payload.get("task") or memory.key).lower()
-    found = words & set(_WORD.findall(indexed))
+    found = words & _indexed_words(str(memory.payload.get("task") or memory.key))
     return round(len(found) / len(words), 6)
+
+
+@functools.lru_cache(maxsize=65536)
+def _indexed_words(text: str) -> frozenset[str]:
+    """The words a memory is found by (cached: every recall scores every stored memory)."""
+    return frozenset(_WORD.findall(text.lower()))
 
 
 def _now_iso() -> str:

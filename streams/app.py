@@ -94,6 +94,11 @@ class StreamsApp(faust.App):
             if row
         }
 
+    def forget_memory_groups(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """On a rebalance: forget the (tenant, agent) pairs known to have no pending
+        memories (another worker may have kept some while it owned their partition)."""
+        self.runtime.memory_processor.clear_groups.clear()
+
     def _new_consumer(self) -> Any:
         """Faust's consumer with O(1) gap tracking (see streams.gaps)."""
         return GapTrackingConsumer(
@@ -209,6 +214,8 @@ def create_app(settings: Settings) -> StreamsApp:
     conversation_agent.register(app, CONVERSATION)
     degradation_agent.register(app, DEGRADATION)
     memory_agent.register(app, MEMORY)
+    app.on_partitions_revoked.connect(app.forget_memory_groups)
+    app.on_partitions_assigned.connect(app.forget_memory_groups)
     upload_agents.register(app, UPLOADS, BACKUPS)
     timers.register(app)
     web.register(app)

@@ -27,6 +27,7 @@ from sa01.core.redaction import redact_logged
 from sa01.core.settings import Settings
 
 __all__ = [
+    "PER_REQUEST_LOGGERS",
     "FieldsFormatter",
     "JsonFormatter",
     "RateLimitFilter",
@@ -181,8 +182,16 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
+#: Loggers that write one INFO line per request (httpx: ``HTTP Request: POST ...``): a
+#: draining memory backlog spent 5% of the worker's CPU writing them. Warnings stay.
+PER_REQUEST_LOGGERS = ("httpx",)
+
+
 def quiet_noisy_loggers(seconds: float = 10.0, prefixes: tuple[str, ...] = ("aiokafka",)) -> None:
-    """Rate-limit every logger under ``prefixes`` (they repeat one line per reconnect)."""
+    """Rate-limit every logger under ``prefixes`` (they repeat one line per reconnect), and
+    keep :data:`PER_REQUEST_LOGGERS` to warnings."""
+    for name in PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     names = [n for n in logging.root.manager.loggerDict if n.startswith(prefixes)]
     for name in names:
         logger = logging.getLogger(name)

@@ -3,6 +3,16 @@
 Order per tenant and agent is kept: while older memories of the pair wait in
 ``pending_memory``, newer ones queue behind them. With PostgreSQL down as well the
 message is not acked: it waits, nothing is lost.
+
+Whether a pair has memories waiting is read from PostgreSQL only while it is not known
+to have none. :class:`MemoryProcessor` remembers the pairs it found with no pending row
+(:class:`ClearGroups`): only the owner of the pair's partition adds its pending rows
+(this process, which forgets the pair before adding one), and :class:`MemorySync`, in
+whichever process, only takes rows away, so "none waiting" stays true until this
+process adds one. It is forgotten entirely whenever partitions are assigned or revoked
+(another worker may have added rows while it owned the partition). One pair's records
+run one at a time (the memory agent's lanes are its keys, ``tenant:agent``), so no
+record of a pair is checked while another of the same pair is being kept.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from sa01.providers.somabrain import SomaBrainClient
 from schemas.codec import decode_message
 from schemas.messages import MemoryRecord
 
-__all__ = ["MemoryProcessor", "MemorySync", "store_memory"]
+__all__ = ["ClearGroups", "MemoryProcessor", "MemorySync", "store_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +51,42 @@ async def store_memory(client: SomaBrainClient, record: MemoryRecord) -> None:
     it and replay it later; a :class:`PermanentError` means SomaBrain refuses it.
     """
     await client.remember(record)
+
+
+class ClearGroups:
+    """(tenant, agent) pairs known to have no row waiting in ``pending_memory``.
+
+    Bounded: past ``limit`` pairs it starts over (they are read from PostgreSQL again).
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self.generation = 0
+        """Incremented by :meth:`clear`: a reading taken before a clear is not kept."""
+        self._pairs: set[tuple[str, str]] = set()
+
+    def __contains__(self, pair: object) -> bool:
+        return pair in self._pairs
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def add(self, pair: tuple[str, str], generation: int) -> None:
+        """``pair`` had no pending row when read in ``generation`` (kept only if current)."""
+        if generation != self.generation:
+            return
+        if len(self._pairs) >= self.limit:
+            self._pairs.clear()
+        self._pairs.add(pair)
+
+    def discard(self, pair: tuple[str, str]) -> None:
+        """A pending row of ``pair`` is about to be added."""
+        self._pairs.discard(pair)
+
+    def clear(self) -> None:
+        """Forget every pair (partitions were assigned or revoked)."""
+        self.generation += 1
+        self._pairs.clear()
 
 
 class MemoryProcessor:
@@ -63,12 +109,19 @@ class MemoryProcessor:
         self.client = client
         self.metrics = metrics
         self.pending = PendingMemoryStore()
+        self.clear_groups = ClearGroups()
 
     async def process(self, message: InboundMessage) -> str:
         """``stored`` or ``pending`` (see the class)."""
         record = decode_message(MemoryRecord, message.value)
-        async with self.database.connection() as conn:
-            backlog = await self.pending.has_unsynced(conn, record.tenant_id, record.agent_id)
+        pair = (record.tenant_id, record.agent_id)
+        backlog = False
+        if pair not in self.clear_groups:
+            generation = self.clear_groups.generation
+            async with self.database.connection() as conn:
+                backlog = await self.pending.has_unsynced(conn, *pair)
+            if not backlog:
+                self.clear_groups.add(pair, generation)
         if not backlog:
             try:
                 await store_memory(self.client, record)
@@ -77,6 +130,7 @@ class MemoryProcessor:
                 if isinstance(exc, InfrastructureUnavailableError):
                     raise
                 logger.info("SomaBrain unavailable, memory %s kept: %s", record.memory_id, exc)
+        self.clear_groups.discard(pair)
         async with self.database.connection() as conn:
             await self.pending.add(conn, record)
         return "pending"

@@ -22,6 +22,16 @@ SomaFractalMemory's ``/healthz`` for it), and a missing embedder shows as 503 on
 :class:`SomaBrainHealth` keeps the latest reading (the probe's, or one made for a
 confirmation) so that :meth:`SomaBrainHealth.confirm` can decide whether an acknowledged
 remember may count as stored.
+
+**Confirmations are coalesced.** An ack counts as stored only when a reading *started
+after it* says the backend is up; a reading started before the ack never vouches for it.
+While acks stream in (a backlog draining), at most one ``/health`` read is in flight and
+one more is queued: every ack that arrives while a read is in flight joins the queued
+read, which starts when the one in flight ends (so after each of its acks). The reads are
+thus bounded by time (one after another, back to back) and not by the number of
+memories: ``n`` concurrent acks cost at most two reads. Since the vouching read may
+start up to one round trip after the ack, a reading *answered* after the ack that says
+the backend is down (the one in flight, say) vetoes it: the memory is kept and replayed.
 """
 
 from __future__ import annotations
@@ -147,6 +157,20 @@ def read_health_body(
     )
 
 
+def _hand_over(
+    done: asyncio.Task[MemoryHealthReading], waiting: asyncio.Future[MemoryHealthReading]
+) -> None:
+    """Give the outcome of the read ``done`` to the confirmations waiting on ``waiting``."""
+    if waiting.done():
+        return
+    if done.cancelled():
+        waiting.cancel()
+    elif (error := done.exception()) is not None:
+        waiting.set_exception(error)
+    else:
+        waiting.set_result(done.result())
+
+
 class SomaBrainHealth:
     """Reads SomaBrain's ``/health`` and keeps the latest reading; constructing it does no I/O.
 
@@ -159,7 +183,11 @@ class SomaBrainHealth:
         self.timeout = settings.somabrain_health_timeout_seconds
         self.client = client or httpx.AsyncClient(timeout=self.timeout)
         self.latest: MemoryHealthReading | None = None
-        self._in_flight: tuple[float, asyncio.Future[MemoryHealthReading]] | None = None
+        self.reads = 0
+        """``/health`` requests sent so far (the probe's and the confirmations')."""
+        self._in_flight: tuple[float, asyncio.Task[MemoryHealthReading]] | None = None
+        self._next: asyncio.Future[MemoryHealthReading] | None = None
+        self._last_down: tuple[float, MemoryHealthReading] | None = None
 
     async def read(self) -> MemoryHealthReading:
         """Read ``/health`` now; an unreachable or non-200 server reads as backend down.
@@ -167,6 +195,7 @@ class SomaBrainHealth:
         Raises only on cancellation: every failure is a reading.
         """
         started = time.monotonic()
+        self.reads += 1
         try:
             async with asyncio.timeout(self.timeout):
                 response = await self.client.get(self.url)
@@ -191,24 +220,67 @@ class SomaBrainHealth:
             reading = MemoryHealthReading(
                 started, ServiceState.UNAVAILABLE, reason, backend_up=False
             )
+        return self._keep(reading)
+
+    def _keep(self, reading: MemoryHealthReading) -> MemoryHealthReading:
+        """Note a reading just answered: the latest, and the last that said down."""
         if self.latest is None or reading.started >= self.latest.started:
             self.latest = reading
+        if not reading.backend_up:
+            self._last_down = (time.monotonic(), reading)
+        return reading
+
+    def _vouch(self, reading: MemoryHealthReading, acknowledged_at: float) -> MemoryHealthReading:
+        """``reading``, unless a reading answered after the ack said the backend was down."""
+        down = self._last_down
+        if reading.backend_up and down is not None and down[0] >= acknowledged_at:
+            return down[1]
         return reading
 
     async def confirm(self, acknowledged_at: float) -> MemoryHealthReading:
-        """A reading that may vouch for a remember acknowledged at ``acknowledged_at``.
+        """A reading started after ``acknowledged_at`` (a remember's ack) that may vouch for it.
 
-        The latest reading (the probe's or another confirmation's) serves when it was taken
-        after the ack; otherwise ``/health`` is read now. Confirmations waiting at the same
-        time share one request (single flight), started after every one of their acks.
+        The latest reading serves when it started after the ack; so does the read in
+        flight. Otherwise the ack joins the queued next read, which starts once the read
+        in flight ends (see the module docstring). Every waiter shares the reads: one
+        waiter's cancellation cancels no read. A reading answered after the ack that says
+        the backend is down wins over one that says up (the backend was down at some time
+        after the ack, as it may have been when SomaBrain wrote the memory).
         """
-        latest = self.latest
-        if latest is not None and latest.started >= acknowledged_at:
-            return latest
-        if self._in_flight is None or self._in_flight[0] < acknowledged_at:
-            self._in_flight = (time.monotonic(), asyncio.ensure_future(self.read()))
-        return await asyncio.shield(self._in_flight[1])
+        while True:
+            latest = self.latest
+            if latest is not None and latest.started >= acknowledged_at:
+                return self._vouch(latest, acknowledged_at)
+            if self._in_flight is not None and self._in_flight[0] >= acknowledged_at:
+                reading = await asyncio.shield(self._in_flight[1])
+            elif self._in_flight is None:
+                reading = await asyncio.shield(self._start_read())
+            else:
+                if self._next is None:
+                    self._next = asyncio.get_running_loop().create_future()
+                reading = await asyncio.shield(self._next)
+            if reading.started >= acknowledged_at:
+                return self._vouch(reading, acknowledged_at)
+
+    def _start_read(self) -> asyncio.Task[MemoryHealthReading]:
+        """Start the read every confirmation waiting now (and until it ends) may share."""
+        task = asyncio.get_running_loop().create_task(self.read(), name="somabrain-health-read")
+        self._in_flight = (time.monotonic(), task)
+        task.add_done_callback(self._read_done)
+        return task
+
+    def _read_done(self, task: asyncio.Task[MemoryHealthReading]) -> None:
+        """The read in flight ended: start the queued one for the acks that joined it."""
+        if self._in_flight is not None and self._in_flight[1] is task:
+            self._in_flight = None
+        queued, self._next = self._next, None
+        if queued is not None:
+            self._start_read().add_done_callback(lambda done: _hand_over(done, queued))
 
     async def close(self) -> None:
-        """Close the HTTP client."""
+        """Cancel the read in flight (its waiters are cancelled) and close the HTTP client."""
+        if self._in_flight is not None:
+            task = self._in_flight[1]
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         await self.client.aclose()
