@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,6 +66,10 @@ class BatchResult:
     error: str | None = None
 
 
+#: How long one ``commit_transaction`` call may block before closing is checked again.
+COMMIT_SLICE_SECONDS = 1.0
+
+
 @dataclass(frozen=True)
 class LedgerRecord:
     """The record written with every batch: which relay committed which sequence."""
@@ -81,6 +87,7 @@ class TransactionalPublisher:
         self.transactional_id = transactional_id
         self._producer: Producer | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-txn")
+        self._closing = threading.Event()
 
     def _config(self) -> dict[str, Any]:
         timeout_ms = int(self.settings.relay_transaction_timeout_seconds * 1000)
@@ -129,7 +136,14 @@ class TransactionalPublisher:
         await self._call(self._start_blocking)
 
     async def close(self) -> None:
-        """Drop the producer (an open transaction is aborted by the broker later)."""
+        """Drop the producer (an open transaction is aborted by the broker later).
+
+        A commit in flight gives up within :data:`COMMIT_SLICE_SECONDS` instead of holding
+        the stop for the whole ``SA01_RELAY_TRANSACTION_TIMEOUT_SECONDS`` (a topic deleted
+        under it never completes); its transaction stays open until the broker aborts it
+        or the next holder of the transactional id fences it.
+        """
+        self._closing.set()
         await self._call(self._close_blocking)
         self._executor.shutdown(wait=False)
 
@@ -163,7 +177,7 @@ class TransactionalPublisher:
             for row in rows:
                 self._produce(producer, row, on_delivery(row.id))
             producer.produce(ledger.topic, value=ledger.value, key=ledger.key)
-            producer.commit_transaction(self.settings.relay_transaction_timeout_seconds)
+            self._commit(producer)
             return BatchResult(BatchOutcome.COMMITTED)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
@@ -193,11 +207,30 @@ class TransactionalPublisher:
             except KafkaException as exc:
                 raise _RowRejected(row.id, exc.args[0]) from exc
 
+    def _commit(self, producer: Producer) -> None:
+        """``commit_transaction`` in slices, so that :meth:`close` is not held behind it.
+
+        librdkafka lets a timed-out commit be called again (the error is retriable); past
+        the whole timeout, or once closing, the last error is raised.
+        """
+        deadline = time.monotonic() + self.settings.relay_transaction_timeout_seconds
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                producer.commit_transaction(max(min(COMMIT_SLICE_SECONDS, left), 0.001))
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if not error.retriable() or self._closing.is_set() or left <= COMMIT_SLICE_SECONDS:
+                    raise
+
     def _abort(
         self, producer: Producer, error: KafkaError, row_errors: dict[int, KafkaError]
     ) -> BatchResult:
         if error.fatal():
             return BatchResult(BatchOutcome.UNKNOWN, row_errors, f"fatal: {error}")
+        if self._closing.is_set():
+            return BatchResult(BatchOutcome.UNKNOWN, row_errors, f"{error}; closing: not aborted")
         try:
             producer.abort_transaction(self.settings.relay_transaction_timeout_seconds)
         except KafkaException as exc:

@@ -89,9 +89,10 @@ class DeferredAnswerer:
         return await self.job.run_once(lambda lease: self._one_pass(limit)) or 0
 
     async def _answer_forever(self, lease: Lease) -> None:
-        """The job's body: a pass every ``deferred_answer_interval_seconds``."""
+        """The job's body: a pass every ``deferred_answer_interval_seconds`` until stopped
+        (checked between passes too: a cancellation a pass swallows must not spin it)."""
         lease.healthy()
-        while True:
+        while not lease.stopping.is_set():
             sent = await self._one_pass(50)
             if sent:
                 logger.info("sent %d delayed answers", sent)
