@@ -66,14 +66,14 @@ def decode_message(model: type[M], data: bytes | None) -> M:
 class ModelCodec(Codec):
     """A Faust codec for one pydantic model (``value_serializer=ModelCodec(Model)``)."""
 
-    def __init__(self, model: type[BaseModel], **kwargs: Any) -> None:
+    def __init__(self, model: type[BaseModel], **kwargs: Any) -> None:  # faust's Codec options
         self.model = model
         super().__init__(model=model, **kwargs)
 
-    def _dumps(self, obj: Any) -> bytes:
+    def _dumps(self, obj: object) -> bytes:
         if isinstance(obj, BaseModel):
             return encode_message(obj)
         return self.model.model_validate(obj, strict=False).model_dump_json().encode()
 
-    def _loads(self, s: bytes) -> Any:
+    def _loads(self, s: bytes) -> BaseModel:
         return decode_message(self.model, s)

@@ -25,12 +25,13 @@ The command: ``faust -A streams circuit [list|open|close|reset|disable] [NAME]
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import httpx
@@ -41,11 +42,15 @@ from sa01.resilience.circuit_breaker import STATE_GAUGE_VALUES, BreakerState, Ci
 from streams.console import Console, dump_json
 
 if TYPE_CHECKING:
+    from faust.cli import AppCommand
+    from faust.web import Request, Response, View
+
     from streams.app import StreamsApp
 
 __all__ = [
     "ACTIONS",
     "COMMAND_ACTIONS",
+    "CircuitAction",
     "CircuitCommandError",
     "apply_action",
     "circuit_json",
@@ -58,15 +63,25 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ACTIONS: dict[str, str] = {
-    "open": "force_open",
-    "close": "reset",
-    "reset": "reset",
-    "disable": "disable",
+
+class CircuitAction(enum.StrEnum):
+    """What an operator may do to a breaker (the ``action`` of ``POST /circuits/{name}``)."""
+
+    OPEN = "open"
+    CLOSE = "close"
+    RESET = "reset"
+    DISABLE = "disable"
+
+
+ACTIONS: dict[CircuitAction, Callable[[CircuitBreaker], None]] = {
+    CircuitAction.OPEN: CircuitBreaker.force_open,
+    CircuitAction.CLOSE: CircuitBreaker.reset,
+    CircuitAction.RESET: CircuitBreaker.reset,
+    CircuitAction.DISABLE: CircuitBreaker.disable,
 }
 """What each ``action`` calls on the breaker."""
 
-COMMAND_ACTIONS = ("list", *ACTIONS)
+COMMAND_ACTIONS = ("list", *(action.value for action in CircuitAction))
 
 _COLOURS = {
     BreakerState.CLOSED.value: "32",
@@ -86,7 +101,7 @@ def worker_breakers(app: StreamsApp) -> dict[str, CircuitBreaker]:
     return dict(app.runtime.breakers.items())
 
 
-def circuit_json(breaker: CircuitBreaker) -> dict[str, Any]:
+def circuit_json(breaker: CircuitBreaker) -> dict[str, object]:
     """One breaker's state and window, with times as seconds from now."""
     snapshot = breaker.snapshot()
     now = breaker.clock()
@@ -111,7 +126,7 @@ def circuit_json(breaker: CircuitBreaker) -> dict[str, Any]:
     }
 
 
-def circuits_document(breakers: Mapping[str, CircuitBreaker], worker: str) -> dict[str, Any]:
+def circuits_document(breakers: Mapping[str, CircuitBreaker], worker: str) -> dict[str, object]:
     """``GET /circuits``: every breaker by name, and how many circuits are in each state."""
     circuits = {name: circuit_json(breakers[name]) for name in sorted(breakers)}
     counts = Counter(c["state"] for c in circuits.values())
@@ -126,11 +141,11 @@ def circuits_document(breakers: Mapping[str, CircuitBreaker], worker: str) -> di
 def apply_action(breaker: CircuitBreaker, action: str) -> tuple[str, str]:
     """Run ``action`` (a key of :data:`ACTIONS`) on ``breaker``; (previous, new) state."""
     previous = breaker.state.value
-    getattr(breaker, ACTIONS[action])()
+    ACTIONS[CircuitAction(action)](breaker)
     return previous, breaker.state.value
 
 
-def _unknown(web: Any, name: str, breakers: Mapping[str, CircuitBreaker]) -> Any:
+def _unknown(web: View, name: str, breakers: Mapping[str, CircuitBreaker]) -> Response:
     return web.json(
         {"error": f"no circuit named {name!r} on this worker", "known": sorted(breakers)},
         status=404,
@@ -144,7 +159,7 @@ def register_pages(app: StreamsApp) -> None:
     worker = app.settings.worker_instance_id or app.settings.app_id
 
     @app.page("/circuits")
-    async def circuits(web: Any, request: Any) -> Any:
+    async def circuits(web: View, request: Request) -> Response:
         """Every circuit breaker of this worker."""
         return web.json(circuits_document(worker_breakers(app), worker))
 
@@ -152,14 +167,14 @@ def register_pages(app: StreamsApp) -> None:
     class CircuitView(View):
         """One circuit breaker: read it, or force it open, closed or disabled."""
 
-        async def get(self, request: Any, name: str) -> Any:
+        async def get(self, request: Request, name: str) -> Response:
             breakers = worker_breakers(app)
             breaker = breakers.get(name)
             if breaker is None:
                 return _unknown(self, name, breakers)
             return self.json(circuit_json(breaker) | {"worker": worker})
 
-        async def post(self, request: Any, name: str) -> Any:
+        async def post(self, request: Request, name: str) -> Response:
             breakers = worker_breakers(app)
             breaker = breakers.get(name)
             if breaker is None:
@@ -175,7 +190,7 @@ def register_pages(app: StreamsApp) -> None:
                     {
                         "error": f'expected a JSON body {{"action": ...}} with one of '
                         f"{', '.join(ACTIONS)}; got {body[:200].decode(errors='replace')!r}",
-                        "actions": list(ACTIONS),
+                        "actions": [action.value for action in ACTIONS],
                     },
                     status=400,
                 )
@@ -201,9 +216,9 @@ async def request_worker(
     base: str,
     method: str,
     path: str,
-    body: Mapping[str, Any] | None = None,
+    body: Mapping[str, object] | None = None,
     token: SecretStr | None = None,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """``method base+path`` as JSON, with ``token`` as the bearer when set.
 
     Raises :class:`CircuitCommandError` with a readable reason (the worker's own for a
@@ -219,7 +234,7 @@ async def request_worker(
             "(`faust -A streams worker`) or point --url at its web port"
         ) from exc
     try:
-        document = response.json()
+        document: object = response.json()
     except ValueError:
         document = None
     if not isinstance(document, dict):
@@ -228,7 +243,7 @@ async def request_worker(
             "a JSON object (an older worker without /circuits?)"
         )
     if response.status_code == 404 and "known" in document:
-        known = ", ".join(document["known"]) or "none"
+        known = ", ".join(_strings(document["known"])) or "none"
         raise CircuitCommandError(f"{document.get('error')} (worker at {base}); known: {known}")
     if response.status_code != 200:
         raise CircuitCommandError(
@@ -245,11 +260,15 @@ def _paint(console: Console, state: str) -> str:
     return f"\033[{code}m{state}\033[0m"
 
 
+def _strings(value: object) -> list[str]:
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
 def _seconds(value: object) -> str:
     return f"{value:g}s" if isinstance(value, int | float) else ""
 
 
-def format_circuits(circuits: list[Mapping[str, Any]], console: Console) -> list[str]:
+def format_circuits(circuits: list[Mapping[str, object]], console: Console) -> list[str]:
     """A table of circuits: name, state, window counts, time to the next trial."""
     header = ("CIRCUIT", "STATE", "CALLS", "FAILED", "FAILURE%", "RETRY IN")
     rows = [header]
@@ -287,7 +306,9 @@ def register_command(app: StreamsApp) -> None:
         option("--url", default="", help="The worker's base URL (default from settings)."),
         option("--json", "as_json", is_flag=True, default=False, help="Print the JSON."),
     )
-    async def circuit(self: Any, action: str, name: str | None, url: str, as_json: bool) -> None:
+    async def circuit(
+        self: AppCommand, action: str, name: str | None, url: str, as_json: bool
+    ) -> None:
         """A worker's circuit breakers: list [NAME]; open, close, reset or disable NAME."""
         base = (url or f"http://{settings.web_host}:{settings.web_port}").rstrip("/")
         console = Console()
@@ -315,17 +336,23 @@ def register_command(app: StreamsApp) -> None:
             return
         if action != "list":
             console.line(
-                f"{document['name']}: {_paint(console, document['previous_state'])} -> "
-                f"{_paint(console, document['state'])} (worker {document.get('worker')} "
+                f"{document['name']}: {_paint(console, str(document['previous_state']))} -> "
+                f"{_paint(console, str(document['state']))} (worker {document.get('worker')} "
                 f"at {base})"
             )
             return
-        circuits = list(document["circuits"].values()) if "circuits" in document else [document]
+        listed = document.get("circuits")
+        circuits: list[Mapping[str, object]] = (
+            [c for c in listed.values() if isinstance(c, Mapping)]
+            if isinstance(listed, dict)
+            else [document]
+        )
         console.line(f"(worker {document.get('worker')} at {base})")
         for line in format_circuits(circuits, console):
             console.line(line)
-        if "counts" in document:
-            counts = ", ".join(f"{n} {state}" for state, n in document["counts"].items() if n)
+        tally = document.get("counts")
+        if isinstance(tally, dict):
+            counts = ", ".join(f"{n} {state}" for state, n in tally.items() if n)
             console.line("")
             console.line(f"{document['total']} circuits: {counts or 'none'}")
 

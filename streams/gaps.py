@@ -43,7 +43,6 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict, deque
 from collections.abc import Iterator
-from typing import Any
 
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
@@ -59,13 +58,13 @@ class ReadOffset(int):
         return True
 
 
-class ReadOffsets(defaultdict[Any, Any]):
+class ReadOffsets(defaultdict[TP, int | None]):
     """Faust's ``_read_offset`` map (None when unknown) handing out :class:`ReadOffset`."""
 
     def __init__(self) -> None:
         super().__init__(lambda: None)
 
-    def __getitem__(self, tp: Any) -> Any:
+    def __getitem__(self, tp: TP) -> ReadOffset | None:
         value = super().__getitem__(tp)
         return None if value is None else ReadOffset(value)
 
@@ -125,10 +124,10 @@ class OffsetGaps:
 class GapTrackingConsumer(AIOKafkaConsumer):
     """Faust's aiokafka consumer with :class:`OffsetGaps` in place of its interval trees."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        self._gap: Any = defaultdict(OffsetGaps)
-        self._read_offset: Any = ReadOffsets()
+        self._gap: defaultdict[TP, OffsetGaps] = defaultdict(OffsetGaps)
+        self._read_offset: ReadOffsets = ReadOffsets()
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Record the hole ``offset_from`` .. ``offset_to - 1`` (``offset_to`` was just read)."""

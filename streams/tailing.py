@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
 
 import httpx
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from sa01.core.errors import InfrastructureUnavailableError, MessageDecodeError, PermanentError
 from sa01.core.kafka_security import librdkafka_config
@@ -52,7 +51,7 @@ def _consumer(
     return consumer
 
 
-def _render(message: Any, topic: str, as_json: bool, console: Console) -> str:
+def _render(message: Message, topic: str, as_json: bool, console: Console) -> str:
     value = message.value()
     if topic.endswith(DEGRADATION_EVENTS):
         try:
@@ -135,15 +134,19 @@ def _fold_topic(settings: Settings, timeout: float = 20.0) -> dict[str, ServiceH
     return latest
 
 
-async def status_document(settings: Settings, url: str | None) -> tuple[dict[str, Any], str]:
+async def status_document(settings: Settings, url: str | None) -> tuple[dict[str, object], str]:
     """The worker's ``/status``, or the fold of degradation.events when it is not reachable."""
     base = url or f"http://{settings.web_host}:{settings.web_port}"
     try:
         async with httpx.AsyncClient(timeout=3.0) as client:
             response = await client.get(f"{base}/status")
         if response.status_code == 200:
-            return response.json(), f"from the worker at {base}"
-        reason = f"answered {response.status_code}"
+            answer: object = response.json()
+            if isinstance(answer, dict):
+                return answer, f"from the worker at {base}"
+            reason = "answered 200 without a JSON object"
+        else:
+            reason = f"answered {response.status_code}"
     except httpx.HTTPError as exc:
         reason = f"is not reachable ({type(exc).__name__})"
     rows = await asyncio.to_thread(_fold_topic, settings)

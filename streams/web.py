@@ -5,11 +5,14 @@ The ``/circuits`` pages (operator control of the breakers) are in ``streams.circ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from streams.app import StreamsApp
 
+
+if TYPE_CHECKING:
+    from faust.web import Request, Response, View
 
 __all__ = ["register"]
 
@@ -18,13 +21,13 @@ def register(app: StreamsApp) -> None:
     """Declare the pages on ``app``."""
 
     @app.page("/health")
-    async def health(web: Any, request: Any) -> Any:
+    async def health(web: View, request: Request) -> Response:
         """Liveness and readiness; a degraded dependency does not fail it."""
         ready = app.runtime.ready.is_set()
         return web.json({"status": "ok", "ready": ready}, status=200 if ready else 503)
 
     @app.page("/status")
-    async def status(web: Any, request: Any) -> Any:
+    async def status(web: View, request: Request) -> Response:
         """The degradation status as JSON; 503 until the table is recovered."""
         if not app.runtime.status_ready.is_set():
             return web.json({"status": "recovering"}, status=503)
@@ -44,6 +47,6 @@ def register(app: StreamsApp) -> None:
         return web.json(document)
 
     @app.page("/metrics")
-    async def metrics(web: Any, request: Any) -> Any:
+    async def metrics(web: View, request: Request) -> Response:
         """Prometheus text from the app's own registry."""
         return web.bytes(app.metrics.render(), content_type="text/plain; version=0.0.4")

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sa01.resilience.health import ServiceHealth
 from schemas.messages import CircuitState, DegradationEvent, ServiceState
+
+if TYPE_CHECKING:
+    from faust.types import AppT
+    from faust.types.tables import TableT
 
 __all__ = ["TABLE_NAME", "declare", "fold", "health_from_row"]
 
 TABLE_NAME = "service_health"
 
 
-def declare(app: Any, partitions: int) -> Any:
+def declare(app: AppT, partitions: int) -> TableT[str, dict[str, object]]:
     """Declare the table on a Faust app."""
     return app.GlobalTable(
         TABLE_NAME,
@@ -29,7 +33,7 @@ def declare(app: Any, partitions: int) -> Any:
     )
 
 
-def fold(current: Mapping[str, Any] | None, event: DegradationEvent) -> dict[str, Any] | None:
+def fold(current: Mapping[str, object] | None, event: DegradationEvent) -> dict[str, object] | None:
     """The new row for ``event``'s service, or None when the event is older than the row."""
     if current is not None:
         known = datetime.fromisoformat(str(current["since"]))
@@ -42,14 +46,15 @@ def fold(current: Mapping[str, Any] | None, event: DegradationEvent) -> dict[str
     return row
 
 
-def health_from_row(row: Mapping[str, Any]) -> ServiceHealth:
+def health_from_row(row: Mapping[str, object]) -> ServiceHealth:
     """The ServiceHealth stored in a table row."""
+    latency = row.get("latency_ms")
     return ServiceHealth(
         service=str(row["service"]),
-        state=ServiceState(row["state"]),
-        circuit=CircuitState(row.get("circuit", "closed")),
+        state=ServiceState(str(row["state"])),
+        circuit=CircuitState(str(row.get("circuit", "closed"))),
         since=datetime.fromisoformat(str(row["since"])),
         reason=str(row.get("reason", "")),
-        latency_ms=row.get("latency_ms"),
+        latency_ms=latency if isinstance(latency, int | float) else None,
         source=str(row.get("source", "")),
     )

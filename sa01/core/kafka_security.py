@@ -15,9 +15,13 @@ password.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sa01.core.settings import Settings
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError
+    from faust.types.auth import CredentialsT
 
 __all__ = [
     "ClientErrors",
@@ -36,14 +40,15 @@ def _uses_sasl(settings: Settings) -> bool:
     return settings.kafka_security_protocol.startswith("SASL_")
 
 
-def librdkafka_config(settings: Settings) -> dict[str, Any]:
+def librdkafka_config(settings: Settings) -> dict[str, str]:
     """``bootstrap.servers`` and the security keys of librdkafka for ``settings``."""
-    config: dict[str, Any] = {
+    config: dict[str, str] = {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "security.protocol": settings.kafka_security_protocol.lower(),
     }
     if _uses_sasl(settings):
-        assert settings.kafka_sasl_password is not None  # checked by Settings
+        assert settings.kafka_sasl_username is not None  # checked by Settings
+        assert settings.kafka_sasl_password is not None
         config["sasl.mechanism"] = settings.kafka_sasl_mechanism
         config["sasl.username"] = settings.kafka_sasl_username
         config["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
@@ -51,6 +56,7 @@ def librdkafka_config(settings: Settings) -> dict[str, Any]:
         if settings.kafka_ssl_cafile:
             config["ssl.ca.location"] = settings.kafka_ssl_cafile
         if settings.kafka_ssl_certfile:
+            assert settings.kafka_ssl_keyfile is not None  # checked by Settings: both or none
             config["ssl.certificate.location"] = settings.kafka_ssl_certfile
             config["ssl.key.location"] = settings.kafka_ssl_keyfile
         if settings.kafka_ssl_key_password:
@@ -80,7 +86,7 @@ def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-def faust_credentials(settings: Settings) -> Any:
+def faust_credentials(settings: Settings) -> CredentialsT | None:
     """Faust's ``broker_credentials`` for ``settings`` (None for PLAINTEXT)."""
     from faust.auth import SASLCredentials, SSLCredentials
 
@@ -118,9 +124,9 @@ class ClientErrors:
     """librdkafka's ``error_cb`` for one client: keeps what it reported, for one line."""
 
     def __init__(self) -> None:
-        self.errors: list[Any] = []
+        self.errors: list[KafkaError] = []
 
-    def __call__(self, error: Any) -> None:
+    def __call__(self, error: KafkaError) -> None:
         """Record one error (called by librdkafka from ``poll``)."""
         self.errors.append(error)
 

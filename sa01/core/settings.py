@@ -437,7 +437,7 @@ class Settings(BaseSettings):
         return self
 
     @classmethod
-    def load(cls, **values: Any) -> Settings:
+    def load(cls, **values: Any) -> Settings:  # field values, as pydantic's __init__ takes them
         """Settings from the environment, then the local services' credentials file.
 
         ``scripts/services.sh`` writes ``$SA01_STATE_DIR/credentials.env`` (default

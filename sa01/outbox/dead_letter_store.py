@@ -27,7 +27,7 @@ __all__ = [
     "StoredDeadLetter",
 ]
 
-Conn = psycopg.AsyncConnection[Any]
+Conn = psycopg.AsyncConnection[Any]  # psycopg hands rows over as tuples of untyped values
 Source = Literal["agent", "relay", "memory", "upload"]
 
 
@@ -151,9 +151,9 @@ class StoredDeadLetter:
     created_at: datetime
 
 
-def _where(selection: DeadLetterFilter) -> tuple[sql.Composable, list[Any]]:
+def _where(selection: DeadLetterFilter) -> tuple[sql.Composable, list[object]]:
     clauses: list[sql.Composable] = []
-    params: list[Any] = []
+    params: list[object] = []
     if selection.ids:
         clauses.append(sql.SQL("id = ANY(%s)"))
         params.append(list(selection.ids))

@@ -41,7 +41,6 @@ import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -55,7 +54,7 @@ from sa01.outbox.dead_letter_store import DeadLetter, DeadLetterStore
 from sa01.outbox.idempotency import IdempotencyStore
 from sa01.outbox.ledger import encode_entry, read_last_sequence
 from sa01.outbox.singleton import Lease, SingletonJob
-from sa01.outbox.store import ClaimedRow, OutboxStore
+from sa01.outbox.store import ClaimedRow, Conn, OutboxStore
 from sa01.outbox.transactions import (
     ROW_SPECIFIC_ERRORS,
     BatchOutcome,
@@ -349,7 +348,7 @@ class OutboxRelay:
         self._backlog_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._notify_task: asyncio.Task[None] | None = None
-        self._notify_conn: psycopg.AsyncConnection[Any] | None = None
+        self._notify_conn: Conn | None = None
         self._last_notify = 0.0
         self._last_cleanup = 0.0
         self._members = 1
@@ -551,7 +550,7 @@ class OutboxRelay:
 
     # ----------------------------------------------------------- dead letters
     async def dead_letter(
-        self, conn: psycopg.AsyncConnection[Any], row: ClaimedRow, error: Exception, attempts: int
+        self, conn: Conn, row: ClaimedRow, error: Exception, attempts: int
     ) -> None:
         """Give up on ``row``: mark it failed and dead-letter it with the one writer."""
         headers = dead_letter_headers(

@@ -40,7 +40,7 @@ __all__ = [
     "shard_range",
 ]
 
-Conn = psycopg.AsyncConnection[Any]
+Conn = psycopg.AsyncConnection[Any]  # psycopg hands rows over as tuples of untyped values
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar, TypeVarTuple
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from sa01.core.errors import InfrastructureUnavailableError
 from sa01.core.kafka_security import librdkafka_config
@@ -29,6 +29,11 @@ from sa01.outbox.store import ClaimedRow
 __all__ = ["ROW_SPECIFIC_ERRORS", "BatchOutcome", "BatchResult", "TransactionalPublisher"]
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+Args = TypeVarTuple("Args")
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
 #: Errors caused by the record itself: they count an attempt against its row.
 ROW_SPECIFIC_ERRORS = frozenset(
@@ -89,7 +94,7 @@ class TransactionalPublisher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-txn")
         self._closing = threading.Event()
 
-    def _config(self) -> dict[str, Any]:
+    def _config(self) -> dict[str, object]:
         timeout_ms = int(self.settings.relay_transaction_timeout_seconds * 1000)
         return {
             **librdkafka_config(self.settings),
@@ -107,7 +112,7 @@ class TransactionalPublisher:
             "queue.buffering.max.messages": 200_000,
         }
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _call(self, fn: Callable[[*Args], R], *args: *Args) -> R:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
@@ -154,7 +159,7 @@ class TransactionalPublisher:
 
     async def publish(self, rows: list[ClaimedRow], ledger: LedgerRecord) -> BatchResult:
         """Publish ``rows`` and ``ledger`` atomically; never raises for Kafka errors."""
-        return await self._call(self._publish_blocking, rows, ledger)  # type: ignore[no-any-return]
+        return await self._call(self._publish_blocking, rows, ledger)
 
     def _publish_blocking(self, rows: list[ClaimedRow], ledger: LedgerRecord) -> BatchResult:
         producer = self._producer
@@ -162,8 +167,8 @@ class TransactionalPublisher:
             return BatchResult(BatchOutcome.UNKNOWN, error="producer is not started")
         row_errors: dict[int, KafkaError] = {}
 
-        def on_delivery(row_id: int) -> Callable[[KafkaError | None, Any], None]:
-            def callback(err: KafkaError | None, _msg: Any) -> None:
+        def on_delivery(row_id: int) -> DeliveryCallback:
+            def callback(err: KafkaError | None, _msg: Message) -> None:
                 if err is not None:
                     row_errors[row_id] = err
 
@@ -190,7 +195,7 @@ class TransactionalPublisher:
     def _produce(
         producer: Producer,
         row: ClaimedRow,
-        callback: Callable[[KafkaError | None, Any], None],
+        callback: DeliveryCallback,
     ) -> None:
         while True:
             try:

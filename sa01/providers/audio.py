@@ -19,7 +19,7 @@ import asyncio
 import io
 import logging
 import wave
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,7 +38,7 @@ from sa01.providers.configured import audio_unconfigured
 from sa01.providers.llm_errors import CALLER_ERROR_STATUSES
 from sa01.providers.storage import provider_breaker_config
 from sa01.resilience.circuit_breaker import CircuitBreaker
-from sa01.resilience.fallback import ChainLink, ChainResult, FallbackChain
+from sa01.resilience.fallback import ChainLink, ChainResult, FailoverCallback, FallbackChain
 
 __all__ = [
     "NATIVE",
@@ -199,7 +199,7 @@ class OpenAITTS:
         return Speech(_content_of(response), "audio/mpeg", self.name)
 
 
-def _content_of(response: Any) -> bytes:
+def _content_of(response: object) -> bytes:
     content = getattr(response, "content", None)
     if isinstance(content, bytes):
         return content
@@ -226,7 +226,7 @@ class KokoroTTS:
 
     def __init__(self, settings: Settings) -> None:
         self.voice = settings.kokoro_voice
-        self._pipeline: Any = None
+        self._pipeline: Any = None  # kokoro's KPipeline: the package ships no types
 
     def _synthesise(self, text: str) -> bytes:
         if self._pipeline is None:
@@ -444,7 +444,7 @@ def build_audio_chains(settings: Settings, metrics: Metrics) -> AudioChains:
     config = provider_breaker_config(settings)
     timeout = settings.audio_timeout_seconds + 1.0
 
-    def failover_counter(chain: str) -> Any:
+    def failover_counter(chain: str) -> FailoverCallback:
         def count(from_name: str, to_name: str) -> None:
             metrics.provider_failover_count.labels(
                 chain=chain, from_provider=from_name, to_provider=to_name
@@ -452,13 +452,13 @@ def build_audio_chains(settings: Settings, metrics: Metrics) -> AudioChains:
 
         return count
 
-    tts_factories: dict[str, Any] = {
+    tts_factories: dict[str, Callable[[], TextToSpeech]] = {
         "elevenlabs": lambda: ElevenLabsTTS(settings, client),
         "openai": lambda: OpenAITTS(settings),
         "kokoro": lambda: KokoroTTS(settings),
         NATIVE: NativeTTS,
     }
-    stt_factories: dict[str, Any] = {
+    stt_factories: dict[str, Callable[[], SpeechToText]] = {
         "openai": lambda: OpenAISTT(settings),
         "deepgram": lambda: DeepgramSTT(settings, client),
         NATIVE: NativeSTT,

@@ -40,7 +40,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 
@@ -99,7 +99,7 @@ def _words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
 
 
-def _text_of(payload: Mapping[str, Any]) -> str:
+def _text_of(payload: Mapping[str, object]) -> str:
     for name in ("text", "content", "task"):
         value = payload.get(name)
         if isinstance(value, str) and value:
@@ -108,7 +108,7 @@ def _text_of(payload: Mapping[str, Any]) -> str:
 
 
 def _recalled(
-    item: Mapping[str, Any], tenant: str, namespace: str, query_words: set[str]
+    item: Mapping[str, object], tenant: str, namespace: str, query_words: set[str]
 ) -> RecalledMemory | None:
     """One result item as a :class:`RecalledMemory`, or None when it is not ours to use."""
     payload = item.get("content")
@@ -195,7 +195,7 @@ class SomaBrainClient:
             )
         return self._session
 
-    async def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Any:
+    async def _post(self, path: str, body: dict[str, object], headers: dict[str, str]) -> object:
         async with self.breaker.call():
             try:
                 async with self._client().post(
@@ -214,7 +214,8 @@ class SomaBrainClient:
                 )
             if status >= 400:
                 raise SomaBrainRequestError(f"{path} answered {status}: {text[:200]}")
-            return json.loads(text)
+            answer: object = json.loads(text)
+            return answer
 
     async def remember(self, record: MemoryRecord) -> RememberOutcome:
         """Store ``record`` (idempotent by its ``memory_id``).
@@ -224,7 +225,7 @@ class SomaBrainClient:
         another transient error when SomaBrain is unavailable, and
         :class:`SomaBrainRequestError` when it refused the request.
         """
-        body = {
+        body: dict[str, object] = {
             "tenant": record.tenant_id,
             "namespace": record.namespace,
             "key": record.memory_id,
@@ -239,10 +240,12 @@ class SomaBrainClient:
         }
         answer = await self._post("/memory/remember", body, {"X-Request-ID": str(uuid.uuid4())})
         acknowledged_at = time.monotonic()
-        warnings = [str(w) for w in (answer.get("warnings") or [])]
+        fields: Mapping[str, object] = answer if isinstance(answer, Mapping) else {}
+        listed = fields.get("warnings")
+        warnings = [str(w) for w in listed] if isinstance(listed, list) else []
         if any(w.startswith(QUEUED_WARNING) for w in warnings):
             raise MemoryNotStoredError("somabrain", "remember was only queued for replay")
-        if answer.get("persisted_to_ltm") is not True:
+        if fields.get("persisted_to_ltm") is not True:
             raise MemoryNotStoredError("somabrain", "remember was not persisted to LTM")
         reading = await self.health.confirm(acknowledged_at)
         if not reading.backend_up:
@@ -253,14 +256,18 @@ class SomaBrainClient:
 
     async def _recall_layer(
         self, tenant: str, namespace: str, query: str, layer: str, top_k: int
-    ) -> list[Mapping[str, Any]]:
+    ) -> list[Mapping[str, object]]:
         answer = await self._post(
             "/memory/recall",
             {"query": query, "top_k": top_k, "layer": layer, "namespace": namespace},
             {"X-Tenant-ID": tenant, "X-Namespace": namespace},
         )
         results = answer.get("results") if isinstance(answer, Mapping) else None
-        return [item for item in results or [] if isinstance(item, Mapping)]
+        return (
+            [item for item in results if isinstance(item, Mapping)]
+            if isinstance(results, list)
+            else []
+        )
 
     async def recall(
         self, tenant: str, query: str, top_k: int = 5, namespace: str = DEFAULT_NAMESPACE

@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -31,7 +31,7 @@ from sa01.core.errors import (
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.providers.configured import storage_unconfigured
-from sa01.resilience.circuit_breaker import BreakerConfig, CircuitBreaker
+from sa01.resilience.circuit_breaker import BreakerConfig, BreakerState, CircuitBreaker
 from sa01.resilience.fallback import ChainLink, FallbackChain
 from schemas.messages import storage_key_problem
 
@@ -48,6 +48,8 @@ __all__ = [
 
 #: The stores a chain may name, in the seed's order.
 STORE_NAMES = ("s3", "local", "redis")
+
+T = TypeVar("T")
 
 
 class ObjectStore(Protocol):
@@ -104,7 +106,7 @@ class S3Store:
         self.name = name
         self.service = f"storage.{name}"
         self.bucket = bucket
-        self._options: dict[str, Any] = {
+        self._options: dict[str, str | None] = {
             "region_name": region,
             "endpoint_url": endpoint_url,
             "aws_access_key_id": access_key,
@@ -112,7 +114,7 @@ class S3Store:
         }
         self._timeout = timeout
         self._stack = contextlib.AsyncExitStack()
-        self._client: Any = None
+        self._client: Any = None  # aiobotocore's S3 client is untyped
         self._bucket_checked = False
 
     async def _s3(self) -> Any:
@@ -231,17 +233,18 @@ def _any_s3_error() -> tuple[type[Exception], ...]:
     return (_client_error(), *_transport_error())
 
 
-def _status(exc: Any) -> int:
-    meta = exc.response.get("ResponseMetadata", {})
-    status = meta.get("HTTPStatusCode")
-    if status is None and exc.response.get("Error", {}).get("Code") in (
+def _status(exc: Exception) -> int:
+    """The HTTP status of a botocore ``ClientError`` (404 for its not-found codes)."""
+    response: Mapping[str, Mapping[str, object]] = getattr(exc, "response", {})
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if status is None and response.get("Error", {}).get("Code") in (
         "NoSuchKey",
         "NoSuchBucket",
         "NotFound",
         "404",
     ):
         return 404
-    return int(status or 0)
+    return int(status) if isinstance(status, int | str) else 0
 
 
 class LocalFileStore:
@@ -473,9 +476,9 @@ class StorageChain:
                 return link.provider
         raise ConfigurationError(f"no store {name!r} in the storage chain")
 
-    def states(self) -> dict[str, str]:
+    def states(self) -> dict[str, BreakerState]:
         """Breaker state per store."""
-        return {name: str(state) for name, state in self.chain.states().items()}
+        return self.chain.states()
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
         """Store along the chain; the name of the store that took it.
@@ -522,8 +525,8 @@ class StorageChain:
                 await self._through(link, lambda store: store.delete(key))
 
     async def _through(
-        self, link: ChainLink[ObjectStore], operation: Callable[[ObjectStore], Any]
-    ) -> Any:
+        self, link: ChainLink[ObjectStore], operation: Callable[[ObjectStore], Awaitable[T]]
+    ) -> T:
         single = FallbackChain([link], name=f"storage:{link.name}")
         try:
             result = await single.run(

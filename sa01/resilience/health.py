@@ -12,7 +12,6 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from schemas.messages import CircuitState, DegradationEvent, ServiceState
 
@@ -115,7 +114,7 @@ class ServiceHealth:
             source=event.source,
         )
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         """JSON-ready fields."""
         return {
             "service": self.service,
@@ -207,7 +206,7 @@ class DegradationStatus:
         """The worst level over every service."""
         return max((self.level(name) for name in self.services), default=DegradationLevel.NONE)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         """The ``/status`` document."""
         return {
             "overall": self.overall.name.lower(),

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from sa01.core.errors import InfrastructureUnavailableError
 from sa01.core.metrics import Metrics
 from sa01.core.redaction import redact_url
+from sa01.resilience.circuit_breaker import BreakerState
 from sa01.resilience.health import (
     DegradationStatus,
     ServiceHealth,
@@ -250,8 +251,8 @@ class DegradationMonitor:
     @staticmethod
     def circuit_of(state: str) -> CircuitState:
         """Map a breaker state name to the contract's circuit field."""
-        if state in ("open", "forced_open"):
+        if state in (BreakerState.OPEN, BreakerState.FORCED_OPEN):
             return CircuitState.OPEN
-        if state == "half_open":
+        if state == BreakerState.HALF_OPEN:
             return CircuitState.HALF_OPEN
         return CircuitState.CLOSED

@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient
 from sa01.core.kafka_security import librdkafka_config
 from sa01.core.settings import Settings
 from sa01.providers.somabrain_health import SomaBrainHealth
+from sa01.resilience.circuit_breaker import BreakerState
 from schemas.messages import CircuitState, ServiceState
 
 if TYPE_CHECKING:
@@ -234,6 +235,9 @@ class TemporalProbe(_TimedProbe):
         return self._judge(started, f"server {info.server_version or '?'}")
 
 
+_REFUSING = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+
+
 class BreakerProbe(_TimedProbe):
     """The health of a provider chain, read from its breakers' states."""
 
@@ -252,8 +256,8 @@ class BreakerProbe(_TimedProbe):
         reason says it is waiting for its trial.
         """
         states = self.states()
-        open_ = sorted(name for name, state in states.items() if state in ("open", "forced_open"))
-        trial = sorted(name for name, state in states.items() if state == "half_open")
+        open_ = sorted(name for name, state in states.items() if state in _REFUSING)
+        trial = sorted(name for name, state in states.items() if state == BreakerState.HALF_OPEN)
         waiting = f"waiting for a trial call: {', '.join(trial)}" if trial else ""
         if states and len(open_) == len(states):
             reason = "circuit open" if len(states) == 1 else "every circuit is open"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sa01.resilience.circuit_breaker import STATE_GAUGE_VALUES, CircuitBreaker
+from sa01.resilience.circuit_breaker import STATE_GAUGE_VALUES, BreakerState, CircuitBreaker
 
 __all__ = ["BreakerRegistry"]
 
@@ -53,10 +53,10 @@ class BreakerRegistry:
         """Every registered name, sorted."""
         return sorted(self._breakers)
 
-    def states(self, prefix: str = "") -> dict[str, str]:
+    def states(self, prefix: str = "") -> dict[str, BreakerState]:
         """State per breaker whose name starts with ``prefix`` (the prefix removed)."""
         return {
-            name.removeprefix(prefix): breaker.state.value
+            name.removeprefix(prefix): breaker.state
             for name, breaker in self.items()
             if name.startswith(prefix)
         }

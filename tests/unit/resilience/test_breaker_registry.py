@@ -56,6 +56,7 @@ def test_states_by_prefix_and_gauge_values() -> None:
     registry.get("llm:b").force_open()  # type: ignore[union-attr]
 
     assert registry.states("llm:") == {"a": "closed", "b": "forced_open"}
+    assert registry.states("llm:")["b"] is BreakerState.FORCED_OPEN
     assert registry.gauge_values() == {"llm:a": 0, "llm:b": 3, "tts:c": 0}
 
 
