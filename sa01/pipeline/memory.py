@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -33,9 +32,11 @@ from sa01.core.settings import Settings
 from sa01.core.topics import MEMORY_REMEMBER
 from sa01.outbox.database import Database
 from sa01.outbox.pending_memory import PendingMemoryStore
+from sa01.outbox.singleton import Lease, SingletonJob
 from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
 from sa01.pipeline.priority import BackgroundShare
 from sa01.providers.somabrain import SomaBrainClient
+from sa01.resilience.retry import sleep_unless
 from schemas.codec import decode_message
 from schemas.messages import MemoryRecord
 
@@ -139,7 +140,8 @@ class MemoryProcessor:
 class MemorySync:
     """Replays ``pending_memory`` into SomaBrain in order per tenant and agent, each once.
 
-    One process at a time holds the sync lock (a PostgreSQL advisory lock). Groups
+    One process at a time holds the sync lock (a PostgreSQL advisory lock held by a
+    :class:`~sa01.outbox.singleton.SingletonJob`, as the relay shards are). Groups
     (tenant, agent) replay concurrently, at most ``memory_sync_concurrency`` at once
     and each memory under a slot of the :class:`BackgroundShare`; inside a group one
     memory after the other, stopping at the first failure or one not yet due.
@@ -170,36 +172,45 @@ class MemorySync:
         self.share = share or BackgroundShare(1_000_000, 1_000_000)
         self.metrics = metrics
         self.pending = PendingMemoryStore()
-        self.lock_key = settings.memory_sync_lock_key
         self.waiting: int | None = None
         """Rows of ``pending_memory`` not yet replayed, as of the last pass."""
-        self._task: asyncio.Task[None] | None = None
+        self.job = SingletonJob(
+            settings,
+            name="memory sync",
+            lock_key=settings.memory_sync_lock_key,
+            body=self._sync_forever,
+        )
 
     async def sync_once(self) -> tuple[int, int]:
         """One pass (if this process gets the sync lock): (synced, still waiting)."""
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                self.settings.database_url,
-                autocommit=True,
-                connect_timeout=5,
-                options=f"-c search_path={self.settings.database_schema}",
-            )
-        except psycopg.OperationalError as exc:
-            raise InfrastructureUnavailableError("postgres", str(exc)) from exc
-        async with conn:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key,))
-            row = await cur.fetchone()
-            if not row or not row[0]:
-                return 0, await self._waiting(conn)
+        synced = await self.job.run_once(lambda lease: self._replay_all())
+        async with self.database.connection() as conn:
+            return synced or 0, await self._waiting(conn)
+
+    async def _sync_forever(self, lease: Lease) -> None:
+        """The job's body, under the lock: a pass every ``memory_sync_interval_seconds``."""
+        lease.healthy()
+        while not lease.stopping.is_set():
+            synced = await self._replay_all()
+            async with self.database.connection() as conn:
+                waiting = await self._waiting(conn)
+            if synced:
+                logger.info(
+                    "synced memories to SomaBrain", extra={"synced": synced, "waiting": waiting}
+                )
+            await sleep_unless(lease.stopping, self.settings.memory_sync_interval_seconds)
+
+    async def _replay_all(self) -> int:
+        """Replay every group, at most ``memory_sync_concurrency`` at once; memories synced."""
+        async with self.database.connection() as conn:
             groups = await self.pending.groups(conn)
-            limit = asyncio.Semaphore(self.settings.memory_sync_concurrency)
+        limit = asyncio.Semaphore(self.settings.memory_sync_concurrency)
 
-            async def replay(tenant: str, agent: str) -> int:
-                async with limit:
-                    return await self._sync_group(tenant, agent)
+        async def replay(tenant: str, agent: str) -> int:
+            async with limit:
+                return await self._sync_group(tenant, agent)
 
-            synced = await asyncio.gather(*(replay(t, a) for t, a in groups))
-            return sum(synced), await self._waiting(conn)
+        return sum(await asyncio.gather(*(replay(t, a) for t, a in groups)))
 
     async def _waiting(self, conn: psycopg.AsyncConnection[Any]) -> int:
         waiting = await self.pending.unsynced_count(conn)
@@ -257,24 +268,9 @@ class MemorySync:
             await self.pending.gave_up(conn, row_id, f"{type(error).__name__}: {error}")
 
     async def start(self) -> None:
-        """Sync in the background every ``memory_sync_interval_seconds``."""
-        self._task = asyncio.create_task(self._run(), name=f"memory-sync-{uuid.uuid4().hex[:6]}")
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                synced, waiting = await self.sync_once()
-                if synced:
-                    logger.info("synced %d memories to SomaBrain (%d waiting)", synced, waiting)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("memory sync paused: %s", exc)
-            await asyncio.sleep(self.settings.memory_sync_interval_seconds)
+        """Sync in the background, in the one process holding the sync lock."""
+        await self.job.start()
 
     async def stop(self) -> None:
-        """Stop syncing."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop syncing and release the lock."""
+        await self.job.stop()
