@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from faust.cli import argument, option
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException) -> NoReturn:
     print(f"error: {exc}", file=sys.stderr)
     raise SystemExit(1)
 
@@ -108,13 +108,11 @@ def register(app: StreamsApp) -> None:
             chosen = UseCase(use_case)
         except ValueError:
             _fail(ValueError(f"--use-case must be one of {', '.join(u.value for u in UseCase)}"))
-            return
         files = [*([voice] if voice else []), *attach]
         try:
             contents = [await asyncio.to_thread(read_upload, settings, path) for path in files]
         except ResilienceError as exc:
             _fail(exc)
-            return
         database = Database(settings)
         producer = ResilientProducer(settings, database, app.metrics)
         await database.open()
@@ -239,7 +237,6 @@ def register_operator_commands(app: StreamsApp) -> None:
             document, origin = await status_document(settings, url or None)
         except ResilienceError as exc:
             _fail(exc)
-            return
         console = Console()
         if as_json:
             console.line(dump_json(document))
@@ -327,7 +324,6 @@ def register_storage_commands(app: StreamsApp) -> None:
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
             )
             _fail(ValueError(f"cannot back up {', '.join(keys)}: {problems}"))
-            return
         database = Database(settings)
         producer = ResilientProducer(settings, database, app.metrics)
         await database.open()
@@ -338,7 +334,6 @@ def register_storage_commands(app: StreamsApp) -> None:
             )
         except ResilienceError as exc:
             _fail(exc)
-            return
         finally:
             await producer.stop()
             await database.close()
