@@ -46,6 +46,7 @@ from sa01.providers.health import multimodal_probes, multimodal_specs
 from sa01.providers.llm_chain import build_responder_chain
 from sa01.providers.responder import missing_key_notice
 from sa01.providers.somabrain import SomaBrainClient
+from sa01.providers.somabrain_health import SomaBrainProbe
 from sa01.providers.storage import build_storage_chain, build_store
 from sa01.resilience.fallback import FallbackChain
 from sa01.resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
@@ -135,7 +136,7 @@ class Runtime:
         self.somabrain = SomaBrainClient(settings, metrics)
         self.breakers = self._register_breakers()
         metrics.read_breakers(self.breakers)
-        probes = default_probes(settings, self.somabrain.health)
+        probes = default_probes(settings, SomaBrainProbe(settings, self.somabrain.health))
         if any(name.startswith(LLM_PREFIX) for name in self.breakers):
             probes.append(BreakerProbe(settings, "llm", lambda: self.breakers.states(LLM_PREFIX)))
         probes += multimodal_probes(settings, self.audio, self.storage)

@@ -45,9 +45,10 @@ from typing import Any
 import httpx
 
 from sa01.core.settings import Settings
+from sa01.resilience.probes import ProbeResult, TimedProbe
 from schemas.messages import CircuitState, ServiceState
 
-__all__ = ["MemoryHealthReading", "SomaBrainHealth", "read_health_body"]
+__all__ = ["MemoryHealthReading", "SomaBrainHealth", "SomaBrainProbe", "read_health_body"]
 
 _IGNORED_CHECK_PREFIX = ("infrastructure", "internal_services")
 
@@ -284,3 +285,37 @@ class SomaBrainHealth:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await self.client.aclose()
+
+
+class SomaBrainProbe(TimedProbe):
+    """``GET /health``, judged on the fields that concern memory only.
+
+    The verdict and its reason come from :func:`read_health_body`:
+    the memory backend down or not configured, or the embedder or memory pool missing, is
+    ``unavailable``; SomaBrain's memory circuit open is ``degraded``; OPA, MinIO, a schema
+    registry, ``status`` and ``ready`` are named in the reason but judge nothing. The timeout
+    (``somabrain_health_timeout_seconds``) is above SomaBrain's own 3 s per sub-check. The
+    reading is shared with the memory client (``health``), which confirms stores with it.
+    """
+
+    service = "somabrain"
+
+    def __init__(self, settings: Settings, health: SomaBrainHealth | None = None) -> None:
+        super().__init__(settings)
+        self.health = health or SomaBrainHealth(settings)
+        self.timeout = self.health.timeout + 0.5
+
+    async def check(self) -> ProbeResult:
+        """Read ``/health`` once and judge it."""
+        reading = await self.health.read()
+        if reading.state is ServiceState.HEALTHY and reading.latency_ms is not None:
+            if reading.latency_ms > self.slow * 1000:
+                reason = f"slow: {reading.latency_ms:.0f} ms; {reading.reason}"
+                return ProbeResult(
+                    ServiceState.DEGRADED, reason, reading.circuit, reading.latency_ms
+                )
+        return ProbeResult(reading.state, reading.reason, reading.circuit, reading.latency_ms)
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        await self.health.close()

@@ -21,7 +21,6 @@ from confluent_kafka.admin import AdminClient
 
 from sa01.core.kafka_security import librdkafka_config
 from sa01.core.settings import Settings
-from sa01.providers.somabrain_health import SomaBrainHealth
 from sa01.resilience.circuit_breaker import BreakerState
 from schemas.messages import CircuitState, ServiceState
 
@@ -37,10 +36,10 @@ __all__ = [
     "Probe",
     "ProbeResult",
     "RedisProbe",
-    "SomaBrainProbe",
     "StaticProbe",
     "StoreProbe",
     "TemporalProbe",
+    "TimedProbe",
     "default_probes",
     "probes_enabled",
 ]
@@ -72,7 +71,7 @@ class Probe(Protocol):
         ...
 
 
-class _TimedProbe:
+class TimedProbe:
     """Shared timing: a healthy answer slower than ``slow`` is reported degraded."""
 
     service = ""
@@ -92,7 +91,7 @@ class _TimedProbe:
         """Nothing to release by default."""
 
 
-class PostgresProbe(_TimedProbe):
+class PostgresProbe(TimedProbe):
     """``SELECT 1`` on a fresh connection (independent of the application's pool)."""
 
     service = "postgres"
@@ -112,7 +111,7 @@ class PostgresProbe(_TimedProbe):
         return self._judge(started)
 
 
-class RedisProbe(_TimedProbe):
+class RedisProbe(TimedProbe):
     """``PING``."""
 
     service = "redis"
@@ -137,7 +136,7 @@ class RedisProbe(_TimedProbe):
         await self.client.aclose()
 
 
-class KafkaProbe(_TimedProbe):
+class KafkaProbe(TimedProbe):
     """A metadata round trip through the admin client (run in a thread)."""
 
     service = "kafka"
@@ -162,41 +161,7 @@ class KafkaProbe(_TimedProbe):
         return self._judge(started)
 
 
-class SomaBrainProbe(_TimedProbe):
-    """``GET /health``, judged on the fields that concern memory only.
-
-    The verdict and its reason come from :func:`sa01.providers.somabrain_health.read_health_body`:
-    the memory backend down or not configured, or the embedder or memory pool missing, is
-    ``unavailable``; SomaBrain's memory circuit open is ``degraded``; OPA, MinIO, a schema
-    registry, ``status`` and ``ready`` are named in the reason but judge nothing. The timeout
-    (``somabrain_health_timeout_seconds``) is above SomaBrain's own 3 s per sub-check. The
-    reading is shared with the memory client (``health``), which confirms stores with it.
-    """
-
-    service = "somabrain"
-
-    def __init__(self, settings: Settings, health: SomaBrainHealth | None = None) -> None:
-        super().__init__(settings)
-        self.health = health or SomaBrainHealth(settings)
-        self.timeout = self.health.timeout + 0.5
-
-    async def check(self) -> ProbeResult:
-        """Read ``/health`` once and judge it."""
-        reading = await self.health.read()
-        if reading.state is ServiceState.HEALTHY and reading.latency_ms is not None:
-            if reading.latency_ms > self.slow * 1000:
-                reason = f"slow: {reading.latency_ms:.0f} ms; {reading.reason}"
-                return ProbeResult(
-                    ServiceState.DEGRADED, reason, reading.circuit, reading.latency_ms
-                )
-        return ProbeResult(reading.state, reading.reason, reading.circuit, reading.latency_ms)
-
-    async def close(self) -> None:
-        """Close the HTTP client."""
-        await self.health.close()
-
-
-class TemporalProbe(_TimedProbe):
+class TemporalProbe(TimedProbe):
     """``GetSystemInfo`` through the official ``temporalio`` client (extra ``temporal``).
 
     Opt-in (``SA01_HEALTH_PROBES`` names ``temporal``). A port that accepts TCP but does not
@@ -238,7 +203,7 @@ class TemporalProbe(_TimedProbe):
 _REFUSING = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
 
 
-class BreakerProbe(_TimedProbe):
+class BreakerProbe(TimedProbe):
     """The health of a provider chain, read from its breakers' states."""
 
     def __init__(
@@ -269,7 +234,7 @@ class BreakerProbe(_TimedProbe):
         return ProbeResult(ServiceState.HEALTHY, waiting, circuit)
 
 
-class StoreProbe(_TimedProbe):
+class StoreProbe(TimedProbe):
     """An object store's own check (S3 ``HeadBucket``, the local root writable, Redis ``PING``)."""
 
     def __init__(self, settings: Settings, service: str, check: Callable[[], Awaitable[None]]):
@@ -298,7 +263,7 @@ class StoreProbe(_TimedProbe):
         return self._last[1]
 
 
-class StaticProbe(_TimedProbe):
+class StaticProbe(TimedProbe):
     """A service whose state is known without asking (e.g. a package that is not installed)."""
 
     def __init__(self, settings: Settings, service: str, state: ServiceState, reason: str):
@@ -311,7 +276,7 @@ class StaticProbe(_TimedProbe):
         return self.result
 
 
-class ChainProbe(_TimedProbe):
+class ChainProbe(TimedProbe):
     """A provider chain as a whole, from its providers' probes: every one unavailable
     makes it unavailable, some make it degraded."""
 
@@ -349,21 +314,28 @@ class ChainProbe(_TimedProbe):
         return ProbeResult(ServiceState.HEALTHY)
 
 
-def default_probes(
-    settings: Settings, somabrain_health: SomaBrainHealth | None = None
-) -> list[Probe]:
+def default_probes(settings: Settings, somabrain: Probe | None = None) -> list[Probe]:
     """The probes named in ``settings.health_probes``.
 
-    ``somabrain_health`` is the memory client's: the probe's readings then confirm its stores.
+    ``somabrain`` is the SomaBrain probe (``sa01.providers.somabrain_health.SomaBrainProbe``,
+    built on the memory client's reading, so that its readings confirm the client's stores);
+    required when ``SA01_SOMABRAIN_URL`` is set; without the URL SomaBrain reads
+    ``not_configured``.
     """
     factories: dict[str, Callable[[Settings], Probe]] = {
         "postgres": PostgresProbe,
         "redis": RedisProbe,
         "kafka": KafkaProbe,
-        "somabrain": lambda s: SomaBrainProbe(s, somabrain_health),
         "temporal": TemporalProbe,
     }
-    if not settings.somabrain_url:
+    if settings.somabrain_url:
+        if somabrain is None:
+            raise ValueError(
+                "SA01_SOMABRAIN_URL is set: pass the SomaBrain probe"
+                " (sa01.providers.somabrain_health.SomaBrainProbe)"
+            )
+        factories["somabrain"] = lambda s: somabrain
+    else:
         factories["somabrain"] = lambda s: StaticProbe(
             s,
             "somabrain",

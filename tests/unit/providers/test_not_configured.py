@@ -11,6 +11,7 @@ from sa01.core.settings import Settings
 from sa01.providers.audio import build_audio_chains
 from sa01.providers.configured import unconfigured_providers
 from sa01.providers.health import multimodal_probes, multimodal_specs
+from sa01.providers.somabrain_health import SomaBrainProbe
 from sa01.providers.storage import build_storage_chain
 from sa01.resilience.health import DEFAULT_SERVICES, DegradationLevel
 from sa01.resilience.monitor import DegradationMonitor
@@ -43,7 +44,8 @@ async def status_of(settings: Settings) -> tuple[dict[str, str], str, dict[str, 
     metrics = Metrics()
     audio = build_audio_chains(settings, metrics)
     storage = build_storage_chain(settings, metrics)
-    probes = default_probes(settings) + multimodal_probes(settings, audio, storage)
+    somabrain = SomaBrainProbe(settings) if settings.somabrain_url else None
+    probes = default_probes(settings, somabrain) + multimodal_probes(settings, audio, storage)
     published: list[DegradationEvent] = []
 
     async def publish(event: DegradationEvent) -> None:

@@ -12,8 +12,7 @@ import pytest
 from loopback import FailureMode
 from loopback.somabrain_server import SomaBrainServer
 from sa01.core.settings import Settings
-from sa01.providers.somabrain_health import read_health_body
-from sa01.resilience.probes import SomaBrainProbe
+from sa01.providers.somabrain_health import SomaBrainProbe, read_health_body
 from schemas.messages import CircuitState, ServiceState
 
 pytestmark = pytest.mark.timeout(60)
