@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
+
+import mode
 
 from sa01.core.errors import ConfigurationError, InfrastructureUnavailableError
 from sa01.core.metrics import Metrics
@@ -55,6 +57,7 @@ from sa01.resilience.probes import BreakerProbe, default_probes
 from sa01.resilience.registry import BreakerRegistry
 from schemas.messages import DegradationEvent
 from streams.backlog import BacklogMonitor
+from streams.lifecycle import Component
 
 __all__ = [
     "BACKUPS",
@@ -106,8 +109,9 @@ def lane_group(message: InboundMessage) -> bytes | None:
     return message.key.split(b":", 1)[0]
 
 
-class Runtime:
-    """The worker's resources; constructing it does no I/O."""
+class Runtime(mode.Service):
+    """The worker's resources, a ``mode.Service`` whose children are its parts
+    (:meth:`on_init_dependencies`); constructing it does no I/O."""
 
     def __init__(
         self,
@@ -118,6 +122,7 @@ class Runtime:
         table_rows: Callable[[], Mapping[str, ServiceHealth]] = dict,
         on_fatal: Callable[[ConfigurationError], None] | None = None,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.metrics = metrics
         self.table_rows = table_rows
@@ -262,20 +267,44 @@ class Runtime:
         """The conversation agent's lanes."""
         return self.consumers[CONVERSATION].lanes
 
-    async def start(self) -> None:
-        """Create topics, check the schema, open the pool, start relay and producer."""
+    def on_init_dependencies(self) -> Iterable[mode.ServiceT]:
+        """The parts, in start order; mode stops them in the reverse order.
+
+        Closed last: the pool and the clients (SomaBrain, Redis, stores, audio, LLM);
+        then the producer, the background share and the singleton jobs (relay, memory
+        sync, delayed answers) stop before them. The monitor joins at
+        :meth:`start_monitor`, so it stops first; the lanes and the group committer stop
+        in :meth:`on_stop`, before any child.
+        """
+        settings = self.settings
+        parts = [
+            Component("database", start=self.database.open, stop=self.database.close),
+            Component("somabrain", stop=self.somabrain.close),
+            Component("session context", stop=self.session_context.close),
+            Component("storage", stop=self.storage.close),
+            Component("backup store", stop=self.backup_processor.backup.close),
+            Component("llm clients", stop=self.llm.aclose),
+            Component("audio", start=self.audio.start, stop=self.audio.close),
+            Component("producer", start=self.producer.start, stop=self.producer.stop),
+            Component("background share", start=self.share.start, stop=self.share.stop),
+        ]
+        if settings.relay_enabled_in_worker:
+            parts.append(Component("relay", start=self.relay.start, stop=self.relay.stop))
+        if settings.memory_active:
+            sync = self.memory_sync
+            parts.append(Component("memory sync", start=sync.start, stop=sync.stop))
+        if settings.llm_degraded_reply:
+            owed = self.deferred_answers
+            parts.append(Component("delayed answers", start=owed.start, stop=owed.stop))
+        return parts
+
+    async def on_first_start(self) -> None:
+        """Create the topics and check the schema before any part starts."""
         await ensure_topics(self.settings)
         await check_schema(self.settings)
-        await self.database.open()
-        await self.producer.start()
-        await self.share.start()
-        await self.audio.start()
-        if self.settings.relay_enabled_in_worker:
-            await self.relay.start()
-        if self.settings.memory_active:
-            await self.memory_sync.start()
-        if self.settings.llm_degraded_reply:
-            await self.deferred_answers.start()
+
+    async def on_started(self) -> None:
+        """Every part is up: take messages."""
         notice = missing_key_notice(self.settings)
         if notice:
             logger.warning(notice)
@@ -291,28 +320,17 @@ class Runtime:
     async def start_monitor(self) -> None:
         """Seed the monitor from the recovered table and start probing."""
         self.monitor.seed(self.table_rows())
-        await self.monitor.start()
+        monitor = Component("monitor", start=self.monitor.start, stop=self.monitor.stop)
+        await self.add_runtime_dependency(monitor)
         self.status_ready.set()
 
-    async def stop(self) -> None:
-        """Stop lanes, monitor, relay and producer; close the pool."""
+    async def on_stop(self) -> None:
+        """Stop taking messages: cancel the lanes, finish the pending group commits; the
+        children stop after this, in the reverse of their start order."""
         self.ready.clear()
         for consumer in self.consumers.values():
             await consumer.cancel()
         await self.processor.close()
-        await self.monitor.stop()
-        await self.share.stop()
-        await self.memory_sync.stop()
-        await self.deferred_answers.stop()
-        await self.relay.stop()
-        await self.producer.stop()
-        await self.database.close()
-        await self.somabrain.close()
-        await self.session_context.close()
-        await self.storage.close()
-        await self.backup_processor.backup.close()
-        await self.audio.close()
-        await self.llm.aclose()
 
     def fatal(self, error: ConfigurationError) -> None:
         """Lost infrastructure state (tables, topics): report it once and stop the worker.
