@@ -7,7 +7,6 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import psycopg
 import pytest
 from pydantic import SecretStr
 
@@ -16,32 +15,11 @@ from sa01.core.settings import Settings
 from schemas.codec import decode_message
 from schemas.messages import ConversationReply
 from tests.support.kafka import consume, inbound, produce_inbound
+from tests.support.memory import unsynced, with_somabrain
 from tests.support.status import state_of, wait_status
 from tests.support.worker import WorkerFactory
 
 pytestmark = pytest.mark.integration
-
-
-def with_somabrain(settings: Settings, server: SomaBrainServer, **extra: object) -> Settings:
-    return settings.model_copy(
-        update={
-            "somabrain_url": server.base_url,
-            "health_probes": "postgres,somabrain",
-            "memory_sync_interval_seconds": 1.0,
-            **extra,
-        }
-    )
-
-
-async def unsynced(settings: Settings) -> tuple[int, int]:
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-        cur = await conn.execute(
-            f"SELECT count(*) FILTER (WHERE NOT synced), count(*)"
-            f" FROM {settings.database_schema}.pending_memory"
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
 
 
 def context_of(server: LLMServer, text: str) -> str:
