@@ -82,7 +82,7 @@ class ConversationProcessor:
         self.on_committed = on_committed
         self.outbound_topic = settings.topic(CONVERSATION_OUTBOUND)
         self.memory_topic = settings.topic(MEMORY_REMEMBER)
-        self.committer = GroupCommitter(settings, database, metrics)
+        self.committer = GroupCommitter(settings, database, metrics, on_committed)
         self.dead_letters = DeadLetterWriter(settings, database, metrics)
         self.guard = RecordGuard("conversation", settings, self.dead_letters, metrics, on_committed)
 
@@ -189,7 +189,6 @@ class ConversationProcessor:
             Answered(key, reply.model_dump(mode="json"), tuple(records))
         ):
             return Outcome.DUPLICATE
-        self.on_committed()
         return Outcome.REPLIED
 
     async def _commit_degraded(
@@ -201,7 +200,6 @@ class ConversationProcessor:
             Answered(key, reply.model_dump(mode="json"), records, owed=inbound)
         ):
             return Outcome.DUPLICATE
-        self.on_committed()
         return Outcome.DEGRADED
 
     def _reply_record(self, inbound: ConversationInbound, reply: ConversationReply) -> OutboxRecord:
