@@ -38,6 +38,7 @@ from sa01.core.topics import CONVERSATION_OUTBOUND, MEMORY_REMEMBER, UPLOAD_RETR
 from sa01.journeys.attachments import AttachmentOutcome, AttachmentStorer
 from sa01.journeys.conversation import ConversationJourney
 from sa01.outbox.database import Database
+from sa01.outbox.idempotency import EncodedJson
 from sa01.outbox.store import OutboxRecord
 from sa01.pipeline.consuming import RecordGuard
 from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
@@ -179,14 +180,15 @@ class ConversationProcessor:
         stored: AttachmentOutcome,
         remember: bool = True,
     ) -> str:
-        records = [self._reply_record(inbound, reply), *self._upload_records(stored)]
+        reply_record = self._reply_record(inbound, reply)
+        records = [reply_record, *self._upload_records(stored)]
         if self.settings.memory_active and remember:
             memory = self.journey.memory_for(inbound, reply)
             records.append(
                 message_record(self.memory_topic, memory.partition_key, memory, memory.memory_id)
             )
         if not await self.committer.commit(
-            Answered(key, reply.model_dump(mode="json"), tuple(records))
+            Answered(key, EncodedJson(reply_record.value.decode()), tuple(records))
         ):
             return Outcome.DUPLICATE
         return Outcome.REPLIED
@@ -195,9 +197,10 @@ class ConversationProcessor:
         self, key: str, inbound: ConversationInbound, stored: AttachmentOutcome
     ) -> str:
         reply = _with_uploads(self.journey.degraded_reply(inbound), stored)
-        records = (self._reply_record(inbound, reply), *self._upload_records(stored))
+        reply_record = self._reply_record(inbound, reply)
+        records = (reply_record, *self._upload_records(stored))
         if not await self.committer.commit(
-            Answered(key, reply.model_dump(mode="json"), records, owed=inbound)
+            Answered(key, EncodedJson(reply_record.value.decode()), records, owed=inbound)
         ):
             return Outcome.DUPLICATE
         return Outcome.DEGRADED

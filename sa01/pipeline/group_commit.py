@@ -9,7 +9,9 @@ The idempotency pre-checks of messages arriving together are one lookup the same
 Guarantees (see docs/guarantees.md):
 
 * A message's rows (its idempotency record, its outbox rows, its owed answer) commit
-  atomically and together with its idempotency record: all of them or none.
+  atomically and together with its idempotency record: all of them or none. A batch
+  without owed answers is one statement on an autocommit connection (its own
+  transaction: one round trip); a batch with owed answers is an explicit transaction.
 * :meth:`GroupCommitter.commit` returns only after the transaction holding the
   message's rows committed (True), or when the message's idempotency record already
   existed and nothing of it was written (False: a duplicate). Its neighbours in the
@@ -42,7 +44,7 @@ from sa01.core.settings import Settings
 from sa01.outbox.database import Database
 from sa01.outbox.idempotency import IdempotencyStore
 from sa01.outbox.owed_answers import DeferredAnswerStore
-from sa01.outbox.store import OutboxRecord, OutboxStore
+from sa01.outbox.store import OutboxRecord
 from schemas.messages import ConversationInbound
 
 __all__ = ["Answered", "GroupCommitter"]
@@ -60,7 +62,7 @@ class Answered:
     key: str
     """The idempotency key (``<topic>:<tenant>:<message id>``)."""
     result: Any
-    """The record's result (the reply, as JSON)."""
+    """The record's result: a JSON value, or :class:`EncodedJson` (the reply)."""
     records: tuple[OutboxRecord, ...]
     """Outbox rows: the reply, the memory, the upload tasks."""
     owed: ConversationInbound | None = None
@@ -83,7 +85,6 @@ class GroupCommitter:
         self.metrics = metrics
         self.ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
         self.idempotency = IdempotencyStore()
-        self.outbox = OutboxStore()
         self.deferred = DeferredAnswerStore()
         self._commits: MicroBatcher[Answered, bool] = MicroBatcher(
             self._commit_batch,
@@ -170,31 +171,33 @@ class GroupCommitter:
 
     async def _transaction(self, batch: list[Answered]) -> list[bool]:
         async with self.database.connection() as conn:
-            async with conn.transaction():
+            if any(answered.owed is not None for answered in batch):
+                async with conn.transaction():
+                    written = await self._write(conn, batch)
+            else:  # one statement on an autocommit connection: its own transaction
                 written = await self._write(conn, batch)
         if any(written):
             self.on_committed()  # once per transaction, not per message
         return written
 
     async def _write(self, conn: Any, batch: list[Answered]) -> list[bool]:
-        """Write the batch's rows on ``conn`` (in its transaction); True per message written.
+        """Write the batch's rows on ``conn``; True per message written.
 
+        The idempotency records and the outbox rows are one statement; the owed answers
+        (rare: degraded replies) follow it, in the caller's transaction.
         A key twice in one batch (the same message from two sessions) is written once:
         the first copy's rows, the later copies are duplicates.
         """
         first: dict[str, Answered] = {}
         for answered in batch:
             first.setdefault(answered.key, answered)
-        recorded = await self.idempotency.put_many(
-            conn, [(a.key, a.result) for a in first.values()], self.ttl
-        )
-        fresh = [a for a in first.values() if a.key in recorded]
-        await self.outbox.add_many(
+        recorded = await self.idempotency.put_many_with_rows(
             conn,
-            [record for a in fresh for record in a.records],
+            [(a.key, a.result, a.records) for a in first.values()],
+            self.ttl,
             self.settings.outbox_max_attempts,
         )
-        for answered in fresh:
-            if answered.owed is not None:
+        for answered in first.values():
+            if answered.owed is not None and answered.key in recorded:
                 await self.deferred.add(conn, answered.owed)
         return [a.key in recorded and first[a.key] is a for a in batch]

@@ -8,6 +8,7 @@ already answered, or whose rows fail, never fails the others of its batch.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -21,7 +22,7 @@ from sa01.core.settings import Settings
 from sa01.core.topics import CONVERSATION_INBOUND, CONVERSATION_OUTBOUND, dlq
 from sa01.journeys.conversation import ConversationJourney
 from sa01.outbox.database import Database
-from sa01.outbox.idempotency import IdempotencyStore
+from sa01.outbox.idempotency import EncodedJson, IdempotencyStore
 from sa01.outbox.store import OutboxRecord
 from sa01.pipeline.conversation import ConversationProcessor, Outcome
 from sa01.pipeline.dead_lettering import InboundMessage
@@ -69,8 +70,11 @@ async def test_messages_committed_together_share_transactions_and_lookups(
 ) -> None:
     settings = batched(stack)
     registry = CollectorRegistry()
+    wakes: list[None] = []
     async with Database(settings) as database:
-        committer = GroupCommitter(settings, database, Metrics(registry))
+        committer = GroupCommitter(
+            settings, database, Metrics(registry), lambda: wakes.append(None)
+        )
         assert not any(await asyncio.gather(*(committer.answered(f"k-{n}") for n in range(N))))
         results = await asyncio.gather(*(committer.commit(answered(settings, n)) for n in range(N)))
         assert results == [True] * N
@@ -82,9 +86,33 @@ async def test_messages_committed_together_share_transactions_and_lookups(
     transactions = sample(registry, "outbox_commit_batch_size_count")
     assert sample(registry, "outbox_commit_batch_size_sum") == N
     assert 1 <= transactions < N
+    assert len(wakes) == transactions  # the relay is woken once per commit, not per message
     lookups = sample(registry, "idempotency_lookup_batch_size_count")
     assert sample(registry, "idempotency_lookup_batch_size_sum") == 2 * N
     assert 2 <= lookups < 2 * N
+
+
+async def test_encoded_results_are_stored_as_json_and_rows_keep_the_batch_order(
+    stack: Settings,
+) -> None:
+    settings = batched(stack)
+    async with Database(settings) as database:
+        committer = GroupCommitter(settings, database, Metrics(CollectorRegistry()))
+        batch = [
+            Answered(
+                key=f"k-{n}",
+                result=EncodedJson(json.dumps({"n": n, "text": "é"})),
+                records=answered(settings, n).records,
+            )
+            for n in range(N)
+        ]
+        assert await asyncio.gather(*(committer.commit(a) for a in batch)) == [True] * N
+        async with database.connection() as conn:
+            found, result = await IdempotencyStore().get(conn, "k-7")
+            cur = await conn.execute("SELECT idempotency_key FROM outbox_message ORDER BY id")
+            order = [str(row[0]) for row in await cur.fetchall()]
+    assert found and result == {"n": 7, "text": "é"}
+    assert order == [key for n in range(N) for key in (f"reply-{n}", f"memory-{n}")]
 
 
 async def test_a_message_already_answered_writes_nothing_and_its_batch_commits(
