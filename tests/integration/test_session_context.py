@@ -2,7 +2,7 @@
 
 Guarantees tested: each call of a batch gets its own session's turns (oldest first, at
 most ``session_context_turns``), an append is readable once it returned, the TTL is set,
-the calls made together are one pipeline each way, and a Redis that refuses fails every
+the calls made together are one command each way, and a Redis that refuses fails every
 call of the batch with ``ServiceUnavailableError``.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import redis.asyncio as aioredis
 
 from sa01.core.errors import ServiceUnavailableError
 from sa01.journeys.session_context import SessionContext
@@ -31,7 +30,7 @@ async def _cleanup(context: SessionContext) -> None:
     await context.close()
 
 
-async def test_concurrent_sessions_are_one_pipeline_each_way(context: SessionContext) -> None:
+async def test_concurrent_sessions_are_one_command_each_way(context: SessionContext) -> None:
     batches: list[tuple[str, int]] = []
     read, write = context._read_batch, context._write_batch
 
@@ -84,9 +83,8 @@ async def test_a_session_reads_what_it_appended_before(context: SessionContext) 
 async def test_redis_refusing_fails_every_call_of_the_batch(
     services: ServiceEndpoints, test_id: str
 ) -> None:
-    context = SessionContext(make_settings(services, test_id))
     # A port nothing listens on: the connection is refused.
-    context.client = aioredis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=1.0)
+    context = SessionContext(make_settings(services, test_id, redis_url="redis://127.0.0.1:9/0"))
     try:
         results = await asyncio.gather(
             *(context.recent(f"tenant:s{i}") for i in range(5)),
@@ -97,3 +95,12 @@ async def test_redis_refusing_fails_every_call_of_the_batch(
         assert all(isinstance(r, ServiceUnavailableError) for r in results)
     finally:
         await context.close()
+
+
+async def test_turns_keep_every_character(context: SessionContext) -> None:
+    odd = 'quote " backslash \\ slash / tab \t nul \x00 é 🚀 {} []'
+    try:
+        await context.append("tenant:odd", odd, "")
+        assert await context.recent("tenant:odd") == [odd, ""]
+    finally:
+        await _cleanup(context)
