@@ -14,7 +14,10 @@ Guarantees (see docs/guarantees.md):
   fail in a shared transaction is committed alone, and dead-lettered when they fail
   again, without holding back the others.
 * While PostgreSQL is unreachable the message waits (it is neither acked nor
-  dead-lettered): nothing is lost, and the offset is never committed past it.
+  dead-lettered): nothing is lost, and the offset is never committed past it. An
+  outage met while answering is waited out by ``retry_while_unavailable``
+  (sa01.resilience.retry: exponential backoff with jitter, capped at
+  ``infrastructure_retry_max_seconds``); it does not count as a failed attempt.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from sa01.pipeline.consuming import RecordGuard
 from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
 from sa01.pipeline.group_commit import Answered, GroupCommitter
 from sa01.pipeline.records import message_record
+from sa01.resilience.retry import Backoff, retry_while_unavailable, sleep_unless
 from schemas.codec import decode_message
 from schemas.messages import ConversationInbound, ConversationReply, scoped_key
 
@@ -86,6 +90,9 @@ class ConversationProcessor:
         self.committer = GroupCommitter(settings, database, metrics, on_committed)
         self.dead_letters = DeadLetterWriter(settings, database, metrics)
         self.guard = RecordGuard("conversation", settings, self.dead_letters, metrics, on_committed)
+        limit = settings.infrastructure_retry_max_seconds
+        self.backoff = Backoff(initial=min(0.2, limit), maximum=limit)
+        self.sleep = sleep_unless  # injectable, for tests
 
     @staticmethod
     def decode(message: InboundMessage) -> ConversationInbound:
@@ -125,7 +132,12 @@ class ConversationProcessor:
         while True:
             attempts += 1
             try:
-                reply = await self.journey.answer(inbound)
+                reply = await retry_while_unavailable(
+                    lambda: self._answer(inbound),
+                    backoff=self.backoff,
+                    what=f"answering {message.position}",
+                    sleep=self.sleep,
+                )
                 break
             except CallerError as exc:
                 # The message itself is at fault: answer it with a notice that says so.
@@ -134,9 +146,6 @@ class ConversationProcessor:
                 reply = self.journey.refusal(inbound, exc)
                 remember = False
                 break
-            except InfrastructureUnavailableError as exc:
-                attempts -= 1
-                await self._pause(exc)
             except FallbackExhaustedError as exc:
                 if not self.settings.llm_degraded_reply:
                     if attempts >= self.settings.processing_max_attempts:
@@ -225,8 +234,13 @@ class ConversationProcessor:
         """Run ``operation`` until the infrastructure lets it finish (the shared guard's)."""
         return await self.guard.wait_for(operation, *args)
 
-    async def _pause(self, exc: InfrastructureUnavailableError, failures: int = 1) -> None:
-        await self.guard.pause(exc, failures)
+    async def _answer(self, inbound: ConversationInbound) -> ConversationReply:
+        """The journey's answer; an outage is counted (the retry helper waits it out)."""
+        try:
+            return await self.journey.answer(inbound)
+        except InfrastructureUnavailableError as exc:
+            self.metrics.infrastructure_retries_total.labels(service=exc.service).inc()
+            raise
 
 
 def _with_uploads(reply: ConversationReply, stored: AttachmentOutcome) -> ConversationReply:

@@ -28,6 +28,7 @@ from sa01.pipeline.conversation import ConversationProcessor, Outcome
 from sa01.pipeline.dead_lettering import InboundMessage
 from sa01.pipeline.group_commit import Answered, GroupCommitter
 from sa01.providers.responder import EchoResponder
+from sa01.resilience.retry import Backoff
 from schemas.codec import encode_message
 from schemas.headers import ERRORS_EXCEPTION
 from schemas.messages import ConversationInbound, ConversationReply
@@ -242,3 +243,46 @@ async def test_an_outage_fails_the_whole_batch_alike_and_is_not_bisected(stack: 
     assert all(isinstance(r, InfrastructureUnavailableError) for r in results), results
     assert sample(registry, "outbox_commit_batch_size_count") == 1
     assert sample(registry, "outbox_commit_fallbacks_total") == 0
+
+
+class FlakyJourney(ConversationJourney):
+    """Meets an outage of the pipeline's own storage on its first ``outages`` calls."""
+
+    def __init__(self, outages: int) -> None:
+        super().__init__(EchoResponder())
+        self.outages = outages
+        self.calls = 0
+
+    async def answer(
+        self, inbound: ConversationInbound, *, reply_id: str | None = None
+    ) -> ConversationReply:
+        self.calls += 1
+        if self.calls <= self.outages:
+            raise InfrastructureUnavailableError("kafka", "broker gone")
+        return await super().answer(inbound, reply_id=reply_id)
+
+
+async def test_an_outage_while_answering_is_waited_out_with_growing_waits(
+    stack: Settings,
+) -> None:
+    settings = stack.model_copy(update={"memory_enabled": False, "processing_max_attempts": 1})
+    waits: list[float] = []
+
+    async def no_sleep(_stopping: object, seconds: float) -> None:
+        waits.append(seconds)
+
+    registry = CollectorRegistry()
+    journey = FlakyJourney(outages=6)
+    async with Database(settings) as database:
+        processor = ConversationProcessor(settings, database, journey, Metrics(registry))
+        processor.backoff = Backoff(initial=0.2, maximum=5.0, jitter=0.0)
+        processor.sleep = no_sleep
+        outcome = await processor.process(inbound(settings, 1, "hi"))
+        await processor.close()
+    # Not a failed attempt (max attempts 1): answered once the outage is over.
+    assert outcome == Outcome.REPLIED and journey.calls == 7
+    assert waits == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0]  # the waits grow (issue 16), capped
+    assert (
+        registry.get_sample_value("conversation_infrastructure_retries_total", {"service": "kafka"})
+        == 6
+    )
