@@ -36,10 +36,12 @@ def _json_text(result: Any) -> str:
     return result.text if isinstance(result, EncodedJson) else json.dumps(result)
 
 
+#: Array parameters are sent in binary (``%b``): psycopg's text format escapes each
+#: element in Python, about 20 times slower for a batch's payloads (bytea) and headers.
 _PUT_WITH_ROWS = (
     "WITH recorded AS ("
     " INSERT INTO idempotency_record (key, result, expires_at)"
-    " SELECT k, r::jsonb, now() + %(ttl)s FROM unnest(%(keys)s::text[], %(results)s::text[])"
+    " SELECT k, r::jsonb, now() + %(ttl)s FROM unnest(%(keys)b::text[], %(results)b::text[])"
     "   AS e(k, r)"
     " ON CONFLICT (key) DO UPDATE SET result = EXCLUDED.result,"
     "   expires_at = EXCLUDED.expires_at, created_at = now()"
@@ -48,9 +50,9 @@ _PUT_WITH_ROWS = (
     "), rows AS ("
     " INSERT INTO outbox_message"
     "  (idempotency_key, topic, partition_key, payload, headers, max_attempts)"
-    " SELECT o.k, o.t, o.pk, o.p, o.h, %(max_attempts)s FROM unnest("
-    "   %(owners)s::text[], %(row_keys)s::text[], %(topics)s::text[], %(partition_keys)s::bytea[],"
-    "   %(payloads)s::bytea[], %(headers)s::jsonb[]"
+    " SELECT o.k, o.t, o.pk, o.p, o.h::jsonb, %(max_attempts)s FROM unnest("
+    "   %(owners)b::text[], %(row_keys)b::text[], %(topics)b::text[], %(partition_keys)b::bytea[],"
+    "   %(payloads)b::bytea[], %(headers)b::text[]"
     " ) WITH ORDINALITY AS o(owner, k, t, pk, p, h, n)"
     " WHERE o.owner IN (SELECT key FROM recorded)"
     " ORDER BY o.n"
@@ -92,7 +94,7 @@ class IdempotencyStore:
     async def found(self, conn: Conn, keys: Sequence[str]) -> set[str]:
         """Those of ``keys`` that have an unexpired record (one statement)."""
         cur = await conn.execute(
-            "SELECT key FROM idempotency_record WHERE key = ANY(%s::text[]) AND expires_at > now()",
+            "SELECT key FROM idempotency_record WHERE key = ANY(%b::text[]) AND expires_at > now()",
             (list(keys),),
         )
         return {str(row[0]) for row in await cur.fetchall()}
@@ -146,7 +148,7 @@ class IdempotencyStore:
                 "topics": [r.topic for _key, r in rows],
                 "partition_keys": [r.key for _key, r in rows],
                 "payloads": [r.value for _key, r in rows],
-                "headers": [Jsonb(r.headers) for _key, r in rows],
+                "headers": [json.dumps(r.headers) for _key, r in rows],
             },
         )
         return {str(row[0]) for row in await cur.fetchall()}
