@@ -3,6 +3,8 @@
 Decoding errors are translated into the project's own classes so that routing to a
 dead-letter topic is decided by class: :class:`MessageDecodeError` for bytes that are
 not UTF-8 JSON, :class:`MessageValidationError` for JSON that fails the schema.
+A valid message is parsed once (``model_validate_json``); only bad input is parsed again
+to tell the two apart.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ def decode_message(model: type[M], data: bytes | None) -> M:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MessageDecodeError(f"value is not UTF-8: {exc}") from exc
+    try:
+        return model.model_validate_json(text)  # the usual case: one parse
+    except (ValidationError, ValueError, RecursionError):
+        pass  # bad input: parse again below, to say exactly what is wrong
+    return _refuse(model, text)
+
+
+def _refuse(model: type[M], text: str) -> M:
+    """Raise the project error that says why ``text`` is not a valid ``model``."""
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:

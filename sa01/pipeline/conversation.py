@@ -14,7 +14,10 @@ Guarantees (see docs/guarantees.md):
   fail in a shared transaction is committed alone, and dead-lettered when they fail
   again, without holding back the others.
 * While PostgreSQL is unreachable the message waits (it is neither acked nor
-  dead-lettered): nothing is lost, and the offset is never committed past it.
+  dead-lettered): nothing is lost, and the offset is never committed past it. An
+  outage met while answering is waited out by ``retry_while_unavailable``
+  (sa01.resilience.retry: exponential backoff with jitter, capped at
+  ``infrastructure_retry_max_seconds``); it does not count as a failed attempt.
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ from sa01.core.topics import CONVERSATION_OUTBOUND, MEMORY_REMEMBER, UPLOAD_RETR
 from sa01.journeys.attachments import AttachmentOutcome, AttachmentStorer
 from sa01.journeys.conversation import ConversationJourney
 from sa01.outbox.database import Database
+from sa01.outbox.idempotency import EncodedJson
 from sa01.outbox.store import OutboxRecord
 from sa01.pipeline.consuming import RecordGuard
 from sa01.pipeline.dead_lettering import DeadLetterWriter, InboundMessage
 from sa01.pipeline.group_commit import Answered, GroupCommitter
 from sa01.pipeline.records import message_record
+from sa01.resilience.retry import Backoff, retry_while_unavailable, sleep_unless
 from schemas.codec import decode_message
 from schemas.messages import ConversationInbound, ConversationReply, scoped_key
 
@@ -82,9 +87,12 @@ class ConversationProcessor:
         self.on_committed = on_committed
         self.outbound_topic = settings.topic(CONVERSATION_OUTBOUND)
         self.memory_topic = settings.topic(MEMORY_REMEMBER)
-        self.committer = GroupCommitter(settings, database, metrics)
+        self.committer = GroupCommitter(settings, database, metrics, on_committed)
         self.dead_letters = DeadLetterWriter(settings, database, metrics)
         self.guard = RecordGuard("conversation", settings, self.dead_letters, metrics, on_committed)
+        limit = settings.infrastructure_retry_max_seconds
+        self.backoff = Backoff(initial=min(0.2, limit), maximum=limit)
+        self.sleep = sleep_unless  # injectable, for tests
 
     @staticmethod
     def decode(message: InboundMessage) -> ConversationInbound:
@@ -124,7 +132,12 @@ class ConversationProcessor:
         while True:
             attempts += 1
             try:
-                reply = await self.journey.answer(inbound)
+                reply = await retry_while_unavailable(
+                    lambda: self._answer(inbound),
+                    backoff=self.backoff,
+                    what=f"answering {message.position}",
+                    sleep=self.sleep,
+                )
                 break
             except CallerError as exc:
                 # The message itself is at fault: answer it with a notice that says so.
@@ -133,9 +146,6 @@ class ConversationProcessor:
                 reply = self.journey.refusal(inbound, exc)
                 remember = False
                 break
-            except InfrastructureUnavailableError as exc:
-                attempts -= 1
-                await self._pause(exc)
             except FallbackExhaustedError as exc:
                 if not self.settings.llm_degraded_reply:
                     if attempts >= self.settings.processing_max_attempts:
@@ -179,29 +189,29 @@ class ConversationProcessor:
         stored: AttachmentOutcome,
         remember: bool = True,
     ) -> str:
-        records = [self._reply_record(inbound, reply), *self._upload_records(stored)]
+        reply_record = self._reply_record(inbound, reply)
+        records = [reply_record, *self._upload_records(stored)]
         if self.settings.memory_active and remember:
             memory = self.journey.memory_for(inbound, reply)
             records.append(
                 message_record(self.memory_topic, memory.partition_key, memory, memory.memory_id)
             )
         if not await self.committer.commit(
-            Answered(key, reply.model_dump(mode="json"), tuple(records))
+            Answered(key, EncodedJson(reply_record.value.decode()), tuple(records))
         ):
             return Outcome.DUPLICATE
-        self.on_committed()
         return Outcome.REPLIED
 
     async def _commit_degraded(
         self, key: str, inbound: ConversationInbound, stored: AttachmentOutcome
     ) -> str:
         reply = _with_uploads(self.journey.degraded_reply(inbound), stored)
-        records = (self._reply_record(inbound, reply), *self._upload_records(stored))
+        reply_record = self._reply_record(inbound, reply)
+        records = (reply_record, *self._upload_records(stored))
         if not await self.committer.commit(
-            Answered(key, reply.model_dump(mode="json"), records, owed=inbound)
+            Answered(key, EncodedJson(reply_record.value.decode()), records, owed=inbound)
         ):
             return Outcome.DUPLICATE
-        self.on_committed()
         return Outcome.DEGRADED
 
     def _reply_record(self, inbound: ConversationInbound, reply: ConversationReply) -> OutboxRecord:
@@ -224,8 +234,13 @@ class ConversationProcessor:
         """Run ``operation`` until the infrastructure lets it finish (the shared guard's)."""
         return await self.guard.wait_for(operation, *args)
 
-    async def _pause(self, exc: InfrastructureUnavailableError, failures: int = 1) -> None:
-        await self.guard.pause(exc, failures)
+    async def _answer(self, inbound: ConversationInbound) -> ConversationReply:
+        """The journey's answer; an outage is counted (the retry helper waits it out)."""
+        try:
+            return await self.journey.answer(inbound)
+        except InfrastructureUnavailableError as exc:
+            self.metrics.infrastructure_retries_total.labels(service=exc.service).inc()
+            raise
 
 
 def _with_uploads(reply: ConversationReply, stored: AttachmentOutcome) -> ConversationReply:

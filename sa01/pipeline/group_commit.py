@@ -9,7 +9,9 @@ The idempotency pre-checks of messages arriving together are one lookup the same
 Guarantees (see docs/guarantees.md):
 
 * A message's rows (its idempotency record, its outbox rows, its owed answer) commit
-  atomically and together with its idempotency record: all of them or none.
+  atomically and together with its idempotency record: all of them or none. A batch
+  without owed answers is one statement on an autocommit connection (its own
+  transaction: one round trip); a batch with owed answers is an explicit transaction.
 * :meth:`GroupCommitter.commit` returns only after the transaction holding the
   message's rows committed (True), or when the message's idempotency record already
   existed and nothing of it was written (False: a duplicate). Its neighbours in the
@@ -23,120 +25,34 @@ Guarantees (see docs/guarantees.md):
   nothing of the batch is written: the callers wait and commit again.
 * At most one transaction (and one lookup) per committer is in flight; the messages
   arriving meanwhile form the next batch.
+* ``on_committed`` (the relay's wake-up) is called once per committed transaction that
+  wrote rows, after the commit and before any of its messages' waits resolve.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from sa01.core.errors import InfrastructureUnavailableError, SchemaMissingError
 from sa01.core.metrics import Metrics
+from sa01.core.micro_batch import MicroBatcher
 from sa01.core.settings import Settings
 from sa01.outbox.database import Database
 from sa01.outbox.idempotency import IdempotencyStore
 from sa01.outbox.owed_answers import DeferredAnswerStore
-from sa01.outbox.store import OutboxRecord, OutboxStore
+from sa01.outbox.store import OutboxRecord
 from schemas.messages import ConversationInbound
 
-__all__ = ["Answered", "GroupCommitter", "MicroBatcher"]
+__all__ = ["Answered", "GroupCommitter"]
 
 logger = logging.getLogger(__name__)
 
-In = TypeVar("In")
-Out = TypeVar("Out")
-
 #: Errors that concern every message of a batch alike: they are never retried one by one.
 _BATCH_WIDE = (InfrastructureUnavailableError, SchemaMissingError)
-
-
-class MicroBatcher(Generic[In, Out]):
-    """Coalesces the items submitted together into one call of ``flush``.
-
-    ``flush`` takes the items of a batch in submission order and returns one result per
-    item, an exception instance standing for that item's own failure; an exception it
-    raises is every item's. A batch holds at most ``max_size`` items and waits at most
-    ``max_wait`` seconds for more after its first; one batch is flushed at a time and
-    the items submitted meanwhile form the next. Constructing it does no I/O; its task
-    runs only while items wait.
-    """
-
-    def __init__(
-        self,
-        flush: Callable[[list[In]], Awaitable[Sequence[Out | BaseException]]],
-        *,
-        max_size: int,
-        max_wait: float,
-        on_batch: Callable[[int], None] = lambda _size: None,
-    ) -> None:
-        self._flush = flush
-        self.max_size = max_size
-        self.max_wait = max_wait
-        self._on_batch = on_batch
-        self._pending: list[tuple[In, asyncio.Future[Out]]] = []
-        self._full = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def submit(self, item: In) -> Out:
-        """``item``'s result once its batch is flushed (raises its error)."""
-        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        if len(self._pending) >= self.max_size:
-            self._full.set()
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name="micro-batch")
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                if len(self._pending) < self.max_size and self.max_wait > 0:
-                    self._full.clear()
-                    try:
-                        async with asyncio.timeout(self.max_wait):
-                            await self._full.wait()
-                    except TimeoutError:
-                        pass
-                batch = self._pending[: self.max_size]
-                del self._pending[: self.max_size]
-                await self._run(batch)
-        finally:
-            self._task = None
-            if self._pending:  # cancelled: nobody will flush these
-                for _item, future in self._pending:
-                    future.cancel()
-                self._pending.clear()
-
-    async def _run(self, batch: list[tuple[In, asyncio.Future[Out]]]) -> None:
-        self._on_batch(len(batch))
-        try:
-            results = await self._flush([item for item, _future in batch])
-        except asyncio.CancelledError:
-            for _item, future in batch:
-                future.cancel()
-            raise
-        except Exception as exc:
-            for _item, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_item, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue  # its caller was cancelled
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-    async def close(self) -> None:
-        """Wait until the items already submitted are flushed."""
-        task = self._task
-        if task is not None:
-            await asyncio.shield(task)
 
 
 @dataclass(frozen=True)
@@ -146,7 +62,7 @@ class Answered:
     key: str
     """The idempotency key (``<topic>:<tenant>:<message id>``)."""
     result: Any
-    """The record's result (the reply, as JSON)."""
+    """The record's result: a JSON value, or :class:`EncodedJson` (the reply)."""
     records: tuple[OutboxRecord, ...]
     """Outbox rows: the reply, the memory, the upload tasks."""
     owed: ConversationInbound | None = None
@@ -156,13 +72,19 @@ class Answered:
 class GroupCommitter:
     """Commits answered messages in batches, and looks up answered keys in batches."""
 
-    def __init__(self, settings: Settings, database: Database, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        metrics: Metrics,
+        on_committed: Callable[[], None] = lambda: None,
+    ) -> None:
         self.settings = settings
+        self.on_committed = on_committed
         self.database = database
         self.metrics = metrics
         self.ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
         self.idempotency = IdempotencyStore()
-        self.outbox = OutboxStore()
         self.deferred = DeferredAnswerStore()
         self._commits: MicroBatcher[Answered, bool] = MicroBatcher(
             self._commit_batch,
@@ -248,28 +170,34 @@ class GroupCommitter:
         return results
 
     async def _transaction(self, batch: list[Answered]) -> list[bool]:
-        async with self.database.connection() as conn, conn.transaction():
-            return await self._write(conn, batch)
+        async with self.database.connection() as conn:
+            if any(answered.owed is not None for answered in batch):
+                async with conn.transaction():
+                    written = await self._write(conn, batch)
+            else:  # one statement on an autocommit connection: its own transaction
+                written = await self._write(conn, batch)
+        if any(written):
+            self.on_committed()  # once per transaction, not per message
+        return written
 
     async def _write(self, conn: Any, batch: list[Answered]) -> list[bool]:
-        """Write the batch's rows on ``conn`` (in its transaction); True per message written.
+        """Write the batch's rows on ``conn``; True per message written.
 
+        The idempotency records and the outbox rows are one statement; the owed answers
+        (rare: degraded replies) follow it, in the caller's transaction.
         A key twice in one batch (the same message from two sessions) is written once:
         the first copy's rows, the later copies are duplicates.
         """
         first: dict[str, Answered] = {}
         for answered in batch:
             first.setdefault(answered.key, answered)
-        recorded = await self.idempotency.put_many(
-            conn, [(a.key, a.result) for a in first.values()], self.ttl
-        )
-        fresh = [a for a in first.values() if a.key in recorded]
-        await self.outbox.add_many(
+        recorded = await self.idempotency.put_many_with_rows(
             conn,
-            [record for a in fresh for record in a.records],
+            [(a.key, a.result, a.records) for a in first.values()],
+            self.ttl,
             self.settings.outbox_max_attempts,
         )
-        for answered in fresh:
-            if answered.owed is not None:
+        for answered in first.values():
+            if answered.owed is not None and answered.key in recorded:
                 await self.deferred.add(conn, answered.owed)
         return [a.key in recorded and first[a.key] is a for a in batch]

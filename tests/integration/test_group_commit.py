@@ -8,6 +8,7 @@ already answered, or whose rows fail, never fails the others of its batch.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -21,12 +22,13 @@ from sa01.core.settings import Settings
 from sa01.core.topics import CONVERSATION_INBOUND, CONVERSATION_OUTBOUND, dlq
 from sa01.journeys.conversation import ConversationJourney
 from sa01.outbox.database import Database
-from sa01.outbox.idempotency import IdempotencyStore
+from sa01.outbox.idempotency import EncodedJson, IdempotencyStore
 from sa01.outbox.store import OutboxRecord
 from sa01.pipeline.conversation import ConversationProcessor, Outcome
 from sa01.pipeline.dead_lettering import InboundMessage
 from sa01.pipeline.group_commit import Answered, GroupCommitter
 from sa01.providers.responder import EchoResponder
+from sa01.resilience.retry import Backoff
 from schemas.codec import encode_message
 from schemas.headers import ERRORS_EXCEPTION
 from schemas.messages import ConversationInbound, ConversationReply
@@ -69,8 +71,11 @@ async def test_messages_committed_together_share_transactions_and_lookups(
 ) -> None:
     settings = batched(stack)
     registry = CollectorRegistry()
+    wakes: list[None] = []
     async with Database(settings) as database:
-        committer = GroupCommitter(settings, database, Metrics(registry))
+        committer = GroupCommitter(
+            settings, database, Metrics(registry), lambda: wakes.append(None)
+        )
         assert not any(await asyncio.gather(*(committer.answered(f"k-{n}") for n in range(N))))
         results = await asyncio.gather(*(committer.commit(answered(settings, n)) for n in range(N)))
         assert results == [True] * N
@@ -82,9 +87,33 @@ async def test_messages_committed_together_share_transactions_and_lookups(
     transactions = sample(registry, "outbox_commit_batch_size_count")
     assert sample(registry, "outbox_commit_batch_size_sum") == N
     assert 1 <= transactions < N
+    assert len(wakes) == transactions  # the relay is woken once per commit, not per message
     lookups = sample(registry, "idempotency_lookup_batch_size_count")
     assert sample(registry, "idempotency_lookup_batch_size_sum") == 2 * N
     assert 2 <= lookups < 2 * N
+
+
+async def test_encoded_results_are_stored_as_json_and_rows_keep_the_batch_order(
+    stack: Settings,
+) -> None:
+    settings = batched(stack)
+    async with Database(settings) as database:
+        committer = GroupCommitter(settings, database, Metrics(CollectorRegistry()))
+        batch = [
+            Answered(
+                key=f"k-{n}",
+                result=EncodedJson(json.dumps({"n": n, "text": "é"})),
+                records=answered(settings, n).records,
+            )
+            for n in range(N)
+        ]
+        assert await asyncio.gather(*(committer.commit(a) for a in batch)) == [True] * N
+        async with database.connection() as conn:
+            found, result = await IdempotencyStore().get(conn, "k-7")
+            cur = await conn.execute("SELECT idempotency_key FROM outbox_message ORDER BY id")
+            order = [str(row[0]) for row in await cur.fetchall()]
+    assert found and result == {"n": 7, "text": "é"}
+    assert order == [key for n in range(N) for key in (f"reply-{n}", f"memory-{n}")]
 
 
 async def test_a_message_already_answered_writes_nothing_and_its_batch_commits(
@@ -214,3 +243,46 @@ async def test_an_outage_fails_the_whole_batch_alike_and_is_not_bisected(stack: 
     assert all(isinstance(r, InfrastructureUnavailableError) for r in results), results
     assert sample(registry, "outbox_commit_batch_size_count") == 1
     assert sample(registry, "outbox_commit_fallbacks_total") == 0
+
+
+class FlakyJourney(ConversationJourney):
+    """Meets an outage of the pipeline's own storage on its first ``outages`` calls."""
+
+    def __init__(self, outages: int) -> None:
+        super().__init__(EchoResponder())
+        self.outages = outages
+        self.calls = 0
+
+    async def answer(
+        self, inbound: ConversationInbound, *, reply_id: str | None = None
+    ) -> ConversationReply:
+        self.calls += 1
+        if self.calls <= self.outages:
+            raise InfrastructureUnavailableError("kafka", "broker gone")
+        return await super().answer(inbound, reply_id=reply_id)
+
+
+async def test_an_outage_while_answering_is_waited_out_with_growing_waits(
+    stack: Settings,
+) -> None:
+    settings = stack.model_copy(update={"memory_enabled": False, "processing_max_attempts": 1})
+    waits: list[float] = []
+
+    async def no_sleep(_stopping: object, seconds: float) -> None:
+        waits.append(seconds)
+
+    registry = CollectorRegistry()
+    journey = FlakyJourney(outages=6)
+    async with Database(settings) as database:
+        processor = ConversationProcessor(settings, database, journey, Metrics(registry))
+        processor.backoff = Backoff(initial=0.2, maximum=5.0, jitter=0.0)
+        processor.sleep = no_sleep
+        outcome = await processor.process(inbound(settings, 1, "hi"))
+        await processor.close()
+    # Not a failed attempt (max attempts 1): answered once the outage is over.
+    assert outcome == Outcome.REPLIED and journey.calls == 7
+    assert waits == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0]  # the waits grow (issue 16), capped
+    assert (
+        registry.get_sample_value("conversation_infrastructure_retries_total", {"service": "kafka"})
+        == 6
+    )

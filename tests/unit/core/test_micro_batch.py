@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from sa01.pipeline.group_commit import MicroBatcher
+from sa01.core.micro_batch import MicroBatcher
 
 
 class Recorder:
