@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,6 +173,10 @@ def _hand_over(
         waiting.set_result(done.result())
 
 
+#: Readings kept to find the last one started before an ack (:meth:`SomaBrainHealth.confirm`).
+RECENT_READINGS = 256
+
+
 class SomaBrainHealth:
     """Reads SomaBrain's ``/health`` and keeps the latest reading; constructing it does no I/O.
 
@@ -189,6 +194,7 @@ class SomaBrainHealth:
         self._in_flight: tuple[float, asyncio.Task[MemoryHealthReading]] | None = None
         self._next: asyncio.Future[MemoryHealthReading] | None = None
         self._last_down: tuple[float, MemoryHealthReading] | None = None
+        self._recent: deque[MemoryHealthReading] = deque(maxlen=RECENT_READINGS)
 
     async def read(self) -> MemoryHealthReading:
         """Read ``/health`` now; an unreachable or non-200 server reads as backend down.
@@ -229,13 +235,29 @@ class SomaBrainHealth:
             self.latest = reading
         if not reading.backend_up:
             self._last_down = (time.monotonic(), reading)
+        self._recent.append(reading)
         return reading
 
     def _vouch(self, reading: MemoryHealthReading, acknowledged_at: float) -> MemoryHealthReading:
-        """``reading``, unless a reading answered after the ack said the backend was down."""
+        """``reading``, unless the backend read down around the ack: on a reading answered
+        after it, or on the last reading started before it.
+
+        The second rule closes the recovery race: a remember acknowledged while the backend
+        was down (the memory lost) and a reading taken just after the backend came back
+        would otherwise vouch for it. Such a memory is kept and replayed (remember is
+        idempotent by key); only a down period that starts and ends between two readings,
+        with the ack inside it, stays invisible.
+        """
+        if not reading.backend_up:
+            return reading
         down = self._last_down
-        if reading.backend_up and down is not None and down[0] >= acknowledged_at:
+        if down is not None and down[0] >= acknowledged_at:
             return down[1]
+        before = [r for r in self._recent if r.started < acknowledged_at]
+        if before:
+            previous = max(before, key=lambda r: r.started)
+            if not previous.backend_up:
+                return previous
         return reading
 
     async def confirm(self, acknowledged_at: float) -> MemoryHealthReading:

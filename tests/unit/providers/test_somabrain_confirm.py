@@ -138,3 +138,27 @@ async def test_a_down_reading_answered_after_the_ack_vetoes_a_later_up_one() -> 
     reading = await late
     assert not reading.backend_up, "down after the ack: the memory may be lost, keep it"
     await health.close()
+
+
+async def test_an_ack_while_the_backend_read_down_is_not_vouched_by_the_recovery() -> None:
+    """The recovery race: the last reading before the ack said down, the backend comes
+    back, and the next reading (after the ack) says up. The memory may have been lost
+    while the backend was down, so the up reading may not vouch for it."""
+    health = GatedHealth()
+    health.backend_up = False
+    before = asyncio.create_task(health.confirm(time.monotonic()))
+    await settle()
+    await health.answer()
+    assert not (await before).backend_up
+    acked_at = time.monotonic()  # acknowledged while the backend was down
+    health.backend_up = True  # ...and it comes back before the next reading starts
+    after = asyncio.create_task(health.confirm(acked_at))
+    await settle()
+    await health.answer()
+    reading = await after
+    assert not reading.backend_up, "the last reading before the ack said down"
+    later = asyncio.create_task(health.confirm(time.monotonic()))
+    await settle()
+    await health.answer()
+    assert (await later).backend_up, "an ack after the recovery is vouched for again"
+    await health.close()
