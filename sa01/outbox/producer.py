@@ -74,6 +74,9 @@ logger = logging.getLogger(__name__)
 PRODUCER_GATE = "kafka:producer"
 """The name of the resilient producer's Kafka gate in the breaker registry."""
 
+#: The longest :meth:`ResilientProducer.start` waits for the cluster's metadata.
+WARM_UP_SECONDS = 5.0
+
 #: librdkafka events that say the broker connection is gone: open the gate at once.
 _BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
 
@@ -187,7 +190,14 @@ class ResilientProducer:
         self._waiting: set[asyncio.Future[_Outcome]] = set()
 
     async def start(self) -> None:
-        """Create the producer and its polling thread (no network round trip)."""
+        """Create the producer and its polling thread, then connect (bounded).
+
+        The send budget is for outages, not for a cold connection: a first send would
+        otherwise always spend it on the TCP, TLS and SASL handshakes and fall back to the
+        outbox. Start waits for the cluster's metadata at most :data:`WARM_UP_SECONDS`
+        (or the send timeout, if shorter); a broker that does not answer by then trips the
+        gate through librdkafka's own error event, and the sends go to the outbox at once.
+        """
         self._loop = asyncio.get_running_loop()
         self._producer = Producer(
             {
@@ -209,6 +219,14 @@ class ResilientProducer:
         self._stopping.clear()
         self._poller = threading.Thread(target=self._poll, name="resilient-producer", daemon=True)
         self._poller.start()
+        await self._warm_up(self._producer)
+
+    async def _warm_up(self, producer: Producer) -> None:
+        timeout = min(WARM_UP_SECONDS, self.settings.producer_send_timeout_seconds)
+        try:
+            await asyncio.to_thread(producer.list_topics, None, timeout)
+        except KafkaException as exc:
+            logger.warning("Kafka did not answer at start", extra={"error": str(exc.args[0])})
 
     def _poll(self) -> None:
         producer = self._producer
