@@ -23,6 +23,7 @@ Guarantees (see docs/guarantees.md):
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -57,7 +58,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Outcome:
+class Outcome(enum.StrEnum):
     """What became of a message (the label of ``conversation_messages_total``)."""
 
     REPLIED = "replied"
@@ -188,7 +189,7 @@ class ConversationProcessor:
         reply: ConversationReply,
         stored: AttachmentOutcome,
         remember: bool = True,
-    ) -> str:
+    ) -> Outcome:
         reply_record = self._reply_record(inbound, reply)
         records = [reply_record, *self._upload_records(stored)]
         if self.settings.memory_active and remember:
@@ -204,7 +205,7 @@ class ConversationProcessor:
 
     async def _commit_degraded(
         self, key: str, inbound: ConversationInbound, stored: AttachmentOutcome
-    ) -> str:
+    ) -> Outcome:
         reply = _with_uploads(self.journey.degraded_reply(inbound), stored)
         reply_record = self._reply_record(inbound, reply)
         records = (reply_record, *self._upload_records(stored))
