@@ -75,8 +75,14 @@ async def test_a_killed_shard_holder_is_taken_over_and_each_row_arrives_once_in_
         after = await published_by(database)
     print(f"\npublished at the kill: {dict(at_kill)}; at the end: {dict(after)}")
     assert sum(at_kill.values()) < total, "the kill came after the drain"
-    for shard_id in shard_ids:  # every shard got rows published after the kill
-        assert after[shard_id] > at_kill[shard_id], f"{shard_id} was never taken over"
+    # Every shard with rows left at the kill got them published after it (a loaded
+    # machine may let the holder finish a shard before the kill, or hand it to relay-b).
+    expected = Counter(shard_ids[shard_of(r.key, SHARDS)] for r in rows)
+    assert any(after[s] > at_kill[s] for s in shard_ids), "no shard was taken over"
+    for shard_id in shard_ids:
+        left = at_kill[shard_id] < expected[shard_id]
+        assert after[shard_id] > at_kill[shard_id] or not left, f"{shard_id} never taken over"
+        assert after[shard_id] == expected[shard_id], f"{shard_id} published a wrong count"
 
     records = consume(settings, settings.topic("conversation.outbound"), total, timeout=180)
     keys = Counter(r.headers["idempotency-key"] for r in records)

@@ -117,6 +117,10 @@ async def test_an_acknowledged_remember_counts_only_when_health_says_the_backend
     assert brain.memories() == []
 
     brain.set_backend_down(False)
+    # The recovery race: the last reading before this ack said down, so the ack may not
+    # count yet, although the reading taken after it says up.
+    with pytest.raises(MemoryNotStoredError, match="soma_fractal_memory unhealthy"):
+        await client.remember(record("m1", "acked right after the recovery"))
     brain.set_queue_for_replay(True)
     with pytest.raises(MemoryNotStoredError, match="queued for replay"):
         await client.remember(record("m1", "queued in SomaBrain's best-effort journal"))
