@@ -20,7 +20,7 @@ def render_reference() -> str:
     lines = [
         "# Configuration",
         "",
-        "Generated from `core/settings.py` by `python -m sa01.core.configuration_reference`.",
+        "Generated from `sa01/core/settings.py` by `python -m sa01.core.configuration_reference`.",
         "Every variable is optional; defaults point at 127.0.0.1.",
         "",
         "| variable | default | description |",
