@@ -20,8 +20,12 @@ After ``SA01_PRODUCER_CIRCUIT_OPEN_SECONDS`` the next send is a trial through Ka
 its delivery report closes or reopens the gate.
 
 The budget: no send waits more than ``SA01_PRODUCER_SEND_BUDGET_SECONDS`` (50 ms) for
-Kafka. A record Kafka has not acknowledged by then (or when the gate opens meanwhile)
-is written to the outbox and the send returns; librdkafka keeps the record and may
+Kafka once the producer is warm. Until its first acknowledgement (the connection to the
+partition leader and the idempotent producer id still being set up: with TLS and SASL
+that is two handshakes), a send whose broker answered the start's metadata request waits
+up to :data:`WARM_UP_SECONDS` instead; a broker that did not answer at start leaves the
+normal budget in force. A record Kafka has not acknowledged by then (or when the gate
+opens meanwhile) is written to the outbox and the send returns; librdkafka keeps the record and may
 still deliver it, so the record can arrive twice. Delivery is therefore at-least-once
 and consumers deduplicate by the ``idempotency-key`` header (docs/guarantees.md). If
 the outbox is down at that moment, the send keeps waiting for Kafka's delivery report
@@ -188,6 +192,8 @@ class ResilientProducer:
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
         self._waiting: set[asyncio.Future[_Outcome]] = set()
+        #: The budget a send waits for Kafka: longer until the first acknowledgement.
+        self._budget = settings.producer_send_budget_seconds
 
     async def start(self) -> None:
         """Create the producer and its polling thread, then connect (bounded).
@@ -227,6 +233,10 @@ class ResilientProducer:
             await asyncio.to_thread(producer.list_topics, None, timeout)
         except KafkaException as exc:
             logger.warning("Kafka did not answer at start", extra={"error": str(exc.args[0])})
+            self._budget = self.settings.producer_send_budget_seconds
+        else:
+            # The broker answers; the first sends still pay for the leader's connection.
+            self._budget = max(self.settings.producer_send_budget_seconds, timeout)
 
     def _poll(self) -> None:
         producer = self._producer
@@ -275,7 +285,7 @@ class ResilientProducer:
             return await self._to_outbox(record, FallbackReason.DELIVERY_FAILED, reason)
         self._waiting.add(ready)
         budget = loop.call_later(
-            self.settings.producer_send_budget_seconds,
+            self._budget,
             _resolve,
             ready,
             (FallbackReason.BUDGET, "no acknowledgement from Kafka within the send budget"),
@@ -347,6 +357,8 @@ class ResilientProducer:
     ) -> None:
         """A delivery report, on the loop: move the gate, wake the send."""
         self._judge(permit, err)
+        if err is None:
+            self._budget = self.settings.producer_send_budget_seconds  # warm from now on
         outcome: _Outcome = message if err is None else (FallbackReason.DELIVERY_FAILED, str(err))
         _resolve(delivered, outcome)
         _resolve(ready, outcome)

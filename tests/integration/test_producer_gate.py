@@ -167,6 +167,24 @@ async def test_after_the_broker_returns_a_trial_send_closes_the_gate(
     assert {r.path for r in results[:-1]} <= {DeliveryPath.OUTBOX}
 
 
+async def test_the_first_send_waits_for_the_leader_connection_then_the_budget_applies(
+    broker: PrivateKafka, stack: Settings
+) -> None:
+    # A budget no acknowledgement can meet: only the cold-start allowance lets the first
+    # send through Kafka; the second has the budget alone and is kept in the outbox.
+    settings = await on(broker, stack, producer_send_budget_seconds=0.000_001)
+    async with Database(settings) as database:
+        producer = ResilientProducer(settings, database, Metrics())
+        await producer.start()
+        try:
+            first = await producer.send(record(settings, 1, run="cold"))
+            second = await producer.send(record(settings, 2, run="cold"))
+        finally:
+            await producer.stop()
+    assert first.path is DeliveryPath.KAFKA, first
+    assert (second.path, second.fallback) == (DeliveryPath.OUTBOX, FallbackReason.BUDGET)
+
+
 async def test_a_send_kafka_does_not_acknowledge_within_the_budget_is_kept_in_the_outbox(
     stack: Settings,
 ) -> None:
