@@ -4,8 +4,10 @@
 so both synchronous code (pytest) and async code can drive it. It owns the lifecycle (start, stop,
 context manager), the listening socket on a port that survives REFUSE (closed in REFUSE, re-opened
 on the same port by any other mode), mode switching that is in effect when ``set_mode`` returns,
-HANG and SLOW waiting, the request log, keep-alive off and the ``/_loopback/mode`` control
-endpoint. Subclasses add their routes, their own state and what ``/_loopback/mode`` reports.
+HANG and SLOW waiting, the request log and the ``/_loopback/mode`` control endpoint.
+Connections are kept alive, as the real services' servers (uvicorn) keep them; entering REFUSE
+closes them, as a stopped server's end. Subclasses add their routes, their own state and what
+``/_loopback/mode`` reports.
 
 :class:`FailureMode` and :class:`RecordedRequest` live here so that every server shares one copy of
 them even when a server module runs as ``__main__``; :mod:`loopback.llm_server` re-exports them.
@@ -258,9 +260,15 @@ class LoopbackServer(abc.ABC, Generic[_S]):
                 self._logger.info("%s %r re-opened port %d", self._label, self._name, self._port)
             elif not listen and self._site is not None:
                 site, self._site = self._site, None
-                # Responses are sent with "Connection: close", so no idle kept-alive connection
-                # survives this; requests still in flight finish according to the new mode.
                 await site.stop()
+                # As a stopped server's would, kept-alive connections end too: idle ones at
+                # once, those with a request in flight once it is answered (by the new mode).
+                for connection in list(runner.server.connections if runner.server else ()):
+                    if getattr(connection, "_request_in_progress", False):
+                        connection.close()
+                    else:
+                        connection.force_close()
+                await asyncio.sleep(0)  # the closed sockets' connection_lost callbacks run
                 self._logger.info(
                     "%s %r closed port %d (refusing)", self._label, self._name, self._port
                 )
@@ -300,6 +308,19 @@ class LoopbackServer(abc.ABC, Generic[_S]):
         """How many requests were received (control endpoints excluded)."""
         with self._lock:
             return len(self._requests)
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open right now (kept alive or with a request in flight)."""
+        loop = self._loop
+        if loop is None:
+            return 0
+
+        async def count() -> int:
+            runner = self._runner
+            return len(runner.server.connections) if runner and runner.server else 0
+
+        return asyncio.run_coroutine_threadsafe(count(), loop).result(START_TIMEOUT_SECONDS)
 
     def reset_requests(self) -> None:
         """Forget the recorded requests."""
@@ -386,7 +407,6 @@ class LoopbackServer(abc.ABC, Generic[_S]):
 
     def _make_app(self) -> web.Application:
         app = web.Application(client_max_size=self._client_max_size)
-        app.on_response_prepare.append(_close_after_response)
         self._add_routes(app.router)
         app.router.add_get("/_loopback/mode", self._handle_get_mode)
         app.router.add_post("/_loopback/mode", self._handle_set_mode)
@@ -537,12 +557,6 @@ def revert_after_of(body: dict[str, Any]) -> float | None:
     """``revert_after_seconds`` of a ``POST /_loopback/mode`` body."""
     revert = body.get("revert_after_seconds")
     return None if revert is None else float(revert)
-
-
-async def _close_after_response(request: web.Request, response: web.StreamResponse) -> None:
-    """Disable keep-alive: a pooled connection would otherwise bypass REFUSE."""
-    response.force_close()
-    response.headers["Connection"] = "close"
 
 
 def drop(request: web.Request) -> web.Response:

@@ -392,6 +392,20 @@ def test_refuse_closes_the_port_and_reopens_it(brain: SomaBrainServer) -> None:
     )
 
 
+def test_connections_are_kept_alive_until_refuse_ends_them(brain: SomaBrainServer) -> None:
+    url = f"{brain.base_url}/health"
+    with httpx.Client(timeout=2) as pooled:
+        first = pooled.get(url)
+        assert first.headers.get("connection", "").lower() != "close"
+        assert pooled.get(url).status_code == 200
+        assert brain.open_connections == 1, "the second request opened a connection"
+
+        brain.set_mode(FailureMode.REFUSE)
+        assert brain.open_connections == 0
+        with pytest.raises(httpx.ConnectError):
+            pooled.get(url)
+
+
 def test_revert_after_seconds_goes_back_to_ok(brain: SomaBrainServer) -> None:
     brain.set_mode(FailureMode.REFUSE, revert_after_seconds=3.0)
     with pytest.raises(httpx.ConnectError):
