@@ -37,9 +37,10 @@ from sa01.core.logging import apply_format, configure_logging, quiet_noisy_logge
 from sa01.core.metrics import Metrics
 from sa01.core.redaction import describe_validation_error, install_log_redaction
 from sa01.core.settings import Settings
+from sa01.core.topics import BACKUP_TASKS, MEMORY_REMEMBER, UPLOAD_RETRY
 from sa01.resilience.health import ServiceHealth
 from streams import circuits, commands, dlq, timers, web
-from streams.gaps import GapTrackingConsumer
+from streams.read_ahead import ReadAhead, ReadAheadConsumer
 from streams.runtime import BACKUPS, CONVERSATION, DEGRADATION, MEMORY, UPLOADS, Runtime
 from streams.web_guard import WebGuard
 from tables import service_health
@@ -80,6 +81,18 @@ class StreamsApp(faust.App):
             table_rows=self.health_rows,
             on_fatal=self.stop_on_fatal,
         )
+        # Background agents take at most their read-ahead; past it their topic waits.
+        self.read_ahead: dict[str, ReadAhead] = {}
+        for consumer, topic in (
+            (MEMORY, MEMORY_REMEMBER),
+            (UPLOADS, UPLOAD_RETRY),
+            (BACKUPS, BACKUP_TASKS),
+        ):
+            read_ahead = ReadAhead(
+                self, consumer, settings.topic(topic), settings.background_read_ahead, self.metrics
+            )
+            self.read_ahead[consumer] = read_ahead
+            self.runtime.consumers[consumer].on_in_flight = read_ahead.update
 
     def stop_on_fatal(self, error: ConfigurationError) -> None:
         """Stop the worker as SIGTERM would (the runtime logged ``error`` once); it then
@@ -100,8 +113,9 @@ class StreamsApp(faust.App):
         self.runtime.memory_processor.clear_groups.clear()
 
     def _new_consumer(self) -> Any:
-        """Faust's consumer with O(1) gap tracking (see streams.gaps)."""
-        return GapTrackingConsumer(
+        """Faust's consumer with O(1) gap tracking and read-ahead throttling
+        (streams.gaps, streams.read_ahead)."""
+        consumer = ReadAheadConsumer(
             self.transport,
             callback=self.topics.on_message,
             on_partitions_revoked=self._on_partitions_revoked,
@@ -109,6 +123,8 @@ class StreamsApp(faust.App):
             beacon=self.beacon,
             loop=self.transport.loop,
         )
+        consumer.background_topics = frozenset(r.topic for r in self.read_ahead.values())
+        return consumer
 
     async def on_first_start(self) -> None:
         """Prepare topics, schema and pool before the consumer subscribes."""
@@ -207,6 +223,7 @@ def create_app(settings: Settings) -> StreamsApp:
         broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
         consumer_group_instance_id=settings.worker_instance_id,
         broker_commit_interval=1.0,
+        broker_max_poll_records=settings.fetch_max_records,
         producer_acks=-1,
         stream_wait_empty=True,
         Worker=StreamsWorker,

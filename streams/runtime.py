@@ -70,10 +70,11 @@ __all__ = [
     "check_schema",
 ]
 
-#: Memory records the memory agent may hold beyond its high-water mark: its stream must
-#: not block (Faust fetches every topic with one consumer, and a blocked stream stops
-#: the fetch of all of them, replies included); Faust's own flow control pauses the
-#: topic's partitions once its stream buffer fills behind a full lane set.
+#: Records a background agent may hold beyond its read-ahead: its stream must never block
+#: (Faust fetches every topic with one consumer, and a blocked stream stops the fetch of
+#: all of them, replies included). The app stops fetching the agent's topic at the
+#: read-ahead (``streams.read_ahead``), so only what was already fetched (one batch of at
+#: most ``SA01_FETCH_MAX_RECORDS``) comes on top.
 FETCH_SLACK = 10_000
 
 #: Consumer (agent) names: the ``consumer`` label of the consumer metrics.
@@ -223,12 +224,12 @@ class Runtime(mode.Service):
             MEMORY: LanedConsumer(
                 self.guard(MEMORY),
                 self.memory_processor.process,
-                self.background_high_water + FETCH_SLACK,
+                settings.background_read_ahead + FETCH_SLACK,
                 self.ready,
                 share=self.share,
             ),
-            # Upload and backup tasks may wait long for a store and may carry megabytes:
-            # SA01_MAX_IN_FLIGHT lanes, and each attempt (not the wait between attempts)
+            # Upload and backup tasks may wait long for a store: each record its own lane
+            # (up to the read-ahead), and each attempt (not the wait between attempts)
             # takes a background slot.
             UPLOADS: self._waiting_tasks(UPLOADS, self.upload_processor.process),
             BACKUPS: self._waiting_tasks(BACKUPS, self.backup_processor.process),
@@ -255,12 +256,8 @@ class Runtime(mode.Service):
     def _waiting_tasks(
         self, consumer: str, handle: Callable[[InboundMessage], Awaitable[str]]
     ) -> LanedConsumer:
-        return LanedConsumer(self.guard(consumer), handle, self.settings.max_in_flight, self.ready)
-
-    @property
-    def background_high_water(self) -> int:
-        """Records in flight at which a background agent pauses fetching its topic."""
-        return max(self.settings.max_in_flight, 4 * self.settings.background_max_in_flight)
+        bound = self.settings.background_read_ahead + FETCH_SLACK
+        return LanedConsumer(self.guard(consumer), handle, bound, self.ready)
 
     @property
     def lanes(self) -> SessionLanes:

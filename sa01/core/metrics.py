@@ -233,6 +233,13 @@ class Metrics:
             ["consumer"],
             registry=r,
         )
+        self.consumer_fetch_paused = Gauge(
+            "consumer_fetch_paused",
+            "1 while a background agent's topic is left out of the fetch: the agent holds its"
+            " read-ahead (SA01_BACKGROUND_READ_AHEAD records) and takes more once half are done.",
+            ["consumer"],
+            registry=r,
+        )
         self.memory_pending_rows = Gauge(
             "memory_pending_rows",
             "Rows of pending_memory not yet replayed into SomaBrain.",

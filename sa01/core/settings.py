@@ -203,6 +203,20 @@ class Settings(BaseSettings):
         description="At most this many background records at once while replies flow; fewer,"
         " down to none, while the event loop lags (docs/architecture.md, Replies first).",
     )
+    background_read_ahead: int = Field(
+        256,
+        ge=1,
+        description="Records a background agent (memories, uploads, backups) takes ahead of"
+        " its work; at this many its topic is no longer fetched until half are finished, so a"
+        " backlog never stands between a new message and the conversation agent.",
+    )
+    fetch_max_records: int = Field(
+        100,
+        ge=1,
+        description="Records one fetch hands to the agents at most (Faust's"
+        " broker_max_poll_records): a record fetched after a batch waits for the whole batch"
+        " to be handed out.",
+    )
     background_max_loop_lag_seconds: float = Field(
         0.005,
         gt=0,

@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import pytest
 
-from loopback import SomaBrainServer
+from loopback import FailureMode, SomaBrainServer
 from sa01.core.settings import Settings
 from schemas.codec import encode_message
 from schemas.messages import MemoryRecord
@@ -122,6 +122,51 @@ async def test_worker_killed_mid_memory_backlog_and_restarted_stores_each_memory
     wait_stored(somabrain, len(records), 240)
     assert_once_in_order(somabrain, records)
     assert somabrain.remember_count >= len(records)
+    wait_committed_to_end(
+        settings, settings.topic("somabrain.memory.remember"), transactional=True, timeout=60
+    )
+
+
+def memory_gauges(metrics: str) -> tuple[float, float]:
+    """``consumer_records_in_flight`` and ``consumer_fetch_paused`` of the memory agent."""
+    values = {"consumer_records_in_flight": 0.0, "consumer_fetch_paused": 0.0}
+    for line in metrics.splitlines():
+        name, _, rest = line.partition("{")
+        if name in values and 'consumer="memory"' in rest:
+            values[name] = float(line.rsplit(" ", 1)[1])
+    return values["consumer_records_in_flight"], values["consumer_fetch_paused"]
+
+
+async def test_a_slow_somabrain_holds_the_memory_agent_to_its_read_ahead_and_every_memory_is_stored(
+    stack: Settings, workers: WorkerFactory, somabrain: SomaBrainServer
+) -> None:
+    # Each memory takes a second (remember, then the /health confirmation): the fetch
+    # outruns the agent, which must stop taking records at its read-ahead instead of
+    # pulling the whole backlog in (streams.read_ahead).
+    read_ahead, batch = 40, 20
+    settings = with_somabrain(stack, somabrain).model_copy(
+        update={
+            "backlog_sample_seconds": 0.1,
+            "background_read_ahead": read_ahead,
+            "fetch_max_records": batch,
+        }
+    )
+    records = backlog(600)
+    write_backlog(settings, records)
+    somabrain.set_mode(FailureMode.SLOW, delay_seconds=0.5)
+    worker = workers.start(settings)
+    peak, throttled = 0.0, False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (throttled and len(somabrain.memories()) > 100):
+        in_flight, paused = memory_gauges(worker.get("/metrics").text)
+        peak, throttled = max(peak, in_flight), throttled or paused == 1.0
+        time.sleep(0.05)
+    somabrain.set_mode(FailureMode.OK)
+    wait_stored(somabrain, len(records), 240)
+
+    assert throttled, "the memory topic was never left out of the fetch"
+    assert 0 < peak <= read_ahead + 2 * batch, f"the memory agent held {peak} records"
+    assert_once_in_order(somabrain, records)
     wait_committed_to_end(
         settings, settings.topic("somabrain.memory.remember"), transactional=True, timeout=60
     )

@@ -1,0 +1,124 @@
+"""Background agents read ahead a bounded number of records; past it, their topic waits.
+
+Faust fetches every topic with one consumer and hands each fetched batch to the agents
+in one loop. A background agent that takes records faster than it finishes them (a
+backlog of memories behind a fast SomaBrain, say) would pull its whole backlog into
+the worker: thousands of records fetched, decoded and queued ahead of any conversation
+message fetched after them, which then waits seconds for its turn (issue 13 measured
+1-4 s). :class:`ReadAhead` bounds that: once the agent holds ``high`` records
+(``SA01_BACKGROUND_READ_AHEAD``), its topic's partitions are left out of the fetch
+(:meth:`ReadAheadConsumer.throttle`); once it is down to ``high // 2`` they are fetched
+again. The agent's stream never blocks (that would stop the fetch of every topic);
+what was fetched before (at most one batch, ``SA01_FETCH_MAX_RECORDS``) still comes in.
+
+Faust's own ``pause_partitions`` is not used: it takes the partitions out of the set
+its fetch loop filters each batch with, so the paused partitions' records of the batch
+being handed out are dropped (never processed, never committed: the partition stalls
+until a restart). A throttled partition stays in that set; it is only left out of the
+next fetch requests, and Faust's rebalance and table recovery keep their own pausing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Set
+from typing import Protocol
+
+from faust.transport.consumer import RecordMap
+from faust.types import TP
+
+from sa01.core.metrics import Metrics
+from streams.gaps import GapTrackingConsumer
+
+__all__ = ["ReadAhead", "ReadAheadConsumer"]
+
+#: How long a fetch with every active partition throttled waits before looking again.
+ALL_THROTTLED_PAUSE_SECONDS = 0.05
+
+
+class ReadAheadConsumer(GapTrackingConsumer):
+    """The worker's consumer: O(1) gap tracking (``streams.gaps``), throttled partitions,
+    and foreground records handed out before background ones.
+
+    aiokafka hands out buffered records partition after partition, in the order their
+    data arrived, up to ``SA01_FETCH_MAX_RECORDS`` per call: a conversation record
+    fetched while thousands of memories sit in the buffer would wait until they are all
+    handed out. So each call first takes what is buffered for the foreground topics
+    (every topic not in ``background_topics``) without waiting; if there is any, it is
+    the batch, and the next call takes from every partition (background work is never
+    starved for more than one batch).
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.throttled: set[TP] = set()
+        self.background_topics: frozenset[str] = frozenset()
+        self._background_owed = False
+
+    def throttle(self, tps: Set[TP]) -> None:
+        """Leave ``tps`` out of the next fetches (a batch being handed out is kept whole)."""
+        self.throttled |= tps
+
+    def unthrottle(self, tps: Set[TP]) -> None:
+        """Fetch ``tps`` again."""
+        self.throttled -= tps
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> RecordMap:
+        if active_partitions is None:  # a client-only app
+            return await super()._getmany(active_partitions, timeout)
+        fetched = active_partitions - self.throttled if self.throttled else set(active_partitions)
+        if not fetched:
+            # An empty set would fetch every partition: wait, then let Faust ask again.
+            await asyncio.sleep(min(timeout, ALL_THROTTLED_PAUSE_SECONDS))
+            return {}
+        foreground = {tp for tp in fetched if tp.topic not in self.background_topics}
+        if foreground and len(foreground) < len(fetched) and not self._background_owed:
+            first = await super()._getmany(foreground, 0.0)
+            if first:
+                self._background_owed = True
+                return first
+        self._background_owed = False
+        return await super()._getmany(fetched, timeout)
+
+
+class _App(Protocol):
+    @property
+    def consumer(self) -> object: ...
+
+
+class ReadAhead:
+    """Throttles ``topic`` while its agent holds ``high`` records; fetches it at half."""
+
+    def __init__(self, app: _App, consumer: str, topic: str, high: int, metrics: Metrics) -> None:
+        if high < 1:
+            raise ValueError("the read-ahead must be at least 1 record")
+        self.app = app
+        self.consumer = consumer
+        self.topic = topic
+        self.high = high
+        self.low = high // 2
+        self.metrics = metrics
+        self.throttled: set[TP] = set()
+        self.throttles = 0
+        """How many times the topic was throttled (for tests and the log)."""
+
+    def update(self, in_flight: int) -> None:
+        """The agent now holds ``in_flight`` records: throttle or release its topic."""
+        fetch = self.app.consumer
+        if not isinstance(fetch, ReadAheadConsumer):
+            return  # a client-only app (a command): it runs no agent
+        if in_flight >= self.high and not self.throttled:
+            # Every partition of the topic this worker owns now (a later assignment's
+            # partitions are added at the next throttle; a revoked one is harmless).
+            tps = {tp for tp in fetch.assignment() if tp.topic == self.topic}
+            if tps:
+                fetch.throttle(tps)
+                self.throttles += 1
+                self._set(tps)
+        elif in_flight <= self.low and self.throttled:
+            fetch.unthrottle(self.throttled)
+            self._set(set())
+
+    def _set(self, tps: set[TP]) -> None:
+        self.throttled = tps
+        self.metrics.consumer_fetch_paused.labels(consumer=self.consumer).set(1 if tps else 0)

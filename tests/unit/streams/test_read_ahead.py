@@ -1,0 +1,126 @@
+"""ReadAheadConsumer's choice of partitions per fetch, and ReadAhead's throttling.
+
+The parent's ``_getmany`` (Faust's threaded aiokafka fetch) is replaced by a recorder
+here: what is checked is which partitions each call asks for. The read-ahead against a
+real broker and a slow SomaBrain is in tests/faults/test_memory_backlog.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from faust.types import TP
+
+from sa01.core.metrics import Metrics
+from streams.gaps import GapTrackingConsumer
+from streams.read_ahead import ReadAhead, ReadAheadConsumer
+
+CONVERSATION = [TP("conversation.inbound", p) for p in range(2)]
+MEMORY = [TP("somabrain.memory.remember", p) for p in range(2)]
+
+
+class Fetches:
+    """Stands in for Faust's fetch: records each call; answers from ``buffered``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[set[TP], float]] = []
+        self.buffered: dict[TP, list[Any]] = {}
+
+    async def fetch(self, active: set[TP], timeout: float) -> dict[TP, list[Any]]:
+        self.calls.append((set(active), timeout))
+        return {tp: records for tp, records in self.buffered.items() if tp in active}
+
+
+@pytest.fixture
+def fetches(monkeypatch: pytest.MonkeyPatch) -> Fetches:
+    recorder = Fetches()
+
+    async def _getmany(self: Any, active: set[TP], timeout: float) -> dict[TP, list[Any]]:
+        return await recorder.fetch(active, timeout)
+
+    monkeypatch.setattr(GapTrackingConsumer, "_getmany", _getmany)
+    return recorder
+
+
+def consumer() -> ReadAheadConsumer:
+    fetch = ReadAheadConsumer.__new__(ReadAheadConsumer)  # no Faust app needed for _getmany
+    fetch.throttled = set()
+    fetch.background_topics = frozenset({"somabrain.memory.remember"})
+    fetch._background_owed = False
+    return fetch
+
+
+async def test_buffered_foreground_records_are_handed_out_before_background_ones(
+    fetches: Fetches,
+) -> None:
+    fetch = consumer()
+    fetches.buffered = {CONVERSATION[0]: ["reply me"], MEMORY[0]: ["m"] * 100}
+    everything = {*CONVERSATION, *MEMORY}
+
+    first = await fetch._getmany(everything, 1.0)
+    second = await fetch._getmany(everything, 1.0)
+
+    assert first == {CONVERSATION[0]: ["reply me"]}
+    assert fetches.calls[0] == (set(CONVERSATION), 0.0)  # what is buffered, no waiting
+    # The next call owes the background a batch: every partition, with the full wait.
+    assert set(second) == {CONVERSATION[0], MEMORY[0]}
+    assert fetches.calls[-1] == (everything, 1.0)
+
+
+async def test_without_foreground_records_one_call_fetches_everything(fetches: Fetches) -> None:
+    fetch = consumer()
+    fetches.buffered = {MEMORY[1]: ["m"]}
+    everything = {*CONVERSATION, *MEMORY}
+
+    assert await fetch._getmany(everything, 1.0) == {MEMORY[1]: ["m"]}
+    assert fetches.calls == [(set(CONVERSATION), 0.0), (everything, 1.0)]
+
+
+async def test_throttled_partitions_are_left_out_and_never_all_fetched(fetches: Fetches) -> None:
+    fetch = consumer()
+    fetch.throttle(set(MEMORY))
+    await fetch._getmany({*CONVERSATION, *MEMORY}, 1.0)
+    assert fetches.calls == [(set(CONVERSATION), 1.0)]
+
+    fetches.calls.clear()
+    fetch.throttled = {*CONVERSATION, *MEMORY}
+    # An empty set would make aiokafka hand out every partition: no fetch at all.
+    assert await fetch._getmany({*CONVERSATION, *MEMORY}, 0.01) == {}
+    assert fetches.calls == []
+
+    fetch.unthrottle({*CONVERSATION, *MEMORY})
+    assert fetch.throttled == set()
+
+
+class App:
+    def __init__(self, fetch: ReadAheadConsumer, assigned: set[TP]) -> None:
+        self.consumer = fetch
+        fetch.assignment = lambda: set(assigned)  # type: ignore[method-assign]
+
+
+def test_read_ahead_throttles_at_high_water_and_releases_at_half() -> None:
+    fetch = consumer()
+    metrics = Metrics()
+    read_ahead = ReadAhead(
+        App(fetch, {*CONVERSATION, *MEMORY}), "memory", MEMORY[0].topic, 10, metrics
+    )
+
+    read_ahead.update(9)
+    assert fetch.throttled == set()
+    read_ahead.update(10)
+    assert fetch.throttled == set(MEMORY)  # the topic's partitions only
+    assert metrics.consumer_fetch_paused.labels(consumer="memory")._value.get() == 1
+    read_ahead.update(6)
+    assert fetch.throttled == set(MEMORY)  # above half: still throttled
+    read_ahead.update(5)
+    assert fetch.throttled == set()
+    assert metrics.consumer_fetch_paused.labels(consumer="memory")._value.get() == 0
+    assert read_ahead.throttles == 1
+
+
+def test_read_ahead_ignores_an_app_without_the_worker_consumer() -> None:
+    class ClientApp:
+        consumer = object()
+
+    ReadAhead(ClientApp(), "memory", MEMORY[0].topic, 1, Metrics()).update(5)  # no error
