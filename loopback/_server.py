@@ -264,6 +264,8 @@ class LoopbackServer(abc.ABC, Generic[_S]):
                 # As a stopped server's would, kept-alive connections end too: idle ones at
                 # once, those with a request in flight once it is answered (by the new mode).
                 for connection in list(runner.server.connections if runner.server else ()):
+                    # aiohttp names no public "busy" flag: a handler without the private
+                    # one (another aiohttp) counts as idle and is closed at once.
                     if getattr(connection, "_request_in_progress", False):
                         connection.close()
                     else:

@@ -89,10 +89,16 @@ class StreamsApp(faust.App):
             (BACKUPS, BACKUP_TASKS),
         ):
             read_ahead = ReadAhead(
-                self, consumer, settings.topic(topic), settings.background_read_ahead, self.metrics
+                self,
+                consumer,
+                settings.topic(topic),
+                self.metrics,
+                high=settings.background_read_ahead,
+                max_parked=settings.max_parked,
+                max_parked_bytes=settings.max_parked_bytes,
             )
             self.read_ahead[consumer] = read_ahead
-            self.runtime.consumers[consumer].on_in_flight = read_ahead.update
+            self.runtime.consumers[consumer].on_held = read_ahead.update
 
     def stop_on_fatal(self, error: ConfigurationError) -> None:
         """Stop the worker as SIGTERM would (the runtime logged ``error`` once); it then

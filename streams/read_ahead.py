@@ -6,8 +6,9 @@ backlog of memories behind a fast SomaBrain, say) would pull its whole backlog i
 the worker: thousands of records fetched, decoded and queued ahead of any conversation
 message fetched after them, which then waits seconds for its turn (issue 13 measured
 1-4 s). :class:`ReadAhead` bounds that: once the agent holds ``high`` records
-(``SA01_BACKGROUND_READ_AHEAD``), its topic's partitions are left out of the fetch
-(:meth:`ReadAheadConsumer.throttle`); once it is down to ``high // 2`` they are fetched
+(``SA01_BACKGROUND_READ_AHEAD``), or parks ``SA01_MAX_PARKED`` over their tenant's
+share, its topic's partitions are left out of the fetch
+(:meth:`ReadAheadConsumer.throttle`); once both are down to half they are fetched
 again. The agent's stream never blocks (that would stop the fetch of every topic);
 what was fetched before (at most one batch, ``SA01_FETCH_MAX_RECORDS``) still comes in.
 
@@ -28,6 +29,7 @@ from faust.transport.consumer import RecordMap
 from faust.types import TP
 
 from sa01.core.metrics import Metrics
+from sa01.pipeline.ordering import SessionLanes
 from streams.gaps import GapTrackingConsumer
 
 __all__ = ["ReadAhead", "ReadAheadConsumer"]
@@ -87,27 +89,50 @@ class _App(Protocol):
 
 
 class ReadAhead:
-    """Throttles ``topic`` while its agent holds ``high`` records; fetches it at half."""
+    """Throttles ``topic`` while its agent holds ``high`` records or parks ``max_parked``
+    (or ``max_parked_bytes``); fetches it again once all are down to half.
 
-    def __init__(self, app: _App, consumer: str, topic: str, high: int, metrics: Metrics) -> None:
-        if high < 1:
-            raise ValueError("the read-ahead must be at least 1 record")
+    Records over their (tenant, agent) pair's or tenant's share are parked
+    (:class:`~sa01.pipeline.ordering.SessionLanes`) and count against the parking room,
+    not the read-ahead: one tenant's backlog fills its share and then parks, while the
+    other tenants' records are still fetched and run.
+    """
+
+    def __init__(
+        self,
+        app: _App,
+        consumer: str,
+        topic: str,
+        metrics: Metrics,
+        *,
+        high: int,
+        max_parked: int,
+        max_parked_bytes: int,
+    ) -> None:
+        if min(high, max_parked, max_parked_bytes) < 1:
+            raise ValueError("the read-ahead and the parking room must be at least 1")
         self.app = app
         self.consumer = consumer
         self.topic = topic
         self.high = high
-        self.low = high // 2
+        self.max_parked = max_parked
+        self.max_parked_bytes = max_parked_bytes
         self.metrics = metrics
         self.throttled: set[TP] = set()
         self.throttles = 0
         """How many times the topic was throttled (for tests and the log)."""
 
-    def update(self, in_flight: int) -> None:
-        """The agent now holds ``in_flight`` records: throttle or release its topic."""
+    def update(self, lanes: SessionLanes) -> None:
+        """The agent's lanes changed: throttle or release its topic."""
         fetch = self.app.consumer
         if not isinstance(fetch, ReadAheadConsumer):
             return  # a client-only app (a command): it runs no agent
-        if in_flight >= self.high and not self.throttled:
+        full = (
+            lanes.in_flight >= self.high
+            or lanes.parked >= self.max_parked
+            or lanes.parked_bytes >= self.max_parked_bytes
+        )
+        if full and not self.throttled:
             # Every partition of the topic this worker owns now (a later assignment's
             # partitions are added at the next throttle; a revoked one is harmless).
             tps = {tp for tp in fetch.assignment() if tp.topic == self.topic}
@@ -115,7 +140,11 @@ class ReadAhead:
                 fetch.throttle(tps)
                 self.throttles += 1
                 self._set(tps)
-        elif in_flight <= self.low and self.throttled:
+        elif self.throttled and (
+            lanes.in_flight <= self.high // 2
+            and lanes.parked <= self.max_parked // 2
+            and lanes.parked_bytes <= self.max_parked_bytes // 2
+        ):
             fetch.unthrottle(self.throttled)
             self._set(set())
 

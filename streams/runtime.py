@@ -104,7 +104,8 @@ LLM_PREFIX = "llm:"
 
 
 def lane_group(message: InboundMessage) -> bytes | None:
-    """The tenant of a conversation message, from its key ``tenant:session``."""
+    """The tenant of a conversation message or a memory, from its key ``tenant:session``
+    or ``tenant:agent``."""
     if message.key is None:
         return None
     return message.key.split(b":", 1)[0]
@@ -227,6 +228,8 @@ class Runtime(mode.Service):
                 settings.background_read_ahead + FETCH_SLACK,
                 self.ready,
                 share=self.share,
+                lanes=self._background_lanes(),
+                group_of=lane_group,
             ),
             # Upload and backup tasks may wait long for a store: each record its own lane
             # (up to the read-ahead), and each attempt (not the wait between attempts)
@@ -251,6 +254,22 @@ class Runtime(mode.Service):
         """A :class:`RecordGuard` for ``consumer`` (dead letters wake the relay)."""
         return RecordGuard(
             consumer, self.settings, self.dead_letters, self.metrics, self.relay.wake, self.ready
+        )
+
+    def _background_lanes(self) -> SessionLanes:
+        """A background agent's lanes: as the conversation's, one (tenant, agent) pair or
+        tenant holds at most its share of the read-ahead and its further records are
+        parked, so one tenant's backlog does not hold the others' records behind it. The
+        slots and the parking room go past the read-ahead and SA01_MAX_PARKED by
+        FETCH_SLACK, so that submit never waits: the app stops fetching the topic at
+        those bounds instead (streams.read_ahead)."""
+        settings = self.settings
+        return SessionLanes(
+            settings.background_read_ahead + FETCH_SLACK,
+            lane_share=settings.session_max_share,
+            group_share=settings.tenant_max_share,
+            share_base=settings.background_read_ahead,
+            max_parked=settings.max_parked + FETCH_SLACK,
         )
 
     def _waiting_tasks(

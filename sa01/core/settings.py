@@ -171,20 +171,23 @@ class Settings(BaseSettings):
         0.1,
         gt=0,
         le=1,
-        description="Share of SA01_MAX_IN_FLIGHT one session may hold; its further messages "
-        "wait (parked), holding no slot, while the worker reads on.",
+        description="Share of SA01_MAX_IN_FLIGHT one session may hold (and of "
+        "SA01_BACKGROUND_READ_AHEAD one tenant's agent's memories); its further messages wait "
+        "(parked), holding no slot, while the worker reads on.",
     )
     tenant_max_share: float = Field(
         0.5,
         gt=0,
         le=1,
-        description="Share of SA01_MAX_IN_FLIGHT one tenant's sessions may hold together.",
+        description="Share of SA01_MAX_IN_FLIGHT one tenant's sessions may hold together (and "
+        "of SA01_BACKGROUND_READ_AHEAD its memories).",
     )
     max_parked: int = Field(
         4096,
         ge=1,
         description="Messages parked over their session's or tenant's share before the "
-        "worker stops reading altogether (back pressure).",
+        "worker stops reading altogether (back pressure); memories parked over their share "
+        "before the memory topic is no longer fetched.",
     )
     max_parked_bytes: int = Field(
         256 * 1024 * 1024,
@@ -207,8 +210,9 @@ class Settings(BaseSettings):
         256,
         ge=1,
         description="Records a background agent (memories, uploads, backups) takes ahead of"
-        " its work; at this many its topic is no longer fetched until half are finished, so a"
-        " backlog never stands between a new message and the conversation agent.",
+        " its work, parked records apart; at this many its topic is no longer fetched until"
+        " half are finished, so a backlog never stands between a new message and the"
+        " conversation agent.",
     )
     fetch_max_records: int = Field(
         100,

@@ -206,11 +206,11 @@ class LanedConsumer:
         lane_of: Callable[[InboundMessage], Hashable] = lane_by_key,
         lanes: SessionLanes | None = None,
         group_of: Callable[[InboundMessage], Hashable | None] = lambda _: None,
-        on_in_flight: Callable[[int], None] | None = None,
+        on_held: Callable[[SessionLanes], None] | None = None,
     ) -> None:
         self.guard = guard
-        self.on_in_flight = on_in_flight
-        """Told the records in flight after each submit and each finished record."""
+        self.on_held = on_held
+        """Shown the lanes (records admitted, parked) after each submit and finished record."""
         self.handle = handle
         self.lanes = lanes if lanes is not None else SessionLanes(max_in_flight)
         self.group_of = group_of
@@ -240,8 +240,7 @@ class LanedConsumer:
             group=self.group_of(message),
             size=len(message.value) if message.value is not None else 0,
         )
-        if self.on_in_flight is not None:
-            self.on_in_flight(self.lanes.in_flight)
+        self._report_held()
 
     async def _job(self, message: InboundMessage, partition: Hashable) -> None:
         share = self.share
@@ -257,13 +256,13 @@ class LanedConsumer:
         except SchemaMissingError:
             return  # reported once by Runtime.fatal; never acked: the worker is stopping
         self.acks.done(partition, message.offset)
-        if self.on_in_flight is not None:
+        if self.on_held is not None:
             # After the lane has counted this record finished.
-            asyncio.get_running_loop().call_soon(self._report_in_flight)
+            asyncio.get_running_loop().call_soon(self._report_held)
 
-    def _report_in_flight(self) -> None:
-        if self.on_in_flight is not None:
-            self.on_in_flight(self.lanes.in_flight)
+    def _report_held(self) -> None:
+        if self.on_held is not None:
+            self.on_held(self.lanes)
 
     async def wait_idle(self) -> None:
         """Wait until every submitted record is finished."""

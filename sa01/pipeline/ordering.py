@@ -56,6 +56,10 @@ class SessionLanes:
     is taken, or while more than ``max_parked`` jobs (or ``max_parked_bytes``) are
     parked: memory stays bounded.
 
+    The shares are of ``share_base`` slots when given (a background agent's lanes have
+    far more slots than its read-ahead, so that :meth:`submit` never waits: its shares
+    are of the read-ahead), else of ``max_in_flight``.
+
     Why parking and not pausing the source partition: Faust drops the records of a
     partition paused while its fetched batch is being iterated, and does not fetch them
     again (see docs/decisions.md, D10).
@@ -71,10 +75,12 @@ class SessionLanes:
         max_parked: int | None = None,
         max_parked_bytes: int | None = None,
         on_parked: Callable[[int], None] | None = None,
+        share_base: int | None = None,
     ) -> None:
         self.max_in_flight = max_in_flight
-        self.lane_limit = max(1, int(max_in_flight * lane_share))
-        self.group_limit = max(1, int(max_in_flight * group_share))
+        base = share_base if share_base is not None else max_in_flight
+        self.lane_limit = max(1, int(base * lane_share))
+        self.group_limit = max(1, int(base * group_share))
         self.max_bytes = max_bytes
         self.max_parked = max_parked if max_parked is not None else 16 * max_in_flight
         self.max_parked_bytes = max_parked_bytes
@@ -101,6 +107,11 @@ class SessionLanes:
     def parked(self) -> int:
         """Jobs submitted but not yet admitted."""
         return self._waiting
+
+    @property
+    def parked_bytes(self) -> int:
+        """The sizes of the parked jobs, summed."""
+        return self._waiting_bytes
 
     @property
     def bytes_in_flight(self) -> int:

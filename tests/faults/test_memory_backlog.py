@@ -170,3 +170,53 @@ async def test_a_slow_somabrain_holds_the_memory_agent_to_its_read_ahead_and_eve
     wait_committed_to_end(
         settings, settings.topic("somabrain.memory.remember"), transactional=True, timeout=60
     )
+
+
+async def test_one_tenants_memory_backlog_does_not_hold_another_tenants_memories_behind_it(
+    stack: Settings, workers: WorkerFactory, somabrain: SomaBrainServer
+) -> None:
+    # Tenant A's 600 memories of one agent run one at a time (their order), slowly; tenant
+    # B's 20, on the same partition after them, must not wait for them: A's records over
+    # its share are parked, not counted against the read-ahead, so B's are still fetched.
+    settings = with_somabrain(stack, somabrain)
+    hot = [
+        MemoryRecord(
+            memory_id=f"a-{n:04d}",
+            tenant_id="tenant-a",
+            agent_id="agent",
+            session_id="s",
+            content=f"a {n}",
+        )
+        for n in range(600)
+    ]
+    quiet = [
+        MemoryRecord(
+            memory_id=f"b-{n:04d}",
+            tenant_id="tenant-b",
+            agent_id=f"agent-{n % 5}",
+            session_id="s",
+            content=f"b {n}",
+        )
+        for n in range(20)
+    ]
+    produce_transactional(
+        settings,
+        settings.topic("somabrain.memory.remember"),
+        [(m.partition_key.encode(), encode_message(m)) for m in hot + quiet],
+        partition=0,
+    )
+    somabrain.set_mode(FailureMode.SLOW, delay_seconds=0.02)
+    workers.start(settings)
+
+    def stored(tenant: str) -> int:
+        return sum(1 for memory in somabrain.memories() if memory.tenant == tenant)
+
+    deadline = time.monotonic() + 120
+    while stored("tenant-b") < len(quiet) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    hot_stored = stored("tenant-a")
+    somabrain.set_mode(FailureMode.OK)
+    wait_stored(somabrain, len(hot) + len(quiet), 240)
+
+    assert hot_stored < len(hot) // 2, f"tenant B waited for {hot_stored} of tenant A's memories"
+    assert_once_in_order(somabrain, hot + quiet)

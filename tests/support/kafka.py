@@ -133,9 +133,11 @@ def produce_transactional(
     topic: str,
     records: list[tuple[bytes | None, bytes]],
     per_transaction: int = 10,
+    partition: int | None = None,
 ) -> None:
     """Produce ``records`` in transactions of ``per_transaction``, as the relay does:
-    every transaction leaves a control record (an offset gap) on each partition it wrote."""
+    every transaction leaves a control record (an offset gap) on each partition it wrote.
+    With ``partition``, every record goes there (else the key chooses)."""
     producer = Producer(
         {
             "bootstrap.servers": settings.kafka_bootstrap_servers,
@@ -147,7 +149,10 @@ def produce_transactional(
     for start in range(0, len(records), per_transaction):
         producer.begin_transaction()
         for key, value in records[start : start + per_transaction]:
-            producer.produce(topic, key=key, value=value)
+            if partition is None:
+                producer.produce(topic, key=key, value=value)
+            else:
+                producer.produce(topic, key=key, value=value, partition=partition)
         producer.commit_transaction(60)
 
 

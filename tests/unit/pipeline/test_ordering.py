@@ -534,6 +534,23 @@ async def test_a_hot_session_cannot_hold_every_slot() -> None:
     assert lanes.in_flight == 0
 
 
+async def test_shares_may_be_of_fewer_slots_than_the_bound() -> None:
+    # A background agent's lanes: far more slots than its read-ahead (submit never
+    # waits), shares of the read-ahead.
+    lanes = SessionLanes(max_in_flight=1000, lane_share=0.2, share_base=10)
+    gate = asyncio.Event()
+
+    async def job() -> None:
+        await gate.wait()
+
+    for _ in range(30):
+        await asyncio.wait_for(lanes.submit("hot", job), WAIT)
+    assert (lanes.in_flight, lanes.parked) == (2, 28)  # 20% of 10, not of 1000
+    assert lanes.parked_bytes == 0
+    gate.set()
+    await asyncio.wait_for(lanes.wait_idle(), WAIT)
+
+
 async def test_a_tenant_holds_at_most_its_share_across_its_sessions() -> None:
     lanes = SessionLanes(max_in_flight=10, group_share=0.3)
     gate = asyncio.Event()

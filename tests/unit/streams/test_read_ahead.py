@@ -7,6 +7,7 @@ real broker and a slow SomaBrain is in tests/faults/test_memory_backlog.py.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -99,28 +100,66 @@ class App:
         fetch.assignment = lambda: set(assigned)  # type: ignore[method-assign]
 
 
-def test_read_ahead_throttles_at_high_water_and_releases_at_half() -> None:
-    fetch = consumer()
-    metrics = Metrics()
-    read_ahead = ReadAhead(
-        App(fetch, {*CONVERSATION, *MEMORY}), "memory", MEMORY[0].topic, 10, metrics
+@dataclass
+class Held:
+    """What ReadAhead reads of the agent's SessionLanes."""
+
+    in_flight: int = 0
+    parked: int = 0
+    parked_bytes: int = 0
+
+
+def read_ahead_on(fetch: ReadAheadConsumer, metrics: Metrics) -> ReadAhead:
+    app = App(fetch, {*CONVERSATION, *MEMORY})
+    return ReadAhead(
+        app, "memory", MEMORY[0].topic, metrics, high=10, max_parked=100, max_parked_bytes=1000
     )
 
-    read_ahead.update(9)
+
+def paused(metrics: Metrics) -> float:
+    return metrics.consumer_fetch_paused.labels(consumer="memory")._value.get()
+
+
+def test_read_ahead_throttles_at_high_water_and_releases_at_half() -> None:
+    fetch, metrics = consumer(), Metrics()
+    read_ahead = read_ahead_on(fetch, metrics)
+
+    read_ahead.update(Held(in_flight=9))
     assert fetch.throttled == set()
-    read_ahead.update(10)
+    read_ahead.update(Held(in_flight=10))
     assert fetch.throttled == set(MEMORY)  # the topic's partitions only
-    assert metrics.consumer_fetch_paused.labels(consumer="memory")._value.get() == 1
-    read_ahead.update(6)
+    assert paused(metrics) == 1
+    read_ahead.update(Held(in_flight=6))
     assert fetch.throttled == set(MEMORY)  # above half: still throttled
-    read_ahead.update(5)
+    read_ahead.update(Held(in_flight=5))
     assert fetch.throttled == set()
-    assert metrics.consumer_fetch_paused.labels(consumer="memory")._value.get() == 0
+    assert paused(metrics) == 0
     assert read_ahead.throttles == 1
+
+
+def test_parked_records_count_against_the_parking_room_not_the_read_ahead() -> None:
+    # One tenant's backlog over its share is parked: the others' records are still
+    # fetched until the parking room (or its bytes) is full.
+    fetch = consumer()
+    read_ahead = read_ahead_on(fetch, Metrics())
+
+    read_ahead.update(Held(in_flight=3, parked=99, parked_bytes=999))
+    assert fetch.throttled == set()
+    read_ahead.update(Held(in_flight=3, parked=100))
+    assert fetch.throttled == set(MEMORY)
+    read_ahead.update(Held(in_flight=3, parked=51))
+    assert fetch.throttled == set(MEMORY)
+    read_ahead.update(Held(in_flight=3, parked=50))
+    assert fetch.throttled == set()
+    read_ahead.update(Held(parked=1, parked_bytes=1000))
+    assert fetch.throttled == set(MEMORY)
 
 
 def test_read_ahead_ignores_an_app_without_the_worker_consumer() -> None:
     class ClientApp:
         consumer = object()
 
-    ReadAhead(ClientApp(), "memory", MEMORY[0].topic, 1, Metrics()).update(5)  # no error
+    read_ahead = ReadAhead(
+        ClientApp(), "memory", MEMORY[0].topic, Metrics(), high=1, max_parked=1, max_parked_bytes=1
+    )
+    read_ahead.update(Held(in_flight=5))  # no error, nothing to throttle
