@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import ast
+import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from sa01.providers import _litellm
@@ -12,7 +14,14 @@ from sa01.providers import _litellm
 PROVIDERS = Path(__file__).resolve().parents[3] / "sa01" / "providers"
 
 
-def _litellm_imports(path: Path) -> list[int]:
+#: Run in a process of its own: CPython 3.11's ast.parse can fail ("AST constructor
+#: recursion depth mismatch") while another thread of the test process compiles a module
+#: (a threaded import of litellm left running by another test).
+_SCAN = """
+import ast, json, sys
+from pathlib import Path
+found = {}
+for path in sorted(Path(sys.argv[1]).glob("*.py")):
     lines = []
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
@@ -22,18 +31,23 @@ def _litellm_imports(path: Path) -> list[int]:
             names = [node.module]
         if any(name == "litellm" or name.startswith("litellm.") for name in names):
             lines.append(node.lineno)
-    return lines
+    found[path.name] = lines
+print(json.dumps(found))
+"""
+
+
+def _litellm_imports() -> dict[str, list[int]]:
+    """Per module of sa01/providers, the lines importing litellm."""
+    scan = subprocess.run(
+        [sys.executable, "-c", _SCAN, str(PROVIDERS)], capture_output=True, text=True, check=True
+    )
+    found: dict[str, list[int]] = json.loads(scan.stdout)
+    return found
 
 
 def test_no_provider_module_but_one_imports_litellm_or_sets_its_environment() -> None:
-    # Wait for an import of litellm another test left running in a thread: CPython 3.11
-    # can fail ast.parse while another thread compiles ("AST constructor recursion depth").
-    _litellm.import_litellm()
-    offenders = {
-        path.name: _litellm_imports(path)
-        for path in PROVIDERS.glob("*.py")
-        if path.name != "_litellm.py" and _litellm_imports(path)
-    }
+    imports = _litellm_imports()
+    offenders = {name: lines for name, lines in imports.items() if name != "_litellm.py" and lines}
     setting_env = [
         path.name
         for path in PROVIDERS.glob("*.py")
@@ -42,7 +56,7 @@ def test_no_provider_module_but_one_imports_litellm_or_sets_its_environment() ->
 
     assert offenders == {}
     assert setting_env == []
-    assert _litellm_imports(PROVIDERS / "_litellm.py")
+    assert imports["_litellm.py"]
 
 
 async def test_litellm_is_loaded_once_quiet_and_without_callbacks() -> None:
