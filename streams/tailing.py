@@ -18,7 +18,7 @@ from schemas.codec import decode_message
 from schemas.messages import DegradationEvent
 from streams.console import Console, dump_json, format_event
 
-__all__ = ["follow", "status_document"]
+__all__ = ["fold_topic", "follow", "status_document"]
 
 
 def _consumer(
@@ -102,7 +102,7 @@ async def follow(
     return printed
 
 
-def _fold_topic(settings: Settings, timeout: float = 20.0) -> dict[str, ServiceHealth]:
+def fold_topic(settings: Settings, timeout: float = 20.0) -> dict[str, ServiceHealth]:
     """The latest event per service, reading every partition to its end (not to a pause:
     a slow first fetch must not read as an empty topic)."""
     topic = settings.topic(DEGRADATION_EVENTS)
@@ -149,7 +149,7 @@ async def status_document(settings: Settings, url: str | None) -> tuple[dict[str
             reason = f"answered {response.status_code}"
     except httpx.HTTPError as exc:
         reason = f"is not reachable ({type(exc).__name__})"
-    rows = await asyncio.to_thread(_fold_topic, settings)
+    rows = await asyncio.to_thread(fold_topic, settings)
     specs = {spec.name: spec for spec in DEFAULT_SERVICES}
     document = DegradationStatus(rows, specs).as_json()
     return document, f"from {settings.topic(DEGRADATION_EVENTS)}: the worker at {base} {reason}"

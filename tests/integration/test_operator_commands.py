@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import time
 
 import psycopg
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from sa01.core.settings import Settings
 from sa01.outbox.database import Database
 from sa01.outbox.dead_letter_store import DeadLetter, DeadLetterStore
+from streams.tailing import fold_topic
 from tests.support.commands import command
 from tests.support.status import wait_status
 from tests.support.worker import WorkerFactory
@@ -37,8 +40,17 @@ async def monitored(stack: Settings, workers: WorkerFactory) -> Settings:
         update={"somabrain_url": "http://127.0.0.1:9", "health_probes": "postgres,somabrain"}
     )
     worker = workers.start(settings)
-    # Wait for the table: the event is then on the topic, not only in this worker's view.
     wait_status(worker, lambda doc: doc.get("table", {}).get("somabrain") == "unavailable")
+    # The table reads uncommitted records: wait until the relay's transaction holding the
+    # event is committed too (a kill before that would leave it invisible to status's
+    # read_committed fold until the broker aborts the transaction).
+    deadline = time.monotonic() + 60
+    while True:
+        folded = await asyncio.to_thread(fold_topic, settings)
+        if "somabrain" in folded and folded["somabrain"].state.value == "unavailable":
+            break
+        assert time.monotonic() < deadline, f"no committed somabrain event: {folded}"
+        await asyncio.sleep(0.2)
     return settings.model_copy(update={"web_port": worker.port})
 
 
