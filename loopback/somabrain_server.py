@@ -42,8 +42,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
-import functools
 import hashlib
+import heapq
 import json
 import logging
 import re
@@ -240,6 +240,13 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         # State shared with callers on other threads, guarded by _lock.
         self._queue_for_replay = False
         self._store: dict[tuple[str, str, str], StoredMemory] = {}
+        # Indexes of _store, so that a recall and a count cost what they return rather than
+        # the whole store (a scan per recall made this server the bottleneck of the memory
+        # backlog bench): first-insertion position, memories by the owner recall matches
+        # (see _owner) and counts by tenant.
+        self._position: dict[tuple[str, str, str], int] = {}
+        self._by_owner: dict[_Owner, dict[tuple[str, str, str], _Indexed]] = {}
+        self._tenant_counts: Counter[str] = Counter()
         self._queued: list[StoredMemory] = []
         self._working: dict[str, dict[str, dict[str, Any]]] = {}
         self._backend_down = False
@@ -362,6 +369,9 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         """Forget the stored and queued memories and the working memory."""
         with self._lock:
             self._store.clear()
+            self._position.clear()
+            self._by_owner.clear()
+            self._tenant_counts.clear()
             self._queued.clear()
             self._working.clear()
 
@@ -392,31 +402,46 @@ class SomaBrainServer(LoopbackServer[_Settings]):
 
     def _put(self, memory: StoredMemory) -> None:
         """Insert or overwrite in place (caller holds the lock)."""
-        self._store[(memory.tenant, memory.namespace, memory.key)] = memory
+        ident = (memory.tenant, memory.namespace, memory.key)
+        previous = self._store.get(ident)
+        if previous is None:
+            self._position[ident] = len(self._position)
+            self._tenant_counts[memory.tenant] += 1
+        else:
+            self._by_owner.get(_owner(previous.payload), {}).pop(ident, None)
+        self._store[ident] = memory
+        self._by_owner.setdefault(_owner(memory.payload), {})[ident] = (
+            self._position[ident],
+            _indexed_words(memory),
+            memory,
+        )
 
     def _search(
-        self, tenant: str, namespace: str, query: str, *, include_queued: bool
-    ) -> list[tuple[float, StoredMemory]]:
-        words = set(_WORD.findall(query.lower()))
+        self, tenant: str, namespace: str, query: str, top_k: int
+    ) -> tuple[int, list[tuple[float, StoredMemory]]]:
+        """How many long-term memories score above 0, and the ``top_k`` best.
+
+        Only memories the real ``_tenant_match`` keeps are scored: the stored payload names
+        this tenant or none, and this namespace or none (:func:`_owner`). The score is the
+        share of the query's words found in the indexed text (:func:`_indexed_words`); equal
+        scores keep first-insertion order.
+        """
+        words = frozenset(_WORD.findall(query.lower()))
+        if not words:
+            return 0, []
         with self._lock:
-            candidates = list(self._store.values())
-            if include_queued:
-                candidates += self._queued
-        seen: set[tuple[str, str, str]] = set()
-        hits: list[tuple[float, StoredMemory]] = []
-        for memory in reversed(candidates):  # the newest copy of a key wins
-            ident = (memory.tenant, memory.namespace, memory.key)
-            if ident in seen:
-                continue
-            seen.add(ident)
-            if not _hit_matches(memory.payload, tenant, namespace):
-                continue
-            score = _score(words, memory)
-            if score > 0:
-                hits.append((score, memory))
-        hits.reverse()  # back to insertion order, so equal scores keep it (stable sort)
-        hits.sort(key=lambda hit: hit[0], reverse=True)
-        return hits
+            buckets = [
+                list(self._by_owner.get(owner, {}).values())
+                for owner in {(tenant, namespace), (tenant, ""), ("", namespace), ("", "")}
+            ]
+        hits = [
+            (-found, position, memory)
+            for bucket in buckets
+            for position, indexed, memory in bucket
+            if (found := len(words & indexed))
+        ]
+        best = heapq.nsmallest(top_k, hits)
+        return len(hits), [(round(-found / len(words), 6), memory) for found, _, memory in best]
 
     # ------------------------------------------------------------------ HTTP
 
@@ -553,9 +578,8 @@ class SomaBrainServer(LoopbackServer[_Settings]):
             elif settings.mode is FailureMode.ERROR_500:
                 return _detail(500, f"ltm recall unavailable: {_BACKEND_ERROR}")
             elif not backend_down:
-                hits = self._search(tenant, namespace, payload.query, include_queued=False)
-                ltm_hits = len(hits)
-                for score, memory in hits[:top_k]:
+                ltm_hits, hits = self._search(tenant, namespace, payload.query, top_k)
+                for score, memory in hits:
                     results.append(
                         {
                             "content": copy.deepcopy(memory.payload),
@@ -643,7 +667,7 @@ class SomaBrainServer(LoopbackServer[_Settings]):
                 "queue_for_replay": self._queue_for_replay,
                 "backend_down": self._backend_down,
                 "memories": len(self._store),
-                "memories_by_tenant": dict(Counter(m.tenant for m in self._store.values())),
+                "memories_by_tenant": {t: n for t, n in self._tenant_counts.items() if n},
                 "queued": len(self._queued),
                 "remember_count": self._remember_count,
                 "request_count": len(self._requests),
@@ -752,31 +776,31 @@ def _coordinate(key: str, universe: str | None) -> list[float]:
     return [round(int.from_bytes(digest[i : i + 8], "big") / 2**63 - 1.0, 6) for i in (0, 8, 16)]
 
 
-def _hit_matches(payload: dict[str, Any], tenant: str, namespace: str) -> bool:
-    """The real ``_tenant_match``: a hit of another tenant or namespace is dropped."""
-    owner = payload.get("tenant") or payload.get("tenant_id")
-    if owner and owner != tenant:
-        return False
-    hit_namespace = payload.get("namespace")
-    return not (hit_namespace and hit_namespace != namespace)
+#: A memory as the recall index holds it: first-insertion position, indexed words, memory.
+_Indexed = tuple[int, frozenset[str], "StoredMemory"]
+
+#: Whom a stored memory answers recalls for: (tenant, namespace), "" for either when the
+#: stored payload names none, ``None`` when it names a value no recall can match.
+_Owner = tuple[str, str] | None
 
 
-def _score(words: set[str], memory: StoredMemory) -> float:
-    """The share of the query's words found in the indexed text.
+def _owner(payload: dict[str, Any]) -> _Owner:
+    """The real ``_tenant_match`` as an index key: a hit of another tenant or namespace is
+    dropped, and a payload naming neither matches every recall."""
+    owner = payload.get("tenant") or payload.get("tenant_id") or ""
+    namespace = payload.get("namespace") or ""
+    if not isinstance(owner, str) or not isinstance(namespace, str):
+        return None
+    return owner, namespace
+
+
+def _indexed_words(memory: StoredMemory) -> frozenset[str]:
+    """The words a memory is found by.
 
     The real server embeds only the stored ``task`` (``value.text``, else the key): a memory
     whose content sits elsewhere in ``value`` is found by its key alone.
     """
-    if not words:
-        return 0.0
-    found = words & _indexed_words(str(memory.payload.get("task") or memory.key))
-    return round(len(found) / len(words), 6)
-
-
-@functools.lru_cache(maxsize=65536)
-def _indexed_words(text: str) -> frozenset[str]:
-    """The words a memory is found by (cached: every recall scores every stored memory)."""
-    return frozenset(_WORD.findall(text.lower()))
+    return frozenset(_WORD.findall(str(memory.payload.get("task") or memory.key).lower()))
 
 
 def _now_iso() -> str:

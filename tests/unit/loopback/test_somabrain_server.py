@@ -204,6 +204,36 @@ def test_only_value_text_is_indexed(client: httpx.Client) -> None:
     assert [hit["content"]["key"] for hit in by_key] == ["k-content"]
 
 
+def test_recall_matches_the_stored_payloads_owner_and_keeps_insertion_order_on_ties(
+    brain: SomaBrainServer, client: httpx.Client
+) -> None:
+    """The real ``_tenant_match`` reads the stored payload: ``value.tenant`` overrides the
+    request's tenant, a payload naming another tenant is dropped, and one whose value
+    blanks the tenant is matched by every tenant. An overwrite moves the memory to its new
+    owner in place; equal scores keep first-insertion order."""
+    client.post("/memory/remember", json=memory("a", "tea"))
+    foreign = memory("b", "tea")
+    foreign["value"]["tenant"] = "t2"
+    client.post("/memory/remember", json=foreign)
+    anyone = memory("c", "tea", tenant="t3")
+    anyone["value"].update(tenant="", tenant_id="")
+    client.post("/memory/remember", json=anyone)
+    client.post("/memory/remember", json=memory("d", "tea"))
+
+    def keys(tenant: str) -> list[str]:
+        answer = recall(client, "tea", tenant=tenant, layer="ltm", namespace="wm").json()
+        assert answer["ltm_hits"] == len(answer["results"])
+        return [hit["content"]["key"] for hit in answer["results"]]
+
+    assert keys("t1") == ["a", "c", "d"]
+    assert keys("t2") == ["b", "c"]
+    client.post("/memory/remember", json=memory("b", "tea"))  # t1's key b, t1's payload now
+    assert keys("t2") == ["c"]
+    assert keys("t1") == ["a", "b", "c", "d"]
+    described = client.get("/_loopback/mode").json()
+    assert described["memories_by_tenant"] == {"t1": 3, "t3": 1}
+
+
 def test_working_memory_returns_every_item_of_the_tenant_at_score_one(
     client: httpx.Client,
 ) -> None:
