@@ -1,4 +1,4 @@
-"""The app's commands: ``faust -A streams migrate|create-topics|produce|publish-outbox``."""
+"""The app's commands: ``faust -A streams migrate|create-topics|produce|publish-outbox|...``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from sa01.core.errors import ResilienceError
 from sa01.core.redaction import redact_url
 from sa01.core.topics import CONVERSATION_INBOUND, DEGRADATION_EVENTS, ensure_topics
 from sa01.outbox.database import Database
+from sa01.outbox.layout import read_layout
 from sa01.outbox.migrate import migrate
 from sa01.outbox.producer import ResilientProducer
 from sa01.outbox.relay import OutboxRelay
@@ -189,6 +190,45 @@ def register(app: StreamsApp) -> None:
         finally:
             await relay.stop()
             await database.close()
+
+    @app.command(
+        option("--set", "shards", default=None, type=int, help="Record a new shard count."),
+    )
+    async def outbox_shards(self: Any, shards: int | None) -> None:
+        """The outbox's shard count; --set N drains with the old count and records N."""
+        database = Database(settings)
+        try:
+            await check_schema(settings)
+            await database.open()
+            async with database.connection() as conn:
+                layout = await read_layout(conn, settings)
+            if shards is not None and shards < 1:
+                _fail(ValueError(f"--set takes a shard count of at least 1, not {shards}"))
+            if shards is None:
+                print(
+                    json.dumps(
+                        {
+                            "recorded": layout.recorded,
+                            "configured": layout.configured,
+                            "in_flight": layout.in_flight,
+                        }
+                    )
+                )
+                return
+            old = layout.recorded or settings.outbox_shards
+            relay = OutboxRelay(
+                settings.model_copy(update={"outbox_shards": old}), database, app.metrics
+            )
+            published = await relay.change_shard_count(shards)
+        except ResilienceError as exc:
+            _fail(exc)
+        finally:
+            await database.close()
+        print(
+            f"the outbox is now published with {shards} shards ({published} rows drained with "
+            f"{old} first); set SA01_OUTBOX_SHARDS={shards} in every relay and worker",
+            file=sys.stderr,
+        )
 
 
 def register_operator_commands(app: StreamsApp) -> None:

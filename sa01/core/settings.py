@@ -364,7 +364,8 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Shards of the outbox by key hash, each published by one relay at a"
-        " time; fixed per deployment (docs/operations.md says how to change it).",
+        " time; one count per deployment, recorded by the first relay (a relay of another"
+        " count publishes nothing); `faust -A streams outbox-shards --set N` changes it.",
     )
     relay_poll_interval_seconds: float = Field(
         0.5, gt=0, description="How often the active relay looks for rows without a wake-up."

@@ -45,15 +45,26 @@ from datetime import timedelta
 import psycopg
 from psycopg import sql
 
-from sa01.core.errors import InfrastructureUnavailableError, PermanentError, ServiceUnavailableError
+from sa01.core.errors import (
+    ConfigurationError,
+    InfrastructureUnavailableError,
+    PermanentError,
+    ServiceUnavailableError,
+)
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.core.topics import OUTBOX_LEDGER, dlq
 from sa01.outbox.database import Database
 from sa01.outbox.dead_letter_store import DeadLetter, DeadLetterStore
 from sa01.outbox.idempotency import IdempotencyStore
+from sa01.outbox.layout import (
+    ShardCountMismatchError,
+    check_shard_count,
+    read_layout,
+    record_shard_count,
+)
 from sa01.outbox.ledger import encode_entry, read_last_sequence
-from sa01.outbox.singleton import Lease, SingletonJob
+from sa01.outbox.singleton import AdvisoryLock, Lease, SingletonJob
 from sa01.outbox.store import ClaimedRow, Conn, OutboxStore
 from sa01.outbox.transactions import (
     ROW_SPECIFIC_ERRORS,
@@ -175,6 +186,8 @@ class ShardRelay:
 
     @contextlib.asynccontextmanager
     async def _publishing(self) -> AsyncIterator[TransactionalPublisher]:
+        async with self.relay.database.connection() as conn:
+            await check_shard_count(conn, self.shard.count)
         publisher = TransactionalPublisher(self.settings, self.relay_id)
         try:
             await publisher.start()
@@ -507,6 +520,43 @@ class OutboxRelay:
             raise ServiceUnavailableError(
                 "outbox-relay", f"another relay holds the lock after {lock_timeout:.0f}s"
             )
+        return published
+
+    async def change_shard_count(self, shards: int, lock_timeout: float = 30.0) -> int:
+        """Drain with this relay's count, then record ``shards`` (``sa01.outbox.layout``).
+
+        Returns the rows published by the drain. Raises :class:`ServiceUnavailableError`
+        when a running relay holds a shard of this count, and :class:`ConfigurationError`
+        when this relay's count is not the recorded one or rows are still in flight.
+        """
+        published = await self.drain(lock_timeout)
+        locks = [AdvisoryLock(self.settings, s.shard.lock_key, s.shard.name) for s in self.shards]
+        try:
+            for lock in locks:
+                if not await lock.try_acquire():
+                    raise ServiceUnavailableError(
+                        "outbox-relay",
+                        f"{lock.name} was taken by a running relay: stop every relay "
+                        "(publish-outbox, and the workers' with "
+                        "SA01_RELAY_ENABLED_IN_WORKER=false) first",
+                    )
+            async with self.database.connection() as conn:
+                layout = await read_layout(conn, self.settings)
+                if layout.recorded not in (None, self.settings.outbox_shards):
+                    raise ShardCountMismatchError(
+                        f"the outbox is published with {layout.recorded} shards, "
+                        f"not {self.settings.outbox_shards}"
+                    )
+                if layout.in_flight:
+                    raise ConfigurationError(
+                        f"{layout.in_flight} outbox rows are still being published by a "
+                        "relay of another shard count; nothing was changed"
+                    )
+                await record_shard_count(conn, shards)
+        finally:
+            for lock in locks:
+                await lock.release()
+        logger.info("outbox shard count changed", extra={"shards": shards})
         return published
 
     # ---------------------------------------------------------------- cleanup

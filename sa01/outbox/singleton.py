@@ -36,7 +36,11 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from sa01.core.errors import InfrastructureUnavailableError, ServiceUnavailableError
+from sa01.core.errors import (
+    ConfigurationError,
+    InfrastructureUnavailableError,
+    ServiceUnavailableError,
+)
 from sa01.core.redaction import configured_secrets, redact_text
 from sa01.core.settings import Settings
 from sa01.outbox.database import database_unavailable
@@ -226,6 +230,9 @@ class SingletonJob:
             except (ServiceUnavailableError, psycopg.Error) as exc:
                 self.failures += 1
                 logger.warning("%s paused: %s", self.name, exc)
+            except ConfigurationError as exc:  # an operator's to fix: said, retried
+                self.failures += 1
+                logger.error("%s refused: %s", self.name, exc)
             except Exception:
                 self.failures += 1
                 logger.exception("%s failed", self.name)
