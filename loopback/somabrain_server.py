@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import gc
 import hashlib
 import heapq
 import json
@@ -247,6 +248,7 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         self._position: dict[tuple[str, str, str], int] = {}
         self._by_owner: dict[_Owner, dict[tuple[str, str, str], _Indexed]] = {}
         self._tenant_counts: Counter[str] = Counter()
+        self._unfrozen = 0
         self._queued: list[StoredMemory] = []
         self._working: dict[str, dict[str, dict[str, Any]]] = {}
         self._backend_down = False
@@ -407,6 +409,14 @@ class SomaBrainServer(LoopbackServer[_Settings]):
         if previous is None:
             self._position[ident] = len(self._position)
             self._tenant_counts[memory.tenant] += 1
+            self._unfrozen += 1
+            if self._unfrozen >= FREEZE_EVERY:
+                # The real service keeps memories in its store, this one in the Python heap,
+                # where every full collection walked all of them: pauses of 0.1-0.5 s at
+                # 50,000 memories stalled every request, recalls included. Frozen objects
+                # are left out of collections (the store only grows, or is cleared).
+                gc.freeze()
+                self._unfrozen = 0
         else:
             self._by_owner.get(_owner(previous.payload), {}).pop(ident, None)
         self._store[ident] = memory
@@ -775,6 +785,9 @@ def _coordinate(key: str, universe: str | None) -> list[float]:
     digest = hashlib.sha256(f"{universe or 'real'}:{key}".encode()).digest()
     return [round(int.from_bytes(digest[i : i + 8], "big") / 2**63 - 1.0, 6) for i in (0, 8, 16)]
 
+
+#: New memories between two ``gc.freeze()`` calls (see ``SomaBrainServer._put``).
+FREEZE_EVERY = 1000
 
 #: A memory as the recall index holds it: first-insertion position, indexed words, memory.
 _Indexed = tuple[int, frozenset[str], "StoredMemory"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from loopback import somabrain_server
 from loopback.llm_server import FailureMode
 from loopback.somabrain_server import QUEUED_FOR_REPLAY_WARNING, SomaBrainServer
 
@@ -610,3 +612,23 @@ def test_stop_drops_a_hanging_request() -> None:
         with pytest.raises(httpx.HTTPError):
             future.result(5)
     assert _server_threads() == []
+
+
+def test_stored_memories_are_left_out_of_garbage_collections(
+    brain: SomaBrainServer, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real service keeps memories in its store; this one keeps them in the heap, where
+    a full collection walked all of them (0.1-0.5 s pauses at 50,000 memories, stalling
+    recalls). Every ``FREEZE_EVERY`` new memories they are frozen out of collections."""
+    monkeypatch.setattr(somabrain_server, "FREEZE_EVERY", 3)
+    gc.unfreeze()
+    try:
+        for n in range(2):
+            client.post("/memory/remember", json=memory(f"k{n}", "tea"))
+        assert gc.get_freeze_count() == 0
+        client.post("/memory/remember", json=memory("k1", "tea again"))  # an overwrite
+        assert gc.get_freeze_count() == 0
+        client.post("/memory/remember", json=memory("k2", "tea"))
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
