@@ -16,6 +16,7 @@ import click
 from faust.cli import argument, option
 
 from sa01.core.errors import ResilienceError
+from sa01.core.heap import freeze_startup_heap
 from sa01.core.redaction import redact_url
 from sa01.core.topics import CONVERSATION_INBOUND, DEGRADATION_EVENTS, ensure_topics
 from sa01.outbox.database import Database
@@ -184,6 +185,7 @@ def register(app: StreamsApp) -> None:
                 with contextlib.suppress(NotImplementedError):
                     loop.add_signal_handler(sig, stop.set)
             await relay.start()
+            freeze_startup_heap()
             await stop.wait()
         except ResilienceError as exc:
             _fail(exc)

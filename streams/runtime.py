@@ -15,6 +15,7 @@ from typing import Any
 import mode
 
 from sa01.core.errors import ConfigurationError, InfrastructureUnavailableError
+from sa01.core.heap import freeze_startup_heap
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.core.topics import (
@@ -324,6 +325,7 @@ class Runtime(mode.Service):
         notice = missing_key_notice(self.settings)
         if notice:
             logger.warning(notice)
+        freeze_startup_heap()
         self.ready.set()
         logger.info(
             "worker ready: answering %s on %s; http://%s:%d/health /status /metrics",

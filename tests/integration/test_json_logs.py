@@ -47,3 +47,5 @@ async def test_a_worker_logs_one_json_object_per_line_with_ids_as_fields(
     text = worker.log_path.read_text(errors="replace")
     assert len(json_records(text)) > 5, "Faust's own records are JSON too"
     assert not [line for line in text.splitlines() if TEXT_RECORD.match(line)], text[-3000:]
+    frozen = [r for r in json_records(text) if str(r.get("message")).startswith("start-up heap")]
+    assert frozen and int(str(frozen[0]["objects"])) > 10_000, "the ready worker freezes its heap"
