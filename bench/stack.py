@@ -4,6 +4,7 @@ does), then ``faust -A streams worker``; optionally the loopback LLM server."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -101,13 +102,31 @@ def deployment(
 ) -> Iterator[tuple[FaustProc | None, FaustProc]]:
     """The active standalone relay (unless ``standalone_relay`` is false: then the
     worker's own relay publishes), then a worker ready on /health; both stopped on exit."""
+    with workers_deployment(settings, 1, standalone_relay=standalone_relay) as (relay, workers):
+        yield relay, workers[0]
+
+
+@contextlib.contextmanager
+def workers_deployment(
+    settings: Settings, count: int, *, standalone_relay: bool = True
+) -> Iterator[tuple[FaustProc | None, list[FaustProc]]]:
+    """As :func:`deployment`, with ``count`` workers in the consumer group (each with its
+    own web port, data dir and instance id), all ready on /health."""
     data_dir = tempfile.mkdtemp(prefix="sa01-bench-")
     try:
         with contextlib.ExitStack() as stack:
             relay = stack.enter_context(relay_only(settings)) if standalone_relay else None
-            worker = start_worker(settings, data_dir)
-            stack.callback(worker.stop)
-            worker.wait_health_ready()
-            yield relay, worker
+            workers = []
+            for n in range(1, count + 1):
+                worker_dir = os.path.join(data_dir, f"w{n}")
+                os.makedirs(worker_dir)
+                worker = start_worker(
+                    settings, worker_dir, worker_instance_id=f"{settings.app_id}-w{n}"
+                )
+                stack.callback(worker.stop)
+                workers.append(worker)
+            for worker in workers:
+                worker.wait_health_ready()
+            yield relay, workers
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

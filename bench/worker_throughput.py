@@ -30,7 +30,7 @@ from typing import Any
 from bench import load
 from bench.common import drop, percentile, summary, table, write_result
 from bench.procs import FaustProc, Proc, python_proc
-from bench.stack import bench_settings, deployment, llm_server, route, with_llm
+from bench.stack import bench_settings, llm_server, route, with_llm, workers_deployment
 from sa01.core.settings import Settings
 
 WARMUP = 50
@@ -98,40 +98,48 @@ def _bare(settings: Settings) -> Iterator[Proc]:
 @contextlib.contextmanager
 def _target(
     settings: Settings, kind: str, api_base: str
-) -> Iterator[tuple[FaustProc | None, Proc]]:
-    """The bare loop (yields None and it) or a worker deployment (yields the worker twice)."""
+) -> Iterator[tuple[list[FaustProc], list[Proc]]]:
+    """The bare loop (no workers, its process) or a worker deployment (its workers twice)."""
     if kind == "bare":
         with _bare(settings) as bare:
-            yield None, bare
+            yield [], [bare]
     else:
         chosen = with_llm(settings, api_base) if kind == "litellm" else settings
-        with deployment(chosen, standalone_relay=kind != "echo-own-relay") as (_relay, worker):
-            yield worker, worker
+        count = 2 if kind == "echo-2-workers" else 1
+        with workers_deployment(chosen, count, standalone_relay=kind != "echo-own-relay") as (
+            _relay,
+            workers,
+        ):
+            yield workers, list(workers)
 
 
 def measure(
     settings: Settings, kind: str, plan: Plan, rate: float | None, api_base: str = ""
 ) -> tuple[Figures, float]:
-    """Throughput of ``kind`` (bare, echo, echo-own-relay, litellm), then latency at
-    ``rate`` (or half the throughput just measured); the figures and the rate used."""
+    """Throughput of ``kind`` (bare, echo, echo-2-workers, echo-own-relay, litellm), then
+    latency at ``rate`` (or half the throughput just measured); the figures and the rate
+    used. CPU, log bytes and commits are summed over the workers."""
     r = route(settings)
     size = plan.messages * (BARE_FACTOR if kind == "bare" else 1)
-    with _target(settings, kind, api_base) as (worker, proc), load.ReplyWatcher(r) as watcher:
+    with _target(settings, kind, api_base) as (workers, procs), load.ReplyWatcher(r) as watcher:
         prod = load.producer(r.bootstrap)
         load.round_trip(r, prod, watcher, load.messages(WARMUP, tag="warm"), 180)
-        log_start = worker.log_path.stat().st_size if worker else 0
-        cpu_start = _cpu_seconds(proc.pid)
-        commits_start = _commits(worker) if worker else (0.0, 0.0)
+        log_start = sum(w.log_path.stat().st_size for w in workers)
+        cpu_start = sum(_cpu_seconds(p.pid) for p in procs)
+        commits_start = [_commits(w) for w in workers]
         rates = []
         for _ in range(plan.repeats):
             rates.append(size / load.round_trip(r, prod, watcher, load.messages(size), 600))
         sent = size * plan.repeats
-        log_bytes = (worker.log_path.stat().st_size - log_start) / sent if worker else None
-        cpu_ms = 1000 * (_cpu_seconds(proc.pid) - cpu_start) / sent
+        log_bytes = None
         per_commit = None
-        if worker:
-            count, total = (b - a for a, b in zip(commits_start, _commits(worker), strict=True))
+        if workers:
+            log_bytes = (sum(w.log_path.stat().st_size for w in workers) - log_start) / sent
+            ends = [_commits(w) for w in workers]
+            count = sum(end[0] - start[0] for start, end in zip(commits_start, ends, strict=True))
+            total = sum(end[1] - start[1] for start, end in zip(commits_start, ends, strict=True))
             per_commit = total / count if count else None
+        cpu_ms = 1000 * (sum(_cpu_seconds(p.pid) for p in procs) - cpu_start) / sent
         offered = rate if rate is not None else summary(rates)["median"] / 2
         batch = load.messages(max(50, round(offered * plan.latency_seconds)), tag="lat")
         latencies = load.paced(r, prod, watcher, batch, offered, 300)
@@ -183,6 +191,7 @@ async def run(quick: bool) -> dict[str, Any]:
         llm, rate = await _one("litellm", plan, None, api_base)
     echo, _ = await _one("echo", plan, rate, "")
     own, _ = await _one("echo-own-relay", plan, rate, "")
+    two, _ = await _one("echo-2-workers", plan, rate, "")
     bare, _ = await _one("bare", plan, rate, "")
     settings = Settings.load()
     workload = (
@@ -193,14 +202,18 @@ async def run(quick: bool) -> dict[str, Any]:
         f"{settings.relay_batch_size}, polling every {settings.relay_poll_interval_seconds}s "
         "(the standalone relay, started first as scripts/run.sh does); memory off; "
         f"latency: {rate:.1f} msgs/s offered for {plan.latency_seconds:.0f}s to every target "
-        "(half the litellm worker's median); last row: no publish-outbox process, the "
-        "worker's own relay (woken on each commit) publishes"
+        "(half the litellm worker's median); 'no standalone relay': no publish-outbox "
+        "process, the worker's own relay (woken on each commit) publishes; '2 worker "
+        "processes': two workers in the consumer group, CPU and commits summed over both "
+        f"({os.cpu_count()} cores on this machine, shared with Kafka, PostgreSQL, the relay "
+        "and the load)"
     )
     result: dict[str, Any] = {"workload": workload, "offered_load_per_s": rate}
     targets = (
         ("bare_aiokafka_loop", bare),
         ("worker_echo", echo),
         ("worker_echo_own_relay", own),
+        ("two_workers_echo", two),
         ("worker_litellm", llm),
     )
     for key, figures in targets:
@@ -238,6 +251,7 @@ async def run(quick: bool) -> dict[str, Any]:
                 _row("worker, echo responder", echo, bare),
                 _row("worker, litellm -> loopback", llm, bare),
                 _row("worker, echo, no standalone relay", own, bare),
+                _row("2 worker processes, echo", two, bare),
             ]
         )
     )
