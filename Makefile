@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: help setup lock services services-down status migrate topics run test test-unit lint typecheck layers format schemas bench clean
+.PHONY: help setup lock services services-down status migrate topics run test test-unit lint typecheck layers format schemas bench peers peers-lock clean
 
 help:
 	@echo "make run       start services, apply migrations, run the relay and the worker"
@@ -84,8 +84,24 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup services migrate
+bench: setup services migrate peers
 	$(BIN)/python -m bench $(ARGS)
+
+# The peer row of the worker bench: Quix Streams in a virtualenv of its own (it pins its
+# own confluent-kafka), at the versions and hashes of bench/peers/requirements.lock.
+PEERS_VENV := .cache/peers-venv
+peers: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: bench/peers/requirements.lock
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r bench/peers/requirements.lock
+	@touch $@
+
+peers-lock: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(BIN)/uv pip compile bench/peers/requirements.in --generate-hashes --python-version 3.11 \
+		--annotation-style line --custom-compile-command "make peers-lock" --quiet \
+		-o bench/peers/requirements.lock
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache

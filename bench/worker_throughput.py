@@ -95,6 +95,33 @@ def _bare(settings: Settings) -> Iterator[Proc]:
         proc.stop()
 
 
+#: The peer row's interpreter: ``make peers`` builds its virtualenv (quixstreams).
+PEER_PYTHON = Path(__file__).resolve().parents[1] / ".cache" / "peers-venv" / "bin" / "python"
+
+
+@contextlib.contextmanager
+def _quix(settings: Settings) -> Iterator[Proc]:
+    r = route(settings)
+    proc = Proc(
+        "quix-peer",
+        [
+            str(PEER_PYTHON),
+            "bench/peers/quix_echo.py",
+            r.bootstrap,
+            r.inbound,
+            r.outbound,
+            f"quix-{uuid.uuid4().hex}",
+        ],
+        dict(os.environ),
+        watch_stdout=True,
+    )
+    try:
+        proc.wait_ready_line()
+        yield proc
+    finally:
+        proc.stop()
+
+
 @contextlib.contextmanager
 def _target(
     settings: Settings, kind: str, api_base: str
@@ -103,6 +130,9 @@ def _target(
     if kind == "bare":
         with _bare(settings) as bare:
             yield [], [bare]
+    elif kind == "quix":
+        with _quix(settings) as peer:
+            yield [], [peer]
     else:
         chosen = with_llm(settings, api_base) if kind == "litellm" else settings
         count = 2 if kind == "echo-2-workers" else 1
@@ -120,7 +150,7 @@ def measure(
     latency at ``rate`` (or half the throughput just measured); the figures and the rate
     used. CPU, log bytes and commits are summed over the workers."""
     r = route(settings)
-    size = plan.messages * (BARE_FACTOR if kind == "bare" else 1)
+    size = plan.messages * (BARE_FACTOR if kind in ("bare", "quix") else 1)
     with _target(settings, kind, api_base) as (workers, procs), load.ReplyWatcher(r) as watcher:
         prod = load.producer(r.bootstrap)
         load.round_trip(r, prod, watcher, load.messages(WARMUP, tag="warm"), 180)
@@ -193,6 +223,7 @@ async def run(quick: bool) -> dict[str, Any]:
     own, _ = await _one("echo-own-relay", plan, rate, "")
     two, _ = await _one("echo-2-workers", plan, rate, "")
     bare, _ = await _one("bare", plan, rate, "")
+    quix = await _one("quix", plan, rate, "") if PEER_PYTHON.exists() else None
     settings = Settings.load()
     workload = (
         f"bursts of {plan.messages} messages to each worker, {plan.messages * BARE_FACTOR} to "
@@ -206,7 +237,8 @@ async def run(quick: bool) -> dict[str, Any]:
         "process, the worker's own relay (woken on each commit) publishes; '2 worker "
         "processes': two workers in the consumer group, CPU and commits summed over both "
         f"({os.cpu_count()} cores on this machine, shared with Kafka, PostgreSQL, the relay "
-        "and the load)"
+        "and the load); peer: Quix Streams 3.28.1 echo app, processing_guarantee="
+        "exactly-once, commit_interval 0.1 s, as many messages as the bare loop"
     )
     result: dict[str, Any] = {"workload": workload, "offered_load_per_s": rate}
     targets = (
@@ -252,9 +284,12 @@ async def run(quick: bool) -> dict[str, Any]:
                 _row("worker, litellm -> loopback", llm, bare),
                 _row("worker, echo, no standalone relay", own, bare),
                 _row("2 worker processes, echo", two, bare),
+                *((_row("peer: Quix Streams echo, exactly-once", quix[0], bare),) if quix else ()),
             ]
         )
     )
+    if quix is None:
+        print(f"peer row skipped: {PEER_PYTHON} is missing (make peers)")
     print(f"workload: {workload}")
     write_result("worker_throughput", result)
     return result
