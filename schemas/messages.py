@@ -357,7 +357,7 @@ class UploadTask(_Message):
 
 class BackupTask(_Message):
     """Copy a tenant's stored objects to the backup store, on ``backup.tasks``
-    (key: ``task_id``).
+    (key ``tenant_id:task_id``).
 
     ``storage_keys`` are relative to the tenant's prefix (``uploads/notes.txt``,
     ``voice/<reply id>.mp3``): a task reads and writes only its tenant's objects.
@@ -368,3 +368,8 @@ class BackupTask(_Message):
     storage_keys: Annotated[tuple[StorageKey, ...], Field(min_length=1, max_length=1000)]
     requested_by: Annotated[str, Field(max_length=255)] = ""
     created_at: AwareDatetime = Field(default_factory=_now)
+
+    @property
+    def partition_key(self) -> str:
+        """The tenant leads the key: its tasks share the tenant's part of the read-ahead."""
+        return f"{self.tenant_id}:{self.task_id}"

@@ -372,7 +372,7 @@ def register_storage_commands(app: StreamsApp) -> None:
         await producer.start()
         try:
             result = await producer.send(
-                message_record(settings.topic(BACKUP_TASKS), task.task_id, task, task.task_id)
+                message_record(settings.topic(BACKUP_TASKS), task.partition_key, task, task.task_id)
             )
         except ResilienceError as exc:
             _fail(exc)

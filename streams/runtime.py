@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -104,12 +105,17 @@ async def check_schema(settings: Settings) -> None:
 LLM_PREFIX = "llm:"
 
 
+#: Where a tenant id ends in a record key (tenant ids hold neither character).
+_TENANT_END = re.compile(rb"[:/]")
+
+
 def lane_group(message: InboundMessage) -> bytes | None:
-    """The tenant of a conversation message or a memory, from its key ``tenant:session``
-    or ``tenant:agent``."""
+    """The tenant of a record, from its key: ``tenant:session`` (conversation),
+    ``tenant:agent`` (memory), ``tenant/message/attachment`` (upload task) or
+    ``tenant:task`` (backup task). A key without either separator is its own group."""
     if message.key is None:
         return None
-    return message.key.split(b":", 1)[0]
+    return _TENANT_END.split(message.key, maxsplit=1)[0]
 
 
 class Runtime(mode.Service):
@@ -232,9 +238,9 @@ class Runtime(mode.Service):
                 lanes=self._background_lanes(),
                 group_of=lane_group,
             ),
-            # Upload and backup tasks may wait long for a store: each record its own lane
-            # (up to the read-ahead), and each attempt (not the wait between attempts)
-            # takes a background slot.
+            # Upload and backup tasks may wait long for a store: each record its own lane,
+            # a tenant at most its share of the read-ahead (the rest parked), and each
+            # attempt (not the wait between attempts) takes a background slot.
             UPLOADS: self._waiting_tasks(UPLOADS, self.upload_processor.process),
             BACKUPS: self._waiting_tasks(BACKUPS, self.backup_processor.process),
         }
@@ -277,7 +283,14 @@ class Runtime(mode.Service):
         self, consumer: str, handle: Callable[[InboundMessage], Awaitable[str]]
     ) -> LanedConsumer:
         bound = self.settings.background_read_ahead + FETCH_SLACK
-        return LanedConsumer(self.guard(consumer), handle, bound, self.ready)
+        return LanedConsumer(
+            self.guard(consumer),
+            handle,
+            bound,
+            self.ready,
+            lanes=self._background_lanes(),
+            group_of=lane_group,
+        )
 
     @property
     def lanes(self) -> SessionLanes:

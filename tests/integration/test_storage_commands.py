@@ -68,7 +68,7 @@ def test_backup_queues_a_task_and_refuses_keys_that_escape(stack: Settings) -> N
     task = decode_message(BackupTask, record.value)
     assert task.storage_keys == ("uploads/a.bin", "uploads/b.bin")
     assert task.tenant_id == "t"
-    assert record.key == b"nightly-1"
+    assert record.key == b"t:nightly-1", "the tenant leads the key"
     assert refused.returncode == 1
     assert "path traversal" in refused.stderr
     assert foreign.returncode == 1
