@@ -306,10 +306,16 @@ def test_uploads_while_every_store_is_down_are_queued_then_all_stored_once_in_th
     assert all("Upload queued" in r.notices for r in replies)
     assert all("storage" in r.degraded for r in replies)
 
-    # The local store comes back first: queued uploads are parked there meanwhile.
+    # The local store comes back first: queued uploads are parked there meanwhile, as many
+    # as the tenant's share of the read-ahead; its further tasks wait in Kafka, unacked,
+    # so that one tenant's waiting tasks leave room for the others'.
     local_root.parent.unlink()
     local_root.mkdir(parents=True)
-    wait_for(lambda: len(files_under(local_root)) == count, 120, "uploads parked locally")
+    share = int(settings.tenant_max_share * settings.background_read_ahead)
+    held = min(count, share)
+    wait_for(lambda: len(files_under(local_root)) == held, 120, "uploads parked locally")
+    time.sleep(2.0)
+    assert len(files_under(local_root)) == held, "the tenant took more than its share"
 
     # Then S3: every upload reaches it once and no temporary copy is left.
     s3.start()
