@@ -100,7 +100,7 @@ async def test_unreachable_is_unavailable() -> None:
     finally:
         await probe.close()
     assert result.state is ServiceState.UNAVAILABLE
-    assert result.reason.startswith("/health failed: ConnectError")
+    assert result.reason.startswith("/health failed: ClientConnectorError: Cannot connect")
 
 
 def verdict(body: dict[str, Any]) -> tuple[ServiceState, str]:
