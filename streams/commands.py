@@ -204,8 +204,6 @@ def register(app: StreamsApp) -> None:
             await database.open()
             async with database.connection() as conn:
                 layout = await read_layout(conn, settings)
-            if shards is not None and shards < 1:
-                _fail(ValueError(f"--set takes a shard count of at least 1, not {shards}"))
             if shards is None:
                 print(
                     json.dumps(

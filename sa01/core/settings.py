@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ["CREDENTIALS_FILE", "PROVIDER_KEY_VARIABLES", "Settings"]
 
 CREDENTIALS_FILE = "credentials.env"
+#: The most outbox shards a deployment may have (``SA01_OUTBOX_SHARDS``).
+MAX_OUTBOX_SHARDS = 64
 """The file ``scripts/services.sh`` writes in its state directory (see Settings.load)."""
 
 #: Provider key variables, by provider prefix of a litellm model name.
@@ -362,7 +364,7 @@ class Settings(BaseSettings):
     outbox_shards: int = Field(
         1,
         ge=1,
-        le=64,
+        le=MAX_OUTBOX_SHARDS,
         description="Shards of the outbox by key hash, each published by one relay at a"
         " time; one count per deployment, recorded by the first relay (a relay of another"
         " count publishes nothing); `faust -A streams outbox-shards --set N` changes it.",

@@ -8,7 +8,7 @@ concurrently, out of order. So the count is recorded in ``outbox_layout`` (one r
 * a relay about to publish a shard reads it, under the shard's lock, and refuses with
   :class:`ShardCountMismatchError` when its own count differs (it keeps refusing, and
   publishes nothing, until the counts agree);
-* :func:`change_shard_count` (``faust -A streams outbox-shards --set N``) changes it: it
+* ``OutboxRelay.change_shard_count`` (``faust -A streams outbox-shards --set N``) changes it: it
   drains the outbox with the recorded count (which settles any batch a killed relay left
   in flight), then, holding every shard lock of that count (so no relay of it runs),
   checks that no row is in flight and records the new count.
@@ -61,7 +61,7 @@ async def read_layout(conn: Conn, settings: Settings) -> ShardLayout:
 
 async def check_shard_count(conn: Conn, shards: int) -> None:
     """Record ``shards`` if no count is recorded yet; raise if another count is."""
-    cur = await conn.execute(
+    await conn.execute(
         "INSERT INTO outbox_layout (shards) VALUES (%s) ON CONFLICT (singleton) DO NOTHING",
         (shards,),
     )

@@ -52,7 +52,7 @@ from sa01.core.errors import (
     ServiceUnavailableError,
 )
 from sa01.core.metrics import Metrics
-from sa01.core.settings import Settings
+from sa01.core.settings import MAX_OUTBOX_SHARDS, Settings
 from sa01.core.topics import OUTBOX_LEDGER, dlq
 from sa01.outbox.database import Database
 from sa01.outbox.dead_letter_store import DeadLetter, DeadLetterStore
@@ -529,6 +529,11 @@ class OutboxRelay:
         when a running relay holds a shard of this count, and :class:`ConfigurationError`
         when this relay's count is not the recorded one or rows are still in flight.
         """
+        if not 1 <= shards <= MAX_OUTBOX_SHARDS:
+            # A count no relay can be configured with would stop publishing for good.
+            raise ConfigurationError(
+                f"an outbox has 1 to {MAX_OUTBOX_SHARDS} shards, not {shards}; nothing was changed"
+            )
         published = await self.drain(lock_timeout)
         locks = [AdvisoryLock(self.settings, s.shard.lock_key, s.shard.name) for s in self.shards]
         try:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 
 import pytest
 
@@ -15,8 +13,8 @@ from sa01.outbox.database import Database
 from sa01.outbox.layout import ShardCountMismatchError, read_layout
 from sa01.outbox.relay import OutboxRelay
 from sa01.outbox.store import OutboxRecord, OutboxStore
-from tests.integration.test_outbox_relay import statuses, values_by_key
-from tests.support.worker import FAUST, ROOT, settings_env
+from tests.integration.test_outbox_relay import statuses, values_by_key, wait_for
+from tests.support.commands import command
 
 pytestmark = pytest.mark.integration
 
@@ -92,10 +90,7 @@ async def test_the_count_does_not_change_while_a_relay_of_it_runs(stack: Setting
         running = OutboxRelay(two, database, Metrics())
         await running.start()
         try:
-            for _ in range(100):
-                if running.active:
-                    break
-                await asyncio.sleep(0.1)
+            await wait_for(lambda: running.active)
             with pytest.raises(ServiceUnavailableError, match="another relay holds the lock"):
                 await OutboxRelay(two, database, Metrics()).change_shard_count(4, lock_timeout=1.0)
         finally:
@@ -104,37 +99,25 @@ async def test_the_count_does_not_change_while_a_relay_of_it_runs(stack: Setting
             assert (await read_layout(conn, two)).recorded == 2
 
 
-def faust(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SA01_")}
-    env.update(settings_env(settings))
-    env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    return subprocess.run(
-        [FAUST, "-A", "streams", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 async def test_the_commands_say_which_count_is_recorded_and_refuse_another(
     stack: Settings,
 ) -> None:
     two = with_shards(stack, 2)
     async with Database(stack) as database:
         await add(database, stack, 0, 5)
-    shown = await asyncio.to_thread(faust, two, "outbox-shards")
+    shown = await asyncio.to_thread(command, two, "outbox-shards")
     assert shown.returncode == 0, shown.stderr
     assert '"recorded": null' in shown.stdout and '"configured": 2' in shown.stdout
 
-    changed = await asyncio.to_thread(faust, two, "outbox-shards", "--set", "3")
+    changed = await asyncio.to_thread(command, two, "outbox-shards", "--set", "3")
     assert changed.returncode == 0, changed.stderr
     assert "now published with 3 shards (5 rows drained with 2 first)" in changed.stderr
 
-    refused = await asyncio.to_thread(faust, two, "publish-outbox", "--once")
+    refused = await asyncio.to_thread(command, two, "publish-outbox", "--once")
     assert refused.returncode == 1
     assert "SA01_OUTBOX_SHARDS is 2 here, but the outbox is published with 3" in refused.stderr
-    bad = await asyncio.to_thread(faust, two, "outbox-shards", "--set", "0")
-    assert bad.returncode == 1 and "at least 1" in bad.stderr
+    for bad_count in ("0", "65"):  # 65: no relay could be configured with it
+        bad = await asyncio.to_thread(command, two, "outbox-shards", "--set", bad_count)
+        assert bad.returncode == 1 and "1 to 64 shards" in bad.stderr, bad.stderr
+    shown = await asyncio.to_thread(command, two, "outbox-shards")
+    assert '"recorded": 3' in shown.stdout, "a refused --set changed nothing"
