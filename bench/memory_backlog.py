@@ -37,7 +37,7 @@ from confluent_kafka import Producer
 from bench import load
 from bench.common import drop, percentile, summary, table, write_result
 from bench.procs import free_port, python_proc
-from bench.stack import bench_settings, deployment, route
+from bench.stack import bench_settings, route, workers_deployment
 from sa01.core.settings import Settings
 from schemas.codec import encode_message
 from schemas.messages import MemoryRecord
@@ -47,6 +47,13 @@ PAIRS = 100
 PER_TRANSACTION = 10
 DRAIN_CAP_SECONDS = 600.0
 QUICK_DRAIN_CAP_SECONDS = 180.0
+#: The deployments measured: one worker of every role, and a worker answering replies
+#: beside one draining background work (SA01_WORKER_ROLE), in one consumer group.
+Roles = tuple[str, ...]
+DEPLOYMENTS: dict[str, Roles] = {
+    "one worker": ("all",),
+    "replies worker + background worker": ("replies", "background"),
+}
 #: The backlog's tenants (``tenant-{n % PAIRS // 10}``, ten agents each).
 BACKLOG_TENANTS = tuple(f"tenant-{t}" for t in range(PAIRS // 10))
 
@@ -131,10 +138,12 @@ def _settings_for(url: str) -> dict[str, Any]:
     }
 
 
-def without_backlog(settings: Settings, bursts: int, size: int, seconds: float) -> dict[str, Any]:
+def without_backlog(
+    settings: Settings, roles: Roles, bursts: int, size: int, seconds: float
+) -> dict[str, Any]:
     """The conversation path alone: burst rates, then latency at ``RATE``."""
     r = route(settings)
-    with deployment(settings), load.ReplyWatcher(r) as watcher:
+    with workers_deployment(settings, len(roles), roles=roles), load.ReplyWatcher(r) as watcher:
         prod = load.producer(r.bootstrap)
         load.round_trip(r, prod, watcher, load.messages(50, tag="warm"), 180)
         rates = [
@@ -147,13 +156,18 @@ def without_backlog(settings: Settings, bursts: int, size: int, seconds: float) 
     return {"rates": rates, "latencies": latencies}
 
 
-def with_backlog(settings: Settings, url: str, count: int, cap: float) -> dict[str, Any]:
+def with_backlog(
+    settings: Settings, roles: Roles, url: str, count: int, cap: float
+) -> dict[str, Any]:
     """Drain ``count`` memories while ``RATE`` msgs/s of conversation run."""
     written = write_backlog(settings, count)
     r = route(settings)
-    with deployment(settings) as (_, worker), load.ReplyWatcher(r) as watcher:
+    with (
+        workers_deployment(settings, len(roles), roles=roles) as (_, workers),
+        load.ReplyWatcher(r) as watcher,
+    ):
         drain_started = time.perf_counter()
-        cpu_started = cpu_seconds(worker.pid)
+        cpu_started = sum(cpu_seconds(worker.pid) for worker in workers)
         load_average = os.getloadavg()[0]
         before = _stored_now(url)
         prod = load.producer(r.bootstrap)
@@ -187,7 +201,7 @@ def with_backlog(settings: Settings, url: str, count: int, cap: float) -> dict[s
         drain.join(cap + 10)
         end = drained_at[0] if drained_at else time.perf_counter()
         stored = _stored_now(url)
-        cpu = cpu_seconds(worker.pid) - cpu_started
+        cpu = sum(cpu_seconds(worker.pid) for worker in workers) - cpu_started
         deadline = time.monotonic() + 300
         while any(i not in watcher.seen for i in sent_at) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -204,105 +218,123 @@ def with_backlog(settings: Settings, url: str, count: int, cap: float) -> dict[s
     }
 
 
-async def run(quick: bool) -> dict[str, Any]:
-    """Measure; print the table; write ``memory_backlog.json``."""
-    count = 10_000 if quick else 50_000
-    bursts, size, seconds = (2, 400, 15.0) if quick else (3, 2000, 30.0)
-    cap = QUICK_DRAIN_CAP_SECONDS if quick else DRAIN_CAP_SECONDS
-    with somabrain_server() as url:
-        alone_settings = await bench_settings(**_settings_for(url))
-        try:
-            alone = await asyncio.to_thread(without_backlog, alone_settings, bursts, size, seconds)
-        finally:
-            await drop(alone_settings)
-        drain_settings = await bench_settings(**_settings_for(url))
-        try:
-            drained = await asyncio.to_thread(with_backlog, drain_settings, url, count, cap)
-        finally:
-            await drop(drain_settings)
+def _rows(name: str, alone: dict[str, Any], drained: dict[str, Any]) -> list[tuple[str, ...]]:
     conversation_rate = summary(alone["rates"])["median"]
     drain_rate = drained["stored"] / drained["drain_seconds"]
     p50_alone, p99_alone = percentile(alone["latencies"], 50), percentile(alone["latencies"], 99)
     lat = drained["latencies"] or [float("nan")]
     p50_drain, p99_drain = percentile(lat, 50), percentile(lat, 99)
-    workload = (
-        f"{count:,} MemoryRecords written before the worker starts, in transactions of "
-        f"{PER_TRANSACTION} over {PAIRS} (tenant, agent) pairs "
-        f"({drain_settings.topic_partitions} partitions); loopback SomaBrain in its own process "
-        f"answering at once; echo responder; conversation rate: {bursts} bursts of {size} "
-        f"messages; latency: {RATE:.0f} msgs/s paced ({seconds:.0f} s without a backlog, for "
-        f"the whole drain with one, capped at {cap:.0f} s)"
-    )
     status = "" if drained["finished"] else " (not finished)"
     cpu_per_memory = drained["worker_cpu_seconds"] * 1000 / max(1, drained["stored"])
-    print(
-        table(
-            [
-                ("measure", "value", "baseline (same run)", "ratio"),
-                (
-                    f"memory drain, records/s{status}",
-                    f"{drain_rate:,.0f}",
-                    f"conversation alone {conversation_rate:,.0f} msgs/s",
-                    f"{drain_rate / conversation_rate:.2f}",
-                ),
-                (
-                    "memories stored / drain seconds",
-                    f"{drained['stored']:,} / {drained['drain_seconds']:.1f}",
-                    "",
-                    "",
-                ),
-                (
-                    f"reply p50 ms at {RATE:.0f} msgs/s",
-                    f"{p50_drain:.1f} (during the drain)",
-                    f"{p50_alone:.1f} (no backlog)",
-                    f"{p50_drain / p50_alone:.1f}",
-                ),
-                (
-                    f"reply p99 ms at {RATE:.0f} msgs/s",
-                    f"{p99_drain:.1f} (during the drain)",
-                    f"{p99_alone:.1f} (no backlog)",
-                    f"{p99_drain / p99_alone:.1f}",
-                ),
-                (
-                    "worker CPU ms per memory stored (replies included)",
-                    f"{cpu_per_memory:.2f}",
-                    f"load average {drained['load_average']:.1f} at the drain's start",
-                    "",
-                ),
-                (
-                    "replies during the drain (unanswered)",
-                    f"{len(drained['latencies'])} ({drained['unanswered']})",
-                    f"{len(alone['latencies'])}",
-                    "",
-                ),
-            ]
-        )
-    )
-    print(f"workload: {workload}")
-    result: dict[str, Any] = {
-        "workload": workload,
-        "memories": count,
+    return [
+        (f"{name}:", "", "", ""),
+        (
+            f"  memory drain, records/s{status}",
+            f"{drain_rate:,.0f}",
+            f"conversation alone {conversation_rate:,.0f} msgs/s",
+            f"{drain_rate / conversation_rate:.2f}",
+        ),
+        (
+            "  memories stored / drain seconds",
+            f"{drained['stored']:,} / {drained['drain_seconds']:.1f}",
+            "",
+            "",
+        ),
+        (
+            f"  reply p50 ms at {RATE:.0f} msgs/s",
+            f"{p50_drain:.1f} (during the drain)",
+            f"{p50_alone:.1f} (no backlog)",
+            f"{p50_drain / p50_alone:.1f}",
+        ),
+        (
+            f"  reply p99 ms at {RATE:.0f} msgs/s",
+            f"{p99_drain:.1f} (during the drain)",
+            f"{p99_alone:.1f} (no backlog)",
+            f"{p99_drain / p99_alone:.1f}",
+        ),
+        (
+            "  workers' CPU ms per memory stored (replies included)",
+            f"{cpu_per_memory:.2f}",
+            f"load average {drained['load_average']:.1f} at the drain's start",
+            "",
+        ),
+        (
+            "  replies during the drain (unanswered)",
+            f"{len(drained['latencies'])} ({drained['unanswered']})",
+            f"{len(alone['latencies'])}",
+            "",
+        ),
+    ]
+
+
+def _result(alone: dict[str, Any], drained: dict[str, Any]) -> dict[str, Any]:
+    lat = drained["latencies"] or [float("nan")]
+    return {
         "drain": {
-            "records_per_s": drain_rate,
+            "records_per_s": drained["stored"] / drained["drain_seconds"],
             "seconds": drained["drain_seconds"],
             "stored": drained["stored"],
             "finished": drained["finished"],
             "written_seconds": drained["written_seconds"],
-            "worker_cpu_ms_per_memory": cpu_per_memory,
+            "worker_cpu_ms_per_memory": drained["worker_cpu_seconds"]
+            * 1000
+            / max(1, drained["stored"]),
             "load_average": drained["load_average"],
         },
         "conversation_msgs_per_s": summary(alone["rates"]),
         "latency_ms_without_backlog": {
-            "p50": p50_alone,
-            "p99": p99_alone,
+            "p50": percentile(alone["latencies"], 50),
+            "p99": percentile(alone["latencies"], 99),
             "count": len(alone["latencies"]),
         },
         "latency_ms_during_drain": {
-            "p50": p50_drain,
-            "p99": p99_drain,
+            "p50": percentile(lat, 50),
+            "p99": percentile(lat, 99),
             "count": len(drained["latencies"]),
             "unanswered": drained["unanswered"],
         },
     }
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    """Measure each deployment of ``DEPLOYMENTS``; print the table; write
+    ``memory_backlog.json``."""
+    count = 10_000 if quick else 50_000
+    bursts, size, seconds = (2, 400, 15.0) if quick else (3, 2000, 30.0)
+    cap = QUICK_DRAIN_CAP_SECONDS if quick else DRAIN_CAP_SECONDS
+    rows: list[tuple[str, ...]] = [("measure", "value", "baseline (same run)", "ratio")]
+    results: dict[str, Any] = {}
+    partitions = 0
+    for name, roles in DEPLOYMENTS.items():
+        # A fresh SomaBrain each: the backlog's memory ids are the same in every run.
+        with somabrain_server() as url:
+            alone_settings = await bench_settings(**_settings_for(url))
+            try:
+                alone = await asyncio.to_thread(
+                    without_backlog, alone_settings, roles, bursts, size, seconds
+                )
+            finally:
+                await drop(alone_settings)
+            drain_settings = await bench_settings(**_settings_for(url))
+            partitions = drain_settings.topic_partitions
+            try:
+                drained = await asyncio.to_thread(
+                    with_backlog, drain_settings, roles, url, count, cap
+                )
+            finally:
+                await drop(drain_settings)
+        rows += _rows(name, alone, drained)
+        results[name] = {"roles": list(roles), **_result(alone, drained)}
+    workload = (
+        f"{count:,} MemoryRecords written before the workers start, in transactions of "
+        f"{PER_TRANSACTION} over {PAIRS} (tenant, agent) pairs ({partitions} partitions); "
+        f"loopback SomaBrain in its own process answering at once; echo responder; "
+        f"conversation rate: {bursts} bursts of {size} messages; latency: {RATE:.0f} msgs/s "
+        f"paced ({seconds:.0f} s without a backlog, for the whole drain with one, capped at "
+        f"{cap:.0f} s); each deployment measured without and with the backlog"
+    )
+    print(table(rows))
+    print(f"workload: {workload}")
+    result: dict[str, Any] = {"workload": workload, "memories": count, "deployments": results}
     write_result("memory_backlog", result)
     return result

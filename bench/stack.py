@@ -7,7 +7,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -108,10 +108,17 @@ def deployment(
 
 @contextlib.contextmanager
 def workers_deployment(
-    settings: Settings, count: int, *, standalone_relay: bool = True
+    settings: Settings,
+    count: int,
+    *,
+    standalone_relay: bool = True,
+    roles: Sequence[str] | None = None,
 ) -> Iterator[tuple[FaustProc | None, list[FaustProc]]]:
     """As :func:`deployment`, with ``count`` workers in the consumer group (each with its
-    own web port, data dir and instance id), all ready on /health."""
+    own web port, data dir and instance id, and its ``SA01_WORKER_ROLE`` from ``roles``:
+    all by default), all ready on /health."""
+    if roles is not None and len(roles) != count:
+        raise ValueError(f"{count} workers need {count} roles, not {len(roles)}")
     data_dir = tempfile.mkdtemp(prefix="sa01-bench-")
     try:
         with contextlib.ExitStack() as stack:
@@ -121,7 +128,12 @@ def workers_deployment(
                 worker_dir = os.path.join(data_dir, f"w{n}")
                 os.makedirs(worker_dir)
                 worker = start_worker(
-                    settings, worker_dir, worker_instance_id=f"{settings.app_id}-w{n}"
+                    settings,
+                    worker_dir,
+                    worker_instance_id=f"{settings.app_id}-w{n}",
+                    # Ten ports apart: workers started back to back bind theirs later.
+                    web_port=free_port(26000 + 10 * n),
+                    worker_role=roles[n - 1] if roles else "all",
                 )
                 stack.callback(worker.stop)
                 workers.append(worker)

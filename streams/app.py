@@ -234,12 +234,18 @@ def create_app(settings: Settings) -> StreamsApp:
         stream_wait_empty=True,
         Worker=StreamsWorker,
     )
-    conversation_agent.register(app, CONVERSATION)
-    degradation_agent.register(app, DEGRADATION)
-    memory_agent.register(app, MEMORY)
-    app.on_partitions_revoked.connect(app.forget_memory_groups)
-    app.on_partitions_assigned.connect(app.forget_memory_groups)
-    upload_agents.register(app, UPLOADS, BACKUPS)
+    # The worker's role (SA01_WORKER_ROLE) picks the agents, so the topics it subscribes
+    # to: workers of several roles in one group split the work by topic (Faust's assignor
+    # groups topics by the members subscribed to them). Every role declares the
+    # service_health GlobalTable, so every member reads all of it whoever leads the group.
+    if settings.answers_replies:
+        conversation_agent.register(app, CONVERSATION)
+        degradation_agent.register(app, DEGRADATION)
+    if settings.runs_background:
+        memory_agent.register(app, MEMORY)
+        app.on_partitions_revoked.connect(app.forget_memory_groups)
+        app.on_partitions_assigned.connect(app.forget_memory_groups)
+        upload_agents.register(app, UPLOADS, BACKUPS)
     timers.register(app)
     web.register(app)
     commands.register(app)

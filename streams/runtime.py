@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -320,10 +321,10 @@ class Runtime(mode.Service):
         ]
         if settings.relay_enabled_in_worker:
             parts.append(Component("relay", start=self.relay.start, stop=self.relay.stop))
-        if settings.memory_active:
+        if settings.memory_active and settings.runs_background:
             sync = self.memory_sync
             parts.append(Component("memory sync", start=sync.start, stop=sync.stop))
-        if settings.llm_degraded_reply:
+        if settings.llm_degraded_reply and settings.answers_replies:
             owed = self.deferred_answers
             parts.append(Component("delayed answers", start=owed.start, stop=owed.stop))
         return parts
@@ -340,13 +341,24 @@ class Runtime(mode.Service):
             logger.warning(notice)
         freeze_startup_heap()
         self.ready.set()
+        settings = self.settings
+        if settings.answers_replies:
+            work = (
+                f"answering {settings.topic(CONVERSATION_INBOUND)} on "
+                f"{settings.topic('conversation.outbound')}"
+            )
+        else:
+            work = "background work (memories, upload and backup tasks, the memory sync)"
         logger.info(
-            "worker ready: answering %s on %s; http://%s:%d/health /status /metrics",
-            self.settings.topic("conversation.inbound"),
-            self.settings.topic("conversation.outbound"),
-            self.settings.web_host,
-            self.settings.web_port,
+            "worker ready: %s; http://%s:%d/health /status /metrics",
+            work,
+            settings.web_host,
+            settings.web_port,
+            extra={"role": settings.worker_role},
         )
+        if settings.worker_role == "background" and settings.background_nice:
+            os.nice(settings.background_nice)
+            logger.info("background worker niceness raised by %d", settings.background_nice)
 
     async def start_monitor(self) -> None:
         """Seed the monitor from the recovered table and start probing."""

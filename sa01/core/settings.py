@@ -196,6 +196,20 @@ class Settings(BaseSettings):
         ge=1,
         description="Bytes of parked messages before the worker stops reading altogether.",
     )
+    worker_role: Literal["all", "replies", "background"] = Field(
+        "all",
+        description="What a worker consumes: `all`; `replies` (conversation.inbound and"
+        " degradation.events); `background` (memories, uploads, backups and the memory"
+        " sync). Workers of both roles in one consumer group split the work by topic, so"
+        " a backlog drains in a process of its own (docs/architecture.md, Replies first).",
+    )
+    background_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness a `background` worker adds to its own process at start, so"
+        " that the operating system gives replies' processes the CPU first (0: none).",
+    )
     background_max_in_flight: int = Field(
         64,
         ge=1,
@@ -473,6 +487,16 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full name of one of the project's topics (with the configured prefix)."""
         return f"{self.topic_prefix}{name}"
+
+    @property
+    def answers_replies(self) -> bool:
+        """This worker consumes conversation.inbound and degradation.events."""
+        return self.worker_role != "background"
+
+    @property
+    def runs_background(self) -> bool:
+        """This worker consumes memories, upload and backup tasks and runs the memory sync."""
+        return self.worker_role != "replies"
 
     @property
     def memory_active(self) -> bool:

@@ -16,6 +16,7 @@ from collections import defaultdict
 import pytest
 
 from loopback import FailureMode, SomaBrainServer
+from loopback.somabrain_server import StoredMemory
 from sa01.core.settings import Settings
 from schemas.codec import encode_message
 from schemas.messages import MemoryRecord
@@ -65,8 +66,8 @@ def wait_stored(server: SomaBrainServer, count: int, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def assert_once_in_order(server: SomaBrainServer, records: list[MemoryRecord]) -> None:
-    stored = server.memories()
+def assert_once_in_order(stored: list[StoredMemory], records: list[MemoryRecord]) -> None:
+    """``stored`` (in first-insertion order) is ``records``, each once, in order per pair."""
     assert len(stored) == len(records), f"{len(stored)} memories stored of {len(records)}"
     expected: dict[tuple[str, str], list[str]] = defaultdict(list)
     for m in records:
@@ -91,7 +92,7 @@ async def test_a_transactional_memory_backlog_drains_and_the_group_commits_to_th
         if "backlog" in status:  # 503 "recovering" until the table is read
             seen_left.append(status["backlog"]["memory"]["rows_left"])
         time.sleep(0.2)
-    assert_once_in_order(somabrain, records)
+    assert_once_in_order(somabrain.memories(), records)
     topic = settings.topic("somabrain.memory.remember")
     wait_committed_to_end(settings, topic, transactional=True, timeout=60)
 
@@ -120,7 +121,7 @@ async def test_worker_killed_mid_memory_backlog_and_restarted_stores_each_memory
 
     workers.start(settings)
     wait_stored(somabrain, len(records), 240)
-    assert_once_in_order(somabrain, records)
+    assert_once_in_order(somabrain.memories(), records)
     assert somabrain.remember_count >= len(records)
     wait_committed_to_end(
         settings, settings.topic("somabrain.memory.remember"), transactional=True, timeout=60
@@ -166,7 +167,7 @@ async def test_a_slow_somabrain_holds_the_memory_agent_to_its_read_ahead_and_eve
 
     assert throttled, "the memory topic was never left out of the fetch"
     assert 0 < peak <= read_ahead + 2 * batch, f"the memory agent held {peak} records"
-    assert_once_in_order(somabrain, records)
+    assert_once_in_order(somabrain.memories(), records)
     wait_committed_to_end(
         settings, settings.topic("somabrain.memory.remember"), transactional=True, timeout=60
     )
@@ -219,4 +220,4 @@ async def test_one_tenants_memory_backlog_does_not_hold_another_tenants_memories
     wait_stored(somabrain, len(hot) + len(quiet), 240)
 
     assert hot_stored < len(hot) // 2, f"tenant B waited for {hot_stored} of tenant A's memories"
-    assert_once_in_order(somabrain, hot + quiet)
+    assert_once_in_order(somabrain.memories(), hot + quiet)

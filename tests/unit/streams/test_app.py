@@ -77,6 +77,32 @@ def test_streams_app_is_the_app_once_built_even_after_the_submodule_is_imported(
     assert done.stdout.split() == ["backups", "conversation", "degradation", "memory", "uploads"]
 
 
+def test_the_worker_role_picks_the_agents_and_every_role_declares_the_health_table() -> None:
+    done = python(
+        """
+        from sa01.core.settings import Settings
+        from streams.app import create_app
+        for role in ("all", "replies", "background"):
+            app = create_app(Settings(worker_role=role))
+            print(role, ",".join(sorted(app.agents)), "service_health" in app.tables)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "all backups,conversation,degradation,memory,uploads True",
+        "replies conversation,degradation True",
+        "background backups,memory,uploads True",
+    ]
+
+
+def test_a_bad_worker_role_is_refused_by_name() -> None:
+    done = python(
+        "import streams.console\nimport streams\nstreams.app\n", {"SA01_WORKER_ROLE": "both"}
+    )
+    assert done.returncode == 2
+    assert "error: invalid settings: worker_role" in done.stderr
+
+
 def test_create_app_builds_from_explicit_settings() -> None:
     done = python(
         """
