@@ -1,19 +1,20 @@
 """Draining a memory backlog written in transactions, and reply latency meanwhile (issue 13).
 
-Two deployments (relay then worker, echo responder, memory on against the loopback
-SomaBrain in its own process, answering at once):
+Each deployment of ``DEPLOYMENTS`` (one worker of role ``all``; a ``replies`` worker
+beside a ``background`` worker) runs twice, each time as relay then workers, echo
+responder, memory on against a fresh loopback SomaBrain in its own process, answering
+at once:
 
 * without a backlog: the conversation path's own rate (bursts of messages) and the
   p50/p99 reply latency of a fixed 20 msgs/s load;
 * with a backlog: ``MemoryRecord``s written to ``somabrain.memory.remember`` before
-  the worker starts, in transactions of 10 over 100 (tenant, agent) pairs (a control
+  the workers start, in transactions of 10 over 100 (tenant, agent) pairs (a control
   record, an offset gap, after each transaction's records on every partition), as the
-  transactional relay writes them. The drain is timed from the worker's ``/health``
+  transactional relay writes them. The drain is timed from the workers' ``/health``
   ready to the last memory of the backlog's tenants stored in SomaBrain (records/s;
   replies are remembered too, under their own tenant, and do not count); after 50
-  warm-up messages
-  (as without a backlog) the same 20 msgs/s load runs meanwhile, and only replies to
-  messages sent before the drain ended count.
+  warm-up messages (as without a backlog) the same 20 msgs/s load runs meanwhile, and
+  only replies to messages sent before the drain ended count.
 
 The drain is capped (``DRAIN_CAP_SECONDS``); a drain that does not finish reports the
 memories stored and its rate so far.

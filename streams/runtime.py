@@ -135,6 +135,7 @@ class Runtime(mode.Service):
         super().__init__()
         self.settings = settings
         self.metrics = metrics
+        metrics.worker_role.labels(role=settings.worker_role).set(1)
         self.table_rows = table_rows
         self.on_fatal = on_fatal
         self.fatal_error: ConfigurationError | None = None

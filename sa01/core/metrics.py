@@ -250,6 +250,12 @@ class Metrics:
             "Background records holding a slot of the background share.",
             registry=r,
         )
+        self.worker_role = Gauge(
+            "worker_role",
+            "1 for the role this worker runs (SA01_WORKER_ROLE: all, replies, background).",
+            ["role"],
+            registry=r,
+        )
 
     def read_breakers(self, breakers: BreakerGauges) -> None:
         """Serve ``circuit_breaker_state`` from ``breakers`` (the runtime's registry).

@@ -442,9 +442,15 @@ def test_prometheus_configs_are_valid_and_scrape_the_worker_and_the_relay(promto
         job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
     }
 
-    assert jobs == {"sa01-worker": ["worker:6066"], "sa01-relay": ["relay:6067"]}
-    assert {"worker", "relay", "prometheus", "grafana"} <= set(compose)
+    assert jobs == {
+        "sa01-worker": ["worker:6066", "background-worker:6068"],
+        "sa01-relay": ["relay:6067"],
+    }
+    assert {"worker", "background-worker", "relay", "prometheus", "grafana"} <= set(compose)
     assert "127.0.0.1:6066:6066" in compose["worker"]["ports"]
+    assert "127.0.0.1:6068:6068" in compose["background-worker"]["ports"]
+    assert compose["worker"]["environment"]["SA01_WORKER_ROLE"] == "replies"
+    assert compose["background-worker"]["environment"]["SA01_WORKER_ROLE"] == "background"
     assert "./deploy/prometheus:/etc/prometheus:ro" in compose["prometheus"]["volumes"]
 
 
