@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Any
 
 from bench import load
 from bench.common import drop, percentile, summary, table, write_result
-from bench.procs import FaustProc, Proc, python_proc
+from bench.procs import FaustProc, Proc, python_proc, settings_env
 from bench.stack import bench_settings, llm_server, route, with_llm, workers_deployment
 from sa01.core.settings import Settings
 
@@ -123,6 +124,31 @@ def _quix(settings: Settings) -> Iterator[Proc]:
 
 
 @contextlib.contextmanager
+def _eos(settings: Settings) -> Iterator[Proc]:
+    """``bench.eos_shape`` on the deployment's topics and database (issue 17's EOS shape)."""
+    r = route(settings)
+    proc = Proc(
+        "eos-shape",
+        [
+            sys.executable,
+            "-m",
+            "bench.eos_shape",
+            r.bootstrap,
+            r.inbound,
+            r.outbound,
+            f"eos-{uuid.uuid4().hex}",
+        ],
+        {**os.environ, **settings_env(settings)},
+        watch_stdout=True,
+    )
+    try:
+        proc.wait_ready_line()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@contextlib.contextmanager
 def _target(
     settings: Settings, kind: str, api_base: str
 ) -> Iterator[tuple[list[FaustProc], list[Proc]]]:
@@ -133,6 +159,9 @@ def _target(
     elif kind == "quix":
         with _quix(settings) as peer:
             yield [], [peer]
+    elif kind == "eos":
+        with _eos(settings) as eos:
+            yield [], [eos]
     else:
         chosen = with_llm(settings, api_base) if kind == "litellm" else settings
         count = 2 if kind == "echo-2-workers" else 1
@@ -150,7 +179,7 @@ def measure(
     latency at ``rate`` (or half the throughput just measured); the figures and the rate
     used. CPU, log bytes and commits are summed over the workers."""
     r = route(settings)
-    size = plan.messages * (BARE_FACTOR if kind in ("bare", "quix") else 1)
+    size = plan.messages * (BARE_FACTOR if kind in ("bare", "quix", "eos") else 1)
     with _target(settings, kind, api_base) as (workers, procs), load.ReplyWatcher(r) as watcher:
         prod = load.producer(r.bootstrap)
         load.round_trip(r, prod, watcher, load.messages(WARMUP, tag="warm"), 180)
@@ -224,6 +253,7 @@ async def run(quick: bool) -> dict[str, Any]:
     two, _ = await _one("echo-2-workers", plan, rate, "")
     bare, _ = await _one("bare", plan, rate, "")
     quix = await _one("quix", plan, rate, "") if PEER_PYTHON.exists() else None
+    eos, _ = await _one("eos", plan, rate, "")
     settings = Settings.load()
     workload = (
         f"bursts of {plan.messages} messages to each worker, {plan.messages * BARE_FACTOR} to "
@@ -238,7 +268,10 @@ async def run(quick: bool) -> dict[str, Any]:
         "processes': two workers in the consumer group, CPU and commits summed over both "
         f"({os.cpu_count()} cores on this machine, shared with Kafka, PostgreSQL, the relay "
         "and the load); peer: Quix Streams 3.28.1 echo app, processing_guarantee="
-        "exactly-once, commit_interval 0.1 s, as many messages as the bare loop"
+        "exactly-once, commit_interval 0.1 s, as many messages as the bare loop; EOS shape "
+        "prototype: replies and consumed offsets in one Kafka transaction per batch of up to "
+        "500, idempotency checked and recorded in PostgreSQL per batch (bench/eos_shape.py), "
+        "as many messages as the bare loop"
     )
     result: dict[str, Any] = {"workload": workload, "offered_load_per_s": rate}
     targets = (
@@ -247,6 +280,7 @@ async def run(quick: bool) -> dict[str, Any]:
         ("worker_echo_own_relay", own),
         ("two_workers_echo", two),
         ("worker_litellm", llm),
+        ("eos_shape_prototype", eos),
     )
     for key, figures in targets:
         result[key] = {
@@ -285,6 +319,7 @@ async def run(quick: bool) -> dict[str, Any]:
                 _row("worker, echo, no standalone relay", own, bare),
                 _row("2 worker processes, echo", two, bare),
                 *((_row("peer: Quix Streams echo, exactly-once", quix[0], bare),) if quix else ()),
+                _row("EOS shape prototype (bench/eos_shape.py)", eos, bare),
             ]
         )
     )
