@@ -37,10 +37,13 @@ class Bookkeeping:
             _read_offset=reads,
         )
         self.implementation = implementation
-        # ``perform_seek``: the read offset starts at the committed offset.
+        # ``perform_seek``: Faust reads from the committed offset (its read offset is that
+        # offset); ours records it as the read position (nothing before it unread).
         self.state._read_offset[PARTITION] = committed
         if committed:
             self.state._committed_offset[PARTITION] = committed
+            if isinstance(reads, ReadOffsets):
+                reads.at_position(PARTITION, committed)
 
     async def read(self, offset: int) -> None:
         """``_drain_messages``: a record arrives; the hole before it becomes a gap."""
@@ -178,3 +181,24 @@ def test_overlapping_ranges_merge_and_touching_ones_stay_apart() -> None:
     assert list(gaps) == [(1, 8), (8, 10)]
     assert gaps.take_starting_below(8) == [(1, 8)]
     assert list(gaps) == [(8, 10)]
+
+
+async def test_after_a_seek_an_unacked_record_at_the_committed_offset_is_never_passed() -> None:
+    faust_side, ours = both(10)
+    for side in (faust_side, ours):
+        await side.read(10)
+        await side.read(11)
+        side.ack(11)  # 10 is still being processed (or was never handed out)
+
+    assert faust_side.commit() == 12  # Faust steps over 10: it is lost
+    assert ours.commit() is None
+    ours.ack(10)
+    assert ours.commit() == 12
+
+
+async def test_after_a_seek_a_control_record_at_the_committed_offset_is_a_hole() -> None:
+    _, ours = both(10)
+    await ours.read(11)  # offset 10 is a transaction's control record: never read
+    ours.ack(11)
+
+    assert ours.commit() == 12
