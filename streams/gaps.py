@@ -43,6 +43,10 @@ found it: one reply in about 7,000 missing after a few rebalances under load):
   rebalance) while the record waits, and counts it as read all the same; the records
   after it were then handed out, acked and committed past it. Here an abandoned
   record fetches its partition again from it (``GapTrackingConsumer._deliver``).
+* an ack that arrives after a rebalance for a record fetched before it went into the
+  new generation's bookkeeping, before the seek set the committed offset (a commit
+  then took any run); here it is ignored (``GapTrackingConsumer.ack``): the seek reads
+  the record again.
 
 ``StreamsApp._new_consumer`` builds the consumer; ``tests/unit/streams/test_gaps.py``
 checks it against Faust's own methods.
@@ -180,6 +184,18 @@ class GapTrackingConsumer(AIOKafkaConsumer):
             await self.seek(tp, offset)
         except Exception:  # the next rebalance seeks to the committed offset anyway
             logger.exception("could not fetch %s again from %d", tp, offset)
+
+    def ack(self, message: Message) -> bool:
+        """Record ``message`` as done for the next commit, unless it was fetched before
+        the last rebalance: its partition was sought back to the committed offset since
+        (and may have left this worker), so the record is read again and acked then;
+        an old ack committed meanwhile could pass records not processed yet."""
+        generation = message.generation_id
+        if generation is not None and generation != self.app.consumer_generation_id:
+            message.acked = True
+            self._unacked_messages.discard(message)
+            return False
+        return bool(super().ack(message))
 
     async def seek(self, partition: TP, offset: int) -> None:
         """Seek; the next record read is ``offset`` (a hole after it is recorded)."""
