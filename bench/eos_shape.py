@@ -16,7 +16,8 @@ compared on the same machine before either is built into the worker:
    transaction, which commits after the Kafka transaction did.
 
 Not built here (what the product would need): the outbox while the producer is
-unhealthy, dead letters, lanes and the LLM. A crash between the Kafka commit and the
+unhealthy, dead letters (a record that does not decode stops the prototype), lanes and
+the LLM. A crash between the Kafka commit and the
 PostgreSQL commit leaves replies sent without their idempotency records: only a resend
 of one of those messages (another offset) would be answered twice. It prints ``ready``
 once its partitions are assigned and runs until SIGTERM.
@@ -45,6 +46,11 @@ _RECORD = (
     " SELECT k, NULL, now() + interval '1 day' FROM unnest(%s::text[]) AS e(k)"
     " ON CONFLICT (key) DO NOTHING"
 )
+
+
+def _key(message: ConversationInbound) -> str:
+    """The worker's idempotency key: tenant-scoped, as docs/guarantees.md gives it."""
+    return f"conversation.inbound:{message.tenant_id}:{message.message_id}"
 
 
 def _reply(message: ConversationInbound) -> bytes:
@@ -122,11 +128,11 @@ def _answer(
     records: list[Message],
 ) -> None:
     decoded = [(r, decode_message(ConversationInbound, r.value() or b"")) for r in records]
-    keys = [f"conversation:{m.message_id}" for _, m in decoded]
+    keys = [_key(m) for _, m in decoded]
     answered = {row[0] for row in database.execute(_ANSWERED, (keys,))}
     producer.begin_transaction()
     for record, message in decoded:
-        if f"conversation:{message.message_id}" not in answered:
+        if _key(message) not in answered:
             producer.produce(outbound, key=record.key(), value=_reply(message))
     producer.send_offsets_to_transaction(
         consumer.position(consumer.assignment()), consumer.consumer_group_metadata()

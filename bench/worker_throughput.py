@@ -101,21 +101,14 @@ PEER_PYTHON = Path(__file__).resolve().parents[1] / ".cache" / "peers-venv" / "b
 
 
 @contextlib.contextmanager
-def _quix(settings: Settings) -> Iterator[Proc]:
+def _echo_process(
+    settings: Settings, name: str, command: list[str], env: dict[str, str]
+) -> Iterator[Proc]:
+    """``command ROUTE... GROUP`` (an echo app on the deployment's topics, its own group),
+    once it says ``ready``; stopped on exit."""
     r = route(settings)
-    proc = Proc(
-        "quix-peer",
-        [
-            str(PEER_PYTHON),
-            "bench/peers/quix_echo.py",
-            r.bootstrap,
-            r.inbound,
-            r.outbound,
-            f"quix-{uuid.uuid4().hex}",
-        ],
-        dict(os.environ),
-        watch_stdout=True,
-    )
+    group = f"{name}-{uuid.uuid4().hex}"
+    proc = Proc(name, [*command, r.bootstrap, r.inbound, r.outbound, group], env, watch_stdout=True)
     try:
         proc.wait_ready_line()
         yield proc
@@ -123,29 +116,16 @@ def _quix(settings: Settings) -> Iterator[Proc]:
         proc.stop()
 
 
-@contextlib.contextmanager
-def _eos(settings: Settings) -> Iterator[Proc]:
+def _quix(settings: Settings) -> contextlib.AbstractContextManager[Proc]:
+    """The Quix Streams peer, in its own virtualenv."""
+    command = [str(PEER_PYTHON), "bench/peers/quix_echo.py"]
+    return _echo_process(settings, "quix-peer", command, dict(os.environ))
+
+
+def _eos(settings: Settings) -> contextlib.AbstractContextManager[Proc]:
     """``bench.eos_shape`` on the deployment's topics and database (issue 17's EOS shape)."""
-    r = route(settings)
-    proc = Proc(
-        "eos-shape",
-        [
-            sys.executable,
-            "-m",
-            "bench.eos_shape",
-            r.bootstrap,
-            r.inbound,
-            r.outbound,
-            f"eos-{uuid.uuid4().hex}",
-        ],
-        {**os.environ, **settings_env(settings)},
-        watch_stdout=True,
-    )
-    try:
-        proc.wait_ready_line()
-        yield proc
-    finally:
-        proc.stop()
+    command = [sys.executable, "-m", "bench.eos_shape"]
+    return _echo_process(settings, "eos-shape", command, {**os.environ, **settings_env(settings)})
 
 
 @contextlib.contextmanager
