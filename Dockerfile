@@ -2,8 +2,9 @@
 FROM python:3.11.11-slim-bookworm
 WORKDIR /app
 RUN useradd --system --uid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin sa01
-COPY pyproject.toml README.md requirements.lock ./
-RUN pip install --no-cache-dir --require-hashes -r requirements.lock
+COPY pyproject.toml README.md requirements-bootstrap.lock requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements-bootstrap.lock \
+    && pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY sa01 sa01
 COPY schemas schemas
 COPY streams streams

@@ -18,9 +18,11 @@ help:
 setup: $(VENV)/.installed
 
 # Every dependency, direct or not, at the version and hashes of requirements-dev.lock
-# (requirements.lock: the runtime only, for the image); then the project itself.
-$(VENV)/.installed: pyproject.toml requirements-dev.lock
+# (requirements.lock: the runtime only, for the image), installed by the pip of
+# requirements-bootstrap.lock; then the project itself.
+$(VENV)/.installed: pyproject.toml requirements-dev.lock requirements-bootstrap.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-bootstrap.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
@@ -92,8 +94,9 @@ bench: setup services migrate peers
 PEERS_VENV := .cache/peers-venv
 peers: $(PEERS_VENV)/.installed
 
-$(PEERS_VENV)/.installed: bench/peers/requirements.lock
+$(PEERS_VENV)/.installed: bench/peers/requirements.lock requirements-bootstrap.lock
 	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-bootstrap.lock
 	$(PEERS_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r bench/peers/requirements.lock
 	@touch $@
 
