@@ -209,11 +209,12 @@ class Runtime(mode.Service):
         self.deferred_answers = DeferredAnswerer(
             settings, self.database, journey, self.dead_letters, on_committed=self.relay.wake
         )
-        # Fair lanes: a hot session or tenant holds at most its share of the slots; its
-        # further messages are parked, holding no slot, while the agent reads on.
+        # Fair lanes: a session holds one slot (the message it answers), a tenant at most
+        # its share of the slots; their further messages are parked, holding no slot,
+        # while the agent reads on.
         conversation_lanes = SessionLanes(
             settings.max_in_flight,
-            lane_share=settings.session_max_share,
+            lane_slots=1,
             group_share=settings.tenant_max_share,
             max_bytes=settings.max_in_flight_bytes,
             max_parked=settings.max_parked,
@@ -275,7 +276,7 @@ class Runtime(mode.Service):
         settings = self.settings
         return SessionLanes(
             settings.background_read_ahead + FETCH_SLACK,
-            lane_share=settings.session_max_share,
+            lane_share=settings.background_lane_max_share,
             group_share=settings.tenant_max_share,
             share_base=settings.background_read_ahead,
             max_parked=settings.max_parked + FETCH_SLACK,

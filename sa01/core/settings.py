@@ -169,14 +169,6 @@ class Settings(BaseSettings):
         description="Bytes of messages processed at once per worker (one larger message "
         "still passes alone).",
     )
-    session_max_share: float = Field(
-        0.1,
-        gt=0,
-        le=1,
-        description="Share of SA01_MAX_IN_FLIGHT one session may hold (and of "
-        "SA01_BACKGROUND_READ_AHEAD one tenant's agent's memories); its further messages wait "
-        "(parked), holding no slot, while the worker reads on.",
-    )
     tenant_max_share: float = Field(
         0.5,
         gt=0,
@@ -187,7 +179,8 @@ class Settings(BaseSettings):
     max_parked: int = Field(
         4096,
         ge=1,
-        description="Messages parked over their session's or tenant's share before the "
+        description="Messages parked (behind their session's running one, or over their "
+        "tenant's share) before the "
         "worker stops reading altogether (back pressure); memories parked over their share "
         "before the memory topic is no longer fetched.",
     )
@@ -229,6 +222,14 @@ class Settings(BaseSettings):
         " its work, parked records apart; at this many its topic is no longer fetched until"
         " half are finished, so a backlog never stands between a new message and the"
         " conversation agent.",
+    )
+    background_lane_max_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Share of SA01_BACKGROUND_READ_AHEAD one tenant's agent's memories (one"
+        " lane of a background agent) may hold; its further records wait (parked), holding"
+        " no slot. A conversation session always holds one slot: the message it answers.",
     )
     fetch_max_records: int = Field(
         100,

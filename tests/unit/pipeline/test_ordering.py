@@ -534,6 +534,43 @@ async def test_a_hot_session_cannot_hold_every_slot() -> None:
     assert lanes.in_flight == 0
 
 
+async def test_a_lane_of_one_slot_leaves_the_other_slots_to_lanes_that_can_run() -> None:
+    # A burst over few sessions: with a share (2 of 4 slots per lane) two busy sessions
+    # would hold every slot, one job running in each, and a third session would wait.
+    lanes = SessionLanes(max_in_flight=4, lane_slots=1)
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    def job(lane: str, index: int) -> Job:
+        async def run() -> None:
+            started.append(f"{lane}{index}")
+            await gate.wait()
+
+        return run
+
+    for index in range(10):
+        for lane in ("a", "b"):
+            await asyncio.wait_for(lanes.submit(lane, job(lane, index)), WAIT)
+    assert (lanes.in_flight, lanes.parked) == (2, 18)  # one slot each: the running job
+    for lane in ("c", "d"):
+        await asyncio.wait_for(lanes.submit(lane, job(lane, 0)), WAIT)
+    await settle()
+    assert sorted(started) == ["a0", "b0", "c0", "d0"]  # four sessions run at once
+    fifth = asyncio.create_task(lanes.submit("e", job("e", 0)))
+    await settle()
+    assert not fifth.done()  # every slot runs a job: the bound still holds
+    gate.set()
+    await asyncio.wait_for(fifth, WAIT)
+    await asyncio.wait_for(lanes.wait_idle(), WAIT)
+    assert [name for name in started if name[0] == "a"] == [f"a{i}" for i in range(10)]
+    assert (lanes.in_flight, lanes.parked) == (0, 0)
+
+
+def test_a_lane_needs_a_slot() -> None:
+    with pytest.raises(ValueError, match="at least one slot"):
+        SessionLanes(max_in_flight=4, lane_slots=0)
+
+
 async def test_shares_may_be_of_fewer_slots_than_the_bound() -> None:
     # A background agent's lanes: far more slots than its read-ahead (submit never
     # waits), shares of the read-ahead.
