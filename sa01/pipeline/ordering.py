@@ -145,7 +145,8 @@ class SessionLanes:
             task.add_done_callback(self._tasks.discard)
         state.jobs.append(entry)
         state.waiting.append(entry)
-        self._waiting_lanes.setdefault(lane, None)
+        if state.admitted < self.lane_limit:  # else its running job's end lists it
+            self._waiting_lanes.setdefault(lane, None)
         self._waiting += 1
         self._waiting_bytes += size
         self._submitted += 1
@@ -174,7 +175,12 @@ class SessionLanes:
         return self._bytes + entry.size <= self.max_bytes
 
     def _admit(self) -> None:
-        """Admit waiting jobs, lane by lane in turn, while slots and shares allow."""
+        """Admit waiting jobs, lane by lane in turn, while slots and shares allow.
+
+        Only lanes under their own share are listed in ``_waiting_lanes``: a lane that
+        holds all its slots is listed again when one of its jobs ends (``_release``), so
+        that a burst over many sessions, each running one job, costs no walk over them.
+        """
         admitted_any = False
         for lane in list(self._waiting_lanes):
             state = self._lanes[lane]
@@ -189,7 +195,7 @@ class SessionLanes:
                 self._take(state, entry)
                 admitted_any = True
             del self._waiting_lanes[lane]
-            if state.waiting:
+            if state.waiting and state.admitted < self.lane_limit:
                 self._waiting_lanes[lane] = None  # to the back: the other lanes go first
         self._signal(admitted_any)
 
@@ -217,6 +223,8 @@ class SessionLanes:
     def _release(self, state: _Lane, entry: _Job) -> None:
         if entry.admitted:
             state.admitted -= 1
+            if state.waiting:
+                self._waiting_lanes.setdefault(entry.lane, None)
             self._admitted -= 1
             self._bytes -= entry.size
             if entry.group is not None:
