@@ -23,8 +23,8 @@ pytestmark = pytest.mark.integration
 async def test_a_session_behind_a_hot_one_on_its_partition_is_not_held_back(
     stack: Settings, workers: WorkerFactory, llm_server: LLMServer
 ) -> None:
-    # 20 slots, one per session (the message it answers); a model answering in 20 ms: the hot session's 300
-    # messages take at least 6 s one after the other.
+    # 20 slots, one per session (the message it answers); a model answering in 20 ms:
+    # the hot session's 300 messages take at least 6 s one after the other.
     settings = with_llm(stack, llm_server, max_in_flight=20, memory_enabled=False)
     llm_server.set_mode(FailureMode.SLOW, delay_seconds=0.02)
     worker = workers.start(settings)
