@@ -54,11 +54,18 @@ async def test_a_killed_shard_holder_is_taken_over_and_each_row_arrives_once_in_
     shard_ids = [settings.relay_shard_transactional_id(s) for s in range(SHARDS)]
     rows = [record(settings, n) for n in range(total)]
     assert {shard_of(r.key, SHARDS) for r in rows} == set(range(SHARDS))
+    # Half the rows first; the other half commit just before the kill, so that the
+    # holder is killed with rows left in every shard however fast it drains the first.
+    first, second = rows[: total // 2], rows[total // 2 :]
     async with Database(settings) as database:
         store = OutboxStore()
-        async with database.connection() as conn, conn.transaction():
-            for row in rows:
-                await store.add(conn, row, settings.outbox_max_attempts)
+
+        async def add(batch: list[OutboxRecord]) -> None:
+            async with database.connection() as conn, conn.transaction():
+                for row in batch:
+                    await store.add(conn, row, settings.outbox_max_attempts)
+
+        await add(first)
         holder = workers.start_relay(settings, name="relay-a")
         deadline = time.monotonic() + 180
         # relay-a alone: it takes every shard and publishes from each.
@@ -67,6 +74,7 @@ async def test_a_killed_shard_holder_is_taken_over_and_each_row_arrives_once_in_
             await asyncio.sleep(0.05)
         taker = workers.start_relay(settings, name="relay-b")
         await asyncio.sleep(1.0)  # relay-b is up and competing for the shards
+        await add(second)
         holder.kill()  # kill -9: its sessions close, its locks are free, a batch may be open
         at_kill = await published_by(database)
         while sum((await published_by(database)).values()) < total:
