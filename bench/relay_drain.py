@@ -99,6 +99,7 @@ async def run(quick: bool) -> dict[str, Any]:
     rows = 20_000 if quick else 100_000
     naive_rows = 500 if quick else 2_000
     repeats = 1 if quick else 3
+    batch = Settings.load().relay_batch_size  # the deployment's
     relay: dict[int, list[float]] = {n: [] for n in SHARDS}
     direct, naive = [], []
     for _ in range(repeats):
@@ -108,10 +109,11 @@ async def run(quick: bool) -> dict[str, Any]:
         finally:
             await drop(settings)
         for shards in SHARDS:
-            relay[shards].append(await relay_rate(rows, 500, shards))
+            relay[shards].append(await relay_rate(rows, batch, shards))
         naive.append(await naive_rate(naive_rows))
     result: dict[str, Any] = {
-        "workload": f"{rows} rows of 200 B, 100 keys, batch 500; naive: {naive_rows} rows",
+        "workload": f"{rows} rows of 200 B, 100 keys, batch {batch} (SA01_RELAY_BATCH_SIZE);"
+        f" naive: {naive_rows} rows",
         "relay_rows_per_s": summary(relay[1]),
         **{f"relay_{n}_shards_rows_per_s": summary(relay[n]) for n in SHARDS},
         "direct_producer_msgs_per_s": summary(direct),
@@ -124,7 +126,7 @@ async def run(quick: bool) -> dict[str, Any]:
         r = result[f"relay_{shards}_shards_rows_per_s"]["median"]
         lines.append(
             (
-                f"relay, {shards} shard{'s' if shards > 1 else ''} (batch 500)",
+                f"relay, {shards} shard{'s' if shards > 1 else ''} (batch {batch})",
                 f"{r:,.0f}",
                 f"{min(relay[shards]):,.0f}-{max(relay[shards]):,.0f}",
                 f"{r / d:.2f}",

@@ -375,7 +375,12 @@ class Settings(BaseSettings):
     relay_enabled_in_worker: bool = Field(
         True, description="The worker also competes for the relay lock (hot standby)."
     )
-    relay_batch_size: int = Field(500, ge=1)
+    relay_batch_size: int = Field(
+        2000,
+        ge=1,
+        description="Rows one relay transaction publishes at most (a backlog drains in"
+        " transactions of this many; live traffic in whatever is pending).",
+    )
     outbox_shards: int = Field(
         1,
         ge=1,
