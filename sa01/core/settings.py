@@ -376,7 +376,7 @@ class Settings(BaseSettings):
         True, description="The worker also competes for the relay lock (hot standby)."
     )
     relay_batch_size: int = Field(
-        2000,
+        500,
         ge=1,
         description="Rows one relay transaction publishes at most (a backlog drains in"
         " transactions of this many; live traffic in whatever is pending).",
