@@ -70,5 +70,33 @@ async def test_rebalances_under_a_steady_load_answer_every_message_once(
     answered = [decode_message(ConversationReply, r.value).in_reply_to for r in outbound]
     missing = set(sent) - set(answered)
     assert len(sent) > RATE * REBALANCES * CYCLE_SECONDS
-    assert not missing, f"{len(missing)} of {len(sent)} messages unanswered"
+    assert not missing, (
+        f"{len(missing)} of {len(sent)} messages unanswered: {sorted(missing)[:10]}\n"
+        + evidence(workers, settings, missing)
+    )
     assert len(answered) == len(set(answered)), "a message was answered twice"
+
+
+def evidence(workers: WorkerFactory, settings: Settings, missing: set[str]) -> str:
+    """What a failure needs to be understood: the missing messages' inbound positions and
+    each process's lines about them, abandoned hand-overs and rebalances."""
+    inbound_records = consume(settings, settings.topic("conversation.inbound"), 10**9, timeout=10)
+    where = [
+        f"{r.partition}@{r.offset}"
+        for r in inbound_records
+        if any(m.encode() in r.value for m in missing)
+    ]
+    lines = [f"inbound positions of the missing: {where}"]
+    for process in workers.started:
+        text = process.log_path.read_text(errors="replace").splitlines()
+        notable = [
+            line
+            for line in text
+            if any(m in line for m in missing)
+            or "not handed out" in line
+            or "ebalanc" in line
+            or "ssign" in line
+            or "evok" in line
+        ]
+        lines.append(f"--- {process.log_path.name}:\n" + "\n".join(notable[-40:]))
+    return "\n".join(lines)
