@@ -180,9 +180,8 @@ class Settings(BaseSettings):
         4096,
         ge=1,
         description="Messages parked (behind their session's running one, or over their "
-        "tenant's share) before the "
-        "worker stops reading altogether (back pressure); memories parked over their share "
-        "before the memory topic is no longer fetched.",
+        "tenant's share) before the worker stops reading altogether (back pressure); "
+        "memories parked over their share before the memory topic is no longer fetched.",
     )
     max_parked_bytes: int = Field(
         256 * 1024 * 1024,

@@ -1,9 +1,10 @@
 """Concurrency across sessions, order within a session, and acks that never skip.
 
 :class:`SessionLanes` runs the jobs of one session one after the other and the jobs
-of different sessions at the same time, with a bound on the jobs (and bytes) in flight
-and a share of it per session and per tenant, so that one hot session or tenant cannot
-hold every slot while the others wait.
+of different sessions at the same time, with a bound on the jobs (and bytes) in flight,
+a number of slots per lane (one for a conversation session: the job it runs) and a
+share per tenant, so that one hot session or tenant cannot hold every slot while the
+others wait.
 :class:`OrderedAcks` acknowledges the offsets of each partition strictly in order:
 an offset is acked only when it and every offset before it are done, so the
 committed offset can never pass a message that was not processed.
