@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import faust
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 from pydantic import ValidationError
 
 from agents import conversation as conversation_agent
@@ -40,6 +42,7 @@ from sa01.core.settings import Settings
 from sa01.core.topics import BACKUP_TASKS, MEMORY_REMEMBER, UPLOAD_RETRY
 from sa01.resilience.health import ServiceHealth
 from streams import circuits, commands, dlq, timers, web
+from streams.flow_control import ResumeOnceFlowControl
 from streams.read_ahead import ReadAhead, ReadAheadConsumer
 from streams.runtime import BACKUPS, CONVERSATION, DEGRADATION, MEMORY, UPLOADS, Runtime
 from streams.web_guard import WebGuard
@@ -117,6 +120,12 @@ class StreamsApp(faust.App):
         """On a rebalance: forget the (tenant, agent) pairs known to have no pending
         memories (another worker may have kept some while it owned their partition)."""
         self.runtime.memory_processor.clear_groups.clear()
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        """Faust's flow control of the agents' queues, resumed once per rebalance
+        (streams.flow_control)."""
+        return ResumeOnceFlowControl(loop=self.loop)
 
     def _new_consumer(self) -> Any:
         """Faust's consumer with O(1) gap tracking and read-ahead throttling

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 
+import psycopg
 import pytest
 from confluent_kafka import Producer
 
@@ -86,7 +87,7 @@ def evidence(workers: WorkerFactory, settings: Settings, missing: set[str]) -> s
         for r in inbound_records
         if any(m.encode() in r.value for m in missing)
     ]
-    lines = [f"inbound positions of the missing: {where}"]
+    lines = [f"inbound positions of the missing: {where}", *stored_rows(settings, missing)]
     for process in workers.started:
         text = process.log_path.read_text(errors="replace").splitlines()
         notable = [
@@ -100,3 +101,25 @@ def evidence(workers: WorkerFactory, settings: Settings, missing: set[str]) -> s
         ]
         lines.append(f"--- {process.log_path.name}:\n" + "\n".join(notable[-40:]))
     return "\n".join(lines)
+
+
+def stored_rows(settings: Settings, missing: set[str]) -> list[str]:
+    """What PostgreSQL holds about the missing messages: the idempotency record (was it
+    processed?), its outbox rows (was the reply published?) and any dead letter."""
+    schema = settings.database_schema
+    queries = {
+        "idempotency_record": f"SELECT key, created_at FROM {schema}.idempotency_record"
+        " WHERE position(%s in key) > 0",
+        "outbox_message": f"SELECT id, idempotency_key, topic, status, claimed_by, attempts,"
+        f" last_error, created_at, published_at FROM {schema}.outbox_message"
+        " WHERE position(%s::bytea in payload) > 0",
+        "dead_letter_message": f"SELECT id, topic, partition, \"offset\", error_class"
+        f" FROM {schema}.dead_letter_message WHERE position(%s::bytea in payload) > 0",
+    }
+    lines: list[str] = []
+    with psycopg.connect(settings.database_url) as conn:
+        for message_id in sorted(missing):
+            for table, query in queries.items():
+                rows = conn.execute(query, (message_id,)).fetchall()
+                lines.append(f"{table} rows for {message_id}: {rows}")
+    return lines
