@@ -113,7 +113,7 @@ def stored_rows(settings: Settings, missing: set[str]) -> list[str]:
         "outbox_message": f"SELECT id, idempotency_key, topic, status, claimed_by, attempts,"
         f" last_error, created_at, published_at FROM {schema}.outbox_message"
         " WHERE position(%s::bytea in payload) > 0",
-        "dead_letter_message": f"SELECT id, topic, partition, \"offset\", error_class"
+        "dead_letter_message": f'SELECT id, topic, partition, "offset", error_class'
         f" FROM {schema}.dead_letter_message WHERE position(%s::bytea in payload) > 0",
     }
     lines: list[str] = []
