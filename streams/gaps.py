@@ -257,8 +257,10 @@ class GapTrackingConsumer(AIOKafkaConsumer):
             # From the last record handed out, read again: its hand-over may have been
             # abandoned too (``_deliver`` then fetches from it as well), a duplicate at worst.
             first = records[0].offset if last is None else last
-            if tp not in self.assignment():
-                continue  # revoked: its next owner reads from the committed offset
+            if tp not in self.assignment() or self._is_changelog_tp(tp):
+                # Revoked: its next owner reads from the committed offset. A table's
+                # changelog: its recovery seeks it to the offsets it needs itself.
+                continue
             logger.info(
                 "records of %s[%d] after %d were not handed out: read again from it",
                 tp.topic,

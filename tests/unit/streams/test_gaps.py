@@ -254,6 +254,9 @@ class FetchingConsumer(GapTrackingConsumer):
     def assignment(self) -> set[TP]:
         return {PARTITION, OTHER_PARTITION}
 
+    def _is_changelog_tp(self, tp: TP) -> bool:
+        return False
+
     async def _seek(self, partition: TP, offset: int) -> None:
         self.applied.append((partition, offset))
 
