@@ -176,14 +176,15 @@ class GapTrackingConsumer(AIOKafkaConsumer):
         self.callback = self._deliver
         self._rewinding: set[asyncio.Future[None]] = set()
         self._held_at: dict[TP, int] = {}
+        """Where each partition's commit was last said to be held (said once per offset)."""
         self._seeks = 0
         """Seeks so far: a fetch during which it changed may hold records read before one."""
         self._sought: dict[TP, tuple[int, int]] = {}
         """Each partition's last seek: the seek count after it, and the offset sought."""
         self._behind_logged: dict[TP, int] = {}
+        """The seek count when a record behind the read offset was last logged."""
         self._batch: RecordMap = {}
         """The records of the last fetch Faust hands out."""
-        """The seek count when a record behind the read offset was last logged."""
         self._all_sought = asyncio.Event()
         """Clear while every partition is sought to its committed offset."""
         self._all_sought.set()
@@ -299,6 +300,9 @@ class GapTrackingConsumer(AIOKafkaConsumer):
                 self._acked_index.pop(tp, None)
                 self._read_offset.pop(tp, None)
                 self._committed_offset.pop(tp, None)
+                self._sought.pop(tp, None)
+                self._held_at.pop(tp, None)
+                self._behind_logged.pop(tp, None)
 
     def ack(self, message: Message) -> bool:
         """Record ``message`` as done for the next commit, unless it was fetched before

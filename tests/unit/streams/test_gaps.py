@@ -230,10 +230,13 @@ async def test_a_commit_during_a_revocation_never_passes_a_record_not_handed_out
     state._on_partitions_revoked = wait_for_the_records_in_flight_then_commit
     state._active_partitions = {PARTITION}
     state._paused_partitions = set()
+    state._sought = {PARTITION: (1, 540)}
+    state._behind_logged = {}
     state.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
     await GapTrackingConsumer.on_partitions_revoked(state, {PARTITION})
     assert committed_in_revocation == [None]
     assert PARTITION not in state._committed_offset  # dropped once the commit is done
+    assert PARTITION not in state._sought
     assert PARTITION not in state._active_partitions
 
 
