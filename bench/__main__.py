@@ -24,6 +24,9 @@ BENCHES = (
     "llm_client_cpu",
 )
 
+#: Benches that never touch the broker: no warm-up before them alone.
+WITHOUT_BROKER = {"breaker", "failover", "llm_client_cpu"}
+
 
 def main() -> int:
     # The tables are the output: the chains' and clients' own warnings stay quiet.
@@ -31,8 +34,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="smaller workloads, fewer runs")
     parser.add_argument("--only", nargs="*", choices=BENCHES, help="run only these")
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip warming the broker's JIT first (bench/broker_warmup.py)",
+    )
     args = parser.parse_args()
     chosen = args.only or list(BENCHES)
+    if not args.no_warmup and not set(chosen) <= WITHOUT_BROKER:
+        from bench import broker_warmup
+
+        print("\n== broker warm-up ==", flush=True)
+        started = time.monotonic()
+        asyncio.run(broker_warmup.warm())
+        print(f"(broker warm-up: {time.monotonic() - started:.0f} s)", flush=True)
     for name in chosen:
         print(f"\n== {name} ==", flush=True)
         started = time.monotonic()

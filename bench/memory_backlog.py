@@ -37,7 +37,7 @@ from confluent_kafka import Producer
 
 from bench import load
 from bench.common import drop, percentile, summary, table, write_result
-from bench.procs import free_port, python_proc
+from bench.procs import free_port, machine_cpu_seconds, python_proc
 from bench.stack import bench_settings, route, workers_deployment
 from sa01.core.settings import Settings
 from schemas.codec import encode_message
@@ -169,6 +169,7 @@ def with_backlog(
     ):
         drain_started = time.perf_counter()
         cpu_started = sum(cpu_seconds(worker.pid) for worker in workers)
+        machine_started = machine_cpu_seconds()
         load_average = os.getloadavg()[0]
         before = _stored_now(url)
         prod = load.producer(r.bootstrap)
@@ -203,6 +204,12 @@ def with_backlog(
         end = drained_at[0] if drained_at else time.perf_counter()
         stored = _stored_now(url)
         cpu = sum(cpu_seconds(worker.pid) for worker in workers) - cpu_started
+        machine_ended = machine_cpu_seconds()
+        # Share of one core each role used while the backlog drained.
+        machine = {
+            role: 100 * (seconds - machine_started.get(role, 0.0)) / (end - drain_started)
+            for role, seconds in machine_ended.items()
+        }
         deadline = time.monotonic() + 300
         while any(i not in watcher.seen for i in sent_at) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -216,6 +223,7 @@ def with_backlog(
         "unanswered": len(sent_at) - len(latencies),
         "worker_cpu_seconds": cpu,
         "load_average": load_average,
+        "machine_core_percent": machine,
     }
 
 
@@ -260,12 +268,26 @@ def _rows(name: str, alone: dict[str, Any], drained: dict[str, Any]) -> list[tup
             "",
         ),
         (
+            "  % of a core during the drain, by process",
+            _core_shares(drained["machine_core_percent"]),
+            "",
+            "",
+        ),
+        (
             "  replies during the drain (unanswered)",
             f"{len(drained['latencies'])} ({drained['unanswered']})",
             f"{len(alone['latencies'])}",
             "",
         ),
     ]
+
+
+def _core_shares(percent: dict[str, float]) -> str:
+    """``target 64, somabrain 31, ...``: the roles' shares of a core, largest first
+    (workers are ``target``; ``other`` is the bench's own load and watcher)."""
+    ranked = sorted(percent.items(), key=lambda item: -item[1])
+    names = {"target": "workers", "other": "other (load)"}
+    return ", ".join(f"{names.get(role, role)} {share:.0f}" for role, share in ranked)
 
 
 def _result(alone: dict[str, Any], drained: dict[str, Any]) -> dict[str, Any]:
@@ -281,6 +303,7 @@ def _result(alone: dict[str, Any], drained: dict[str, Any]) -> dict[str, Any]:
             * 1000
             / max(1, drained["stored"]),
             "load_average": drained["load_average"],
+            "machine_core_percent": drained["machine_core_percent"],
         },
         "conversation_msgs_per_s": summary(alone["rates"]),
         "latency_ms_without_backlog": {

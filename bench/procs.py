@@ -60,6 +60,40 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+#: The roles of a machine's processes in :func:`machine_cpu_seconds`, by a piece of their
+#: command line; the first match wins, and the rest is ``other`` (the load, the watcher).
+PROCESS_ROLES = (
+    ("publish-outbox", "relay"),
+    ("streams worker", "target"),
+    ("bench.bare_loop", "target"),
+    ("quix_echo", "target"),
+    ("bench.eos_shape", "target"),
+    ("loopback.somabrain_server", "somabrain"),
+    ("kafka.Kafka", "broker"),
+    ("postgres", "postgresql"),
+    ("redis-server", "redis"),
+)
+
+
+def machine_cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by this machine's processes, summed by role
+    (:data:`PROCESS_ROLES`). Processes that ended are gone from the sum: read it before
+    and after a measurement whose processes all live through it."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    by_role: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended
+        role = next((r for piece, r in PROCESS_ROLES if piece in command), "other")
+        by_role[role] = by_role.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return by_role
+
+
 def peak_rss_kib(pid: int) -> int:
     """The peak resident set size of ``pid`` (``VmHWM`` in /proc/PID/status), in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

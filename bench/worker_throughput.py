@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import load
 from bench.common import drop, percentile, summary, table, write_result
-from bench.procs import FaustProc, Proc, python_proc, settings_env
+from bench.procs import FaustProc, Proc, machine_cpu_seconds, python_proc, settings_env
 from bench.stack import bench_settings, llm_server, route, with_llm, workers_deployment
 from sa01.core.settings import Settings
 
@@ -58,6 +58,8 @@ class Figures:
     log_bytes_per_message: float | None
     cpu_ms_per_message: float | None = None
     messages_per_commit: float | None = None
+    machine_cpu_ms: dict[str, float] | None = None
+    """CPU ms per message during the bursts by process role (``procs.PROCESS_ROLES``)."""
 
     @property
     def median_rate(self) -> float:
@@ -165,11 +167,17 @@ def measure(
         load.round_trip(r, prod, watcher, load.messages(WARMUP, tag="warm"), 180)
         log_start = sum(w.log_path.stat().st_size for w in workers)
         cpu_start = sum(_cpu_seconds(p.pid) for p in procs)
+        machine_start = machine_cpu_seconds()
         commits_start = [_commits(w) for w in workers]
         rates = []
         for _ in range(plan.repeats):
             rates.append(size / load.round_trip(r, prod, watcher, load.messages(size), 600))
         sent = size * plan.repeats
+        machine_end = machine_cpu_seconds()
+        machine = {
+            role: 1000 * (seconds - machine_start.get(role, 0.0)) / sent
+            for role, seconds in machine_end.items()
+        }
         log_bytes = None
         per_commit = None
         if workers:
@@ -182,7 +190,9 @@ def measure(
         offered = rate if rate is not None else summary(rates)["median"] / 2
         batch = load.messages(max(50, round(offered * plan.latency_seconds)), tag="lat")
         latencies = load.paced(r, prod, watcher, batch, offered, 300)
-        figures = Figures(size, rates, latencies, watcher.duplicates, log_bytes, cpu_ms, per_commit)
+        figures = Figures(
+            size, rates, latencies, watcher.duplicates, log_bytes, cpu_ms, per_commit, machine
+        )
         return figures, offered
 
 
@@ -192,6 +202,25 @@ async def _one(kind: str, plan: Plan, rate: float | None, api_base: str) -> tupl
         return await asyncio.to_thread(measure, settings, kind, plan, rate, api_base)
     finally:
         await drop(settings)
+
+
+#: The roles of the machine table, in its column order (``procs.PROCESS_ROLES``).
+MACHINE_ROLES = ("target", "relay", "broker", "postgresql", "redis")
+
+
+def _machine_row(label: str, f: Figures) -> tuple[str, ...]:
+    """CPU ms per message of each role, their total, and the rate the cores would allow."""
+    used = f.machine_cpu_ms or {}
+    total = sum(used.get(role, 0.0) for role in MACHINE_ROLES)
+    cores = os.cpu_count() or 1
+    ceiling = f"{cores * 1000 / total:,.0f}" if total > 0 else "-"
+    return (
+        label,
+        *(f"{used.get(role, 0.0):.3f}" for role in MACHINE_ROLES),
+        f"{total:.3f}",
+        ceiling,
+        f"{used.get('other', 0.0):.3f}",
+    )
 
 
 def _row(label: str, f: Figures, base: Figures) -> tuple[str, ...]:
@@ -275,6 +304,7 @@ async def run(quick: bool) -> dict[str, Any]:
             "worker_log_bytes_per_message": figures.log_bytes_per_message,
             "cpu_ms_per_message": figures.cpu_ms_per_message,
             "messages_per_commit": figures.messages_per_commit,
+            "machine_cpu_ms_per_message": figures.machine_cpu_ms,
         }
     header = (
         "target",
@@ -302,6 +332,35 @@ async def run(quick: bool) -> dict[str, Any]:
                 _row("EOS shape prototype (bench/eos_shape.py)", eos, bare),
             ]
         )
+    )
+    machine_header = (
+        "CPU ms per message, by process",
+        "target",
+        "relay",
+        "broker",
+        "PostgreSQL",
+        "Redis",
+        "total",
+        f"msgs/s {os.cpu_count()} cores allow",
+        "other (load)",
+    )
+    print(
+        table(
+            [
+                machine_header,
+                _machine_row("bare aiokafka loop (baseline)", bare),
+                _machine_row("worker, echo responder", echo),
+                _machine_row("worker, echo, no standalone relay", own),
+                _machine_row("2 worker processes, echo", two),
+                *((_machine_row("peer: Quix Streams echo", quix[0]),) if quix else ()),
+                _machine_row("EOS shape prototype", eos),
+            ]
+        )
+    )
+    print(
+        "(every process of the machine during the bursts, /proc; 'msgs/s cores allow': the"
+        " cores divided by the total, the rate at which these processes alone would fill"
+        " the machine; 'other': the bench's load and reply watcher, not in the total)"
     )
     if quix is None:
         print(f"peer row skipped: {PEER_PYTHON} is missing (make peers)")
