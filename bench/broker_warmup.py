@@ -19,11 +19,9 @@ once the broker's compiler threads take under ``SETTLED_SHARE`` of its CPU in a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +29,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench import load
 from bench.common import drop
-from bench.procs import ROOT, Proc, python_proc
-from bench.stack import bench_settings, route, workers_deployment
+from bench.procs import ROOT
+from bench.stack import bare_loop, bench_settings, route, workers_deployment
 from sa01.core.settings import Settings
 
 #: A round is settled when the broker's JIT compiler threads take under this share of its CPU.
@@ -98,20 +96,6 @@ def _thread_cpu(pid: int) -> tuple[float, float]:
     return total, jit
 
 
-@contextlib.contextmanager
-def _bare_loop(settings: Settings) -> Iterator[Proc]:
-    r = route(settings)
-    proc = python_proc(
-        "warmup-bare-loop",
-        ["-m", "bench.bare_loop", r.bootstrap, r.inbound, r.outbound, f"warm-{uuid.uuid4().hex}"],
-    )
-    try:
-        proc.wait_ready_line()
-        yield proc
-    finally:
-        proc.stop()
-
-
 def _transactions(settings: Settings) -> None:
     """``TRANSACTIONS`` transactions of ``PER_TRANSACTION`` records, read back committed."""
     topic = settings.topic("somabrain.memory.remember")
@@ -174,7 +158,7 @@ def _round(bare: Settings, worker: Settings, pid: int | None) -> Round:
 def _warm(bare: Settings, worker: Settings) -> list[Round]:
     pid = broker_pid()
     rounds: list[Round] = []
-    with _bare_loop(bare), workers_deployment(worker, 1):
+    with bare_loop(bare), workers_deployment(worker, 1):
         while len(rounds) < MAX_ROUNDS:
             rounds.append(_round(bare, worker, pid))
             print(f"  broker warm-up round {len(rounds)}: {rounds[-1].describe()}", flush=True)

@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ from pydantic import SecretStr
 
 from bench.common import isolated_settings
 from bench.load import Route
-from bench.procs import FaustProc, free_port, python_proc, start_relay, start_worker
+from bench.procs import FaustProc, Proc, free_port, python_proc, start_relay, start_worker
 from sa01.core.settings import Settings
 
 #: SomaBrain is not part of these measurements: memory off, no somabrain probe.
@@ -38,6 +39,22 @@ def route(settings: Settings) -> Route:
         settings.topic("conversation.inbound"),
         settings.topic("conversation.outbound"),
     )
+
+
+@contextlib.contextmanager
+def bare_loop(settings: Settings) -> Iterator[Proc]:
+    """``python -m bench.bare_loop`` on the deployment's topics (its own group), once it
+    says ``ready``; stopped on exit."""
+    r = route(settings)
+    proc = python_proc(
+        "bare-loop",
+        ["-m", "bench.bare_loop", r.bootstrap, r.inbound, r.outbound, f"bare-{uuid.uuid4().hex}"],
+    )
+    try:
+        proc.wait_ready_line()
+        yield proc
+    finally:
+        proc.stop()
 
 
 def _answers(url: str) -> bool:

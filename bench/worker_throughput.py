@@ -30,8 +30,8 @@ from typing import Any
 
 from bench import load
 from bench.common import drop, percentile, summary, table, write_result
-from bench.procs import FaustProc, Proc, machine_cpu_seconds, python_proc, settings_env
-from bench.stack import bench_settings, llm_server, route, with_llm, workers_deployment
+from bench.procs import FaustProc, Proc, machine_cpu_seconds, settings_env
+from bench.stack import bare_loop, bench_settings, llm_server, route, with_llm, workers_deployment
 from sa01.core.settings import Settings
 
 WARMUP = 50
@@ -84,20 +84,6 @@ def _commits(worker: FaustProc) -> tuple[float, float]:
     return count, total
 
 
-@contextlib.contextmanager
-def _bare(settings: Settings) -> Iterator[Proc]:
-    r = route(settings)
-    proc = python_proc(
-        "bare-loop",
-        ["-m", "bench.bare_loop", r.bootstrap, r.inbound, r.outbound, f"bare-{uuid.uuid4().hex}"],
-    )
-    try:
-        proc.wait_ready_line()
-        yield proc
-    finally:
-        proc.stop()
-
-
 #: The peer row's interpreter: ``make peers`` builds its virtualenv (quixstreams).
 PEER_PYTHON = Path(__file__).resolve().parents[1] / ".cache" / "peers-venv" / "bin" / "python"
 
@@ -136,7 +122,7 @@ def _target(
 ) -> Iterator[tuple[list[FaustProc], list[Proc]]]:
     """The bare loop (no workers, its process) or a worker deployment (its workers twice)."""
     if kind == "bare":
-        with _bare(settings) as bare:
+        with bare_loop(settings) as bare:
             yield [], [bare]
     elif kind == "quix":
         with _quix(settings) as peer:
