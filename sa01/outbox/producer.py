@@ -10,7 +10,9 @@ The Kafka gate is a :class:`~resilience.circuit_breaker.CircuitBreaker` named
 :data:`PRODUCER_GATE` (``kafka:producer``), registered by the worker in its breaker
 registry, so ``/circuits``, the metrics and the ``circuit`` command show it. It opens
 
-* at once on librdkafka's all-brokers-down or transport error event (``error_cb``),
+* at once on librdkafka's all-brokers-down or transport error event (``error_cb``), or
+  on a delivery report failed for the same reason or for a partition without a leader
+  (a broker's controlled shutdown can fail records so before its connection drops),
 * on the health monitor's ``unavailable`` verdict for Kafka (the monitor trips it),
 * after ``SA01_PRODUCER_CIRCUIT_FAILURES`` failed deliveries in a row,
 * or by an operator (``circuit open kafka:producer``).
@@ -83,6 +85,15 @@ WARM_UP_SECONDS = 5.0
 
 #: librdkafka events that say the broker connection is gone: open the gate at once.
 _BROKER_DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
+
+#: Failed deliveries that say the same (or that the partition has no leader to take the
+#: record): they open the gate at once too, rather than counting towards
+#: ``SA01_PRODUCER_CIRCUIT_FAILURES``. A broker's controlled shutdown can fail records
+#: this way before the connection drops.
+_BROKER_DOWN_DELIVERY = _BROKER_DOWN | {
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+}
 
 #: Errors of the record itself (the caller's mistake): they never count against the gate.
 _RECORD_ERRORS = frozenset(
@@ -356,21 +367,30 @@ class ResilientProducer:
         message: Message,
     ) -> None:
         """A delivery report, on the loop: move the gate, wake the send."""
-        self._judge(permit, err)
+        self._judge(permit, err, message)
         if err is None:
             self._budget = self.settings.producer_send_budget_seconds  # warm from now on
         outcome: _Outcome = message if err is None else (FallbackReason.DELIVERY_FAILED, str(err))
         _resolve(delivered, outcome)
         _resolve(ready, outcome)
 
-    @staticmethod
-    def _judge(permit: Permit, err: KafkaError | None) -> None:
+    def _judge(self, permit: Permit, err: KafkaError | None, message: Message) -> None:
         if err is None:
             permit.success()
-        elif err.code() in _RECORD_ERRORS:
+            return
+        if err.code() in _RECORD_ERRORS:
             permit.release()  # the record's own fault says nothing about the broker
-        else:
-            permit.failure()
+            return
+        logger.warning(
+            "delivery to %s [%s] failed: %s: %s",
+            message.topic(),
+            message.partition(),
+            err.name(),
+            err.str(),
+        )
+        if err.code() in _BROKER_DOWN_DELIVERY:
+            self.trip(f"librdkafka: delivery failed: {err.name()}: {err.str()}")
+        permit.failure()
 
     async def _to_outbox(
         self, record: OutboxRecord, reason: FallbackReason, detail: str
