@@ -403,7 +403,10 @@ class Settings(BaseSettings):
         6067, ge=0, le=65535, description="Port of the standalone relay's /metrics (0: none)."
     )
     outbox_retention_seconds: int = Field(
-        7 * 24 * 3600, ge=0, description="Published outbox rows are deleted after this."
+        0,
+        ge=0,
+        description="How long published outbox rows are kept, marked published (0: deleted"
+        " as their batch commits; Kafka and the ledger are the record).",
     )
     relay_cleanup_interval_seconds: float = Field(
         300.0, gt=0, description="How often the active relay deletes old rows and records."

@@ -1,10 +1,15 @@
-"""The outbox ledger: which relay batch was the last one Kafka committed.
+"""The outbox ledger: which relay batch was the last one Kafka committed, and its rows.
 
 Every relay transaction carries one ledger record (key: the relay's transactional
-id, value: ``{"seq": N}``) on a compacted one-partition topic. After
-``init_transactions`` has resolved any transaction left open by a crashed
-predecessor, the last ledger record of our id read with ``read_committed`` names
-the last committed batch: rows claimed with a higher sequence were never visible.
+id, value: ``{"seq": N, "ids": [[first, last], ...]}``) on a compacted one-partition
+topic. ``ids`` are the outbox row ids (inclusive ranges) of batch N and of batch N - 1:
+the relay settles a batch's rows in PostgreSQL only after its commit, concurrently with
+the next batch, so at a crash at most those two batches are committed and unsettled.
+After ``init_transactions`` has resolved any transaction left open by a crashed
+predecessor, the last ledger record of our id read with ``read_committed`` names the
+last committed batch and the rows to settle; any other row is still to publish.
+Records of the earlier protocol (``{"seq": N}``, rows marked ``publishing`` with their
+batch sequence) read as an entry without ids.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -20,15 +27,44 @@ from sa01.core.errors import InfrastructureUnavailableError
 from sa01.core.kafka_security import librdkafka_config
 from sa01.core.settings import Settings
 
-__all__ = ["encode_entry", "read_last_sequence"]
+__all__ = ["IdRange", "LedgerEntry", "encode_entry", "id_ranges", "read_last_entry"]
+
+IdRange = tuple[int, int]
+"""Outbox row ids ``first`` to ``last``, both included."""
 
 
-def encode_entry(seq: int) -> bytes:
-    """The value of a ledger record for batch ``seq``."""
-    return json.dumps({"seq": seq}).encode()
+@dataclass(frozen=True)
+class LedgerEntry:
+    """The last committed batch of a relay id, and the rows its record names."""
+
+    seq: int
+    ids: tuple[IdRange, ...] = ()
 
 
-def _read_blocking(settings: Settings, topic: str, relay_id: str, timeout: float) -> int:
+def id_ranges(ids: Iterable[int]) -> list[IdRange]:
+    """``ids`` as sorted inclusive ranges of consecutive ids (a batch is mostly one)."""
+    ranges: list[IdRange] = []
+    for row_id in sorted(ids):
+        if ranges and row_id <= ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], row_id))
+        else:
+            ranges.append((row_id, row_id))
+    return ranges
+
+
+def encode_entry(seq: int, ids: Sequence[IdRange] = ()) -> bytes:
+    """The value of a ledger record for batch ``seq`` naming the rows ``ids``."""
+    return json.dumps({"seq": seq, "ids": [list(r) for r in ids]}).encode()
+
+
+def decode_entry(value: bytes) -> LedgerEntry:
+    """A ledger record's value (either protocol)."""
+    entry = json.loads(value)
+    ids = tuple((int(first), int(last)) for first, last in entry.get("ids", ()))
+    return LedgerEntry(int(entry["seq"]), ids)
+
+
+def _read_blocking(settings: Settings, topic: str, relay_id: str, timeout: float) -> LedgerEntry:
     consumer = Consumer(
         {
             **librdkafka_config(settings),
@@ -36,6 +72,9 @@ def _read_blocking(settings: Settings, topic: str, relay_id: str, timeout: float
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            # The end of the partition is only reported by an empty fetch: do not let the
+            # broker hold it for the default 500 ms waiting for data.
+            "fetch.wait.max.ms": 10,
             "socket.timeout.ms": 10_000,
         }
     )
@@ -67,20 +106,22 @@ def _retriable(error: KafkaError) -> bool:
     )
 
 
-def _read_last(consumer: Consumer, topic: str, key: bytes, timeout: float) -> int:
+def _read_last(consumer: Consumer, topic: str, key: bytes, timeout: float) -> LedgerEntry:
     low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout)
     window = 64
     while True:
         start = max(low, high - window)
         last = _scan(consumer, topic, start, key, timeout)
         if last is not None or start <= low:
-            return last or 0
+            return last or LedgerEntry(0)
         window *= 8
 
 
-def _scan(consumer: Consumer, topic: str, start: int, key: bytes, timeout: float) -> int | None:
+def _scan(
+    consumer: Consumer, topic: str, start: int, key: bytes, timeout: float
+) -> LedgerEntry | None:
     consumer.assign([TopicPartition(topic, 0, start)])
-    last: int | None = None
+    last: LedgerEntry | None = None
     while True:
         message = consumer.poll(timeout)
         if message is None:
@@ -91,11 +132,11 @@ def _scan(consumer: Consumer, topic: str, start: int, key: bytes, timeout: float
                 return last
             raise KafkaException(error)
         if message.key() == key and message.value():
-            last = int(json.loads(message.value() or b"{}")["seq"])
+            last = decode_entry(message.value() or b"{}")
 
 
-async def read_last_sequence(
+async def read_last_entry(
     settings: Settings, topic: str, relay_id: str, timeout: float = 15.0
-) -> int:
-    """The highest batch sequence committed by ``relay_id`` (0 when none)."""
+) -> LedgerEntry:
+    """The last batch committed by ``relay_id`` (sequence 0 and no rows when none)."""
     return await asyncio.to_thread(_read_blocking, settings, topic, relay_id, timeout)

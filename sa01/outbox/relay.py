@@ -15,12 +15,15 @@ Contract:
   ``init_transactions`` fences any zombie predecessor of that shard, and its own ledger
   position (ledger records are keyed by that id). With one shard the id and lock key
   are those of the unsharded relay.
-* Rows are claimed in id order, skipping keys whose earliest row is in backoff, under a
-  sequence number that the same Kafka transaction writes to the ledger. Rows are marked
-  published (one statement per batch) only after the commit; after a crash or an
-  uncertain commit the ledger says which batch was committed (see ``sa01.outbox.ledger``).
-  While batch k commits in Kafka, batch k+1 is claimed (pipelining); when k does not
-  commit, k+1 goes back to pending before anything else of the shard is published.
+* Rows are claimed (read, nothing written) in id order, skipping keys whose earliest row
+  is in backoff. Each batch has a sequence number; the same Kafka transaction writes it
+  to the ledger with the row ids of the batch and of the batch before it. A batch is
+  settled (one statement: deleted, or marked published when
+  ``SA01_OUTBOX_RETENTION_SECONDS`` > 0) only after its commit; after a crash or an
+  uncertain commit the last ledger record names the rows to settle (see
+  ``sa01.outbox.ledger``). While batch k commits in Kafka, batch k-1 is settled and
+  batch k+1 claimed, skipping both (pipelining); when k does not commit, k+1 is dropped
+  (its rows are still pending) before anything else of the shard is published.
 * A broker-level failure never counts an attempt (rows wait for the broker); a
   row-specific failure counts one and backs off; after ``max_attempts`` the row is
   dead-lettered by the one writer (:meth:`DeadLetterStore.record`): the table and its
@@ -63,7 +66,7 @@ from sa01.outbox.layout import (
     read_layout,
     record_shard_count,
 )
-from sa01.outbox.ledger import encode_entry, read_last_sequence
+from sa01.outbox.ledger import IdRange, LedgerEntry, encode_entry, id_ranges, read_last_entry
 from sa01.outbox.singleton import AdvisoryLock, Lease, SingletonJob
 from sa01.outbox.store import ClaimedRow, Conn, OutboxStore
 from sa01.outbox.transactions import (
@@ -127,6 +130,14 @@ class Shard:
 class _Batch:
     seq: int
     rows: list[ClaimedRow]
+
+    @property
+    def ids(self) -> list[IdRange]:
+        return id_ranges(row.id for row in self.rows)
+
+
+def _ids_of(*batches: _Batch | None) -> list[IdRange]:
+    return [r for batch in batches if batch is not None for r in batch.ids]
 
 
 @dataclass(frozen=True)
@@ -229,60 +240,62 @@ class ShardRelay:
             await asyncio.wait_for(lease.stopping.wait(), seconds)
 
     async def _reconcile(self) -> None:
-        self._seq = await read_last_sequence(self.settings, self.ledger_topic, self.relay_id)
+        last: LedgerEntry = await read_last_entry(self.settings, self.ledger_topic, self.relay_id)
+        self._seq = last.seq
         async with self.relay.database.connection() as conn:
-            published, released = await self.relay.store.reconcile(conn, self.relay_id, self._seq)
-        if published or released:
+            settled = await self.relay.store.reconcile(
+                conn, self.relay_id, last, keep=self.relay.keep_published
+            )
+        if settled:
             logger.info(
-                "%s reconciled: %d rows were committed, %d return to pending",
-                self.shard.name,
-                published,
-                released,
+                "%s reconciled: %d rows of committed batches settled", self.shard.name, settled
             )
 
     # ----------------------------------------------------------------- batches
-    async def _claim(self) -> _Batch | None:
-        seq = self._seq + 1
+    async def _claim(self, skip: list[IdRange]) -> _Batch | None:
         async with self.relay.database.connection() as conn:
             rows = await self.relay.store.claim(
-                conn, self.relay_id, seq, self.settings.relay_batch_size, self._claim_shard
+                conn, self.settings.relay_batch_size, self._claim_shard, skip
             )
         if not rows:
             return None
-        self._seq = seq
-        return _Batch(seq, rows)
+        self._seq += 1
+        return _Batch(self._seq, rows)
 
-    async def _release(self, batch: _Batch | None, error: str | None) -> None:
+    async def _settle(self, batch: _Batch | None) -> None:
         if batch is None:
             return
         async with self.relay.database.connection() as conn:
-            await self.relay.store.release(conn, self.relay_id, batch.seq, error)
-
-    async def _mark_published(self, batch: _Batch | None) -> None:
-        if batch is None:
-            return
-        async with self.relay.database.connection() as conn:
-            await self.relay.store.mark_published(conn, self.relay_id, batch.seq)
+            await self.relay.store.settle(
+                conn,
+                [row.id for row in batch.rows],
+                keep=self.relay.keep_published,
+                relay_id=self.relay_id,
+                seq=batch.seq,
+            )
         self.relay.metrics.outbox_published_total.inc(len(batch.rows))
         self.relay.metrics.outbox_batch_size.observe(len(batch.rows))
 
     async def _publish_batches(self, publisher: TransactionalPublisher) -> _Run:
         """Publish batches back to back until none is ready or one fails.
 
-        While batch k commits in Kafka, batch k+1 is claimed and batch k-1 is marked
-        published (one statement). k+1 is released when k did not commit: a later row
-        of a key must not overtake an earlier one.
+        While batch k commits in Kafka, batch k-1 is settled (one statement) and batch k+1
+        is claimed, skipping the rows of both. k's ledger record names the rows of k and
+        k-1, the only batches that can be committed and not settled at a crash. k+1 is
+        dropped when k did not commit: a later row of a key must not overtake an earlier
+        one.
         """
         total = 0
-        committed: _Batch | None = None  # committed in Kafka, not yet marked
-        batch = await self._claim()
+        committed: _Batch | None = None  # committed in Kafka, not yet settled
+        batch = await self._claim([])
         while batch is not None:
+            unsettled = _ids_of(batch, committed)
             ledger = LedgerRecord(
-                self.ledger_topic, self.relay_id.encode(), encode_entry(batch.seq)
+                self.ledger_topic, self.relay_id.encode(), encode_entry(batch.seq, unsettled)
             )
             publishing = asyncio.ensure_future(publisher.publish(batch.rows, ledger))
             try:
-                following, _ = await asyncio.gather(self._claim(), self._mark_published(committed))
+                following, _ = await asyncio.gather(self._claim(unsettled), self._settle(committed))
             except BaseException:
                 # The ledger tells the next holder whether the batch in flight committed.
                 publishing.cancel()
@@ -303,14 +316,14 @@ class ShardRelay:
                 )
                 await self._restart_publisher(publisher)  # reconciles both batches
                 return _Run(total, broker_failed=True)
-            await self._release(following, result.error)
+            # ``following`` is dropped: nothing was written, its rows are still pending.
             await self._handle_aborted(batch, result)
             if result.row_errors:
                 # librdkafka caches "unknown topic" and the like: start from fresh metadata.
                 await self._restart_publisher(publisher)
                 return _Run(total)
             return _Run(total, broker_failed=True)
-        await self._mark_published(committed)
+        await self._settle(committed)
         return _Run(total)
 
     async def _restart_publisher(self, publisher: TransactionalPublisher) -> None:
@@ -336,7 +349,6 @@ class ShardRelay:
                 self.relay.metrics.outbox_failed_total.labels(kind="row").inc()
                 if attempts >= max_attempts:
                     await self.relay.dead_letter(conn, row, PublishError(str(err)), attempts)
-            await store.release(conn, self.relay_id, batch.seq, result.error)
         if not row_failures:
             self.relay.metrics.outbox_failed_total.labels(kind="broker").inc(len(batch.rows))
             logger.warning(
@@ -367,6 +379,11 @@ class OutboxRelay:
         self._members = 1
 
     # ------------------------------------------------------------------ state
+    @property
+    def keep_published(self) -> bool:
+        """Published rows are kept (marked ``published``) rather than deleted."""
+        return self.settings.outbox_retention_seconds > 0
+
     @property
     def held(self) -> list[int]:
         """The shards this process publishes now."""

@@ -1,12 +1,15 @@
-"""SQL of the ``outbox_message`` table: add, claim, publish, release, fail.
+"""SQL of the ``outbox_message`` table: add, claim, settle, fail.
 
 ``add_many`` inserts the rows of many messages in one statement (group commit).
 
-Every statement takes parameters only. Rows move ``pending → publishing →
-published``; a relay claims rows under its id and a sequence number that it also
-writes to the outbox ledger inside the same Kafka transaction, which is how a
-restarted relay tells a committed batch from an aborted one. A batch is marked
-published, or returned to pending, with one statement.
+Every statement takes parameters only. A relay claims a batch by reading it (no write:
+its shard's advisory lock makes it the shard's only publisher), names the batch's row
+ids in the ledger record of the same Kafka transaction, and settles the batch after the
+commit with one statement: the rows are deleted, or, with
+``SA01_OUTBOX_RETENTION_SECONDS`` > 0, marked ``published`` and kept that long. A batch
+that does not commit was never written to, so its rows are simply still ``pending``.
+Rows that an earlier version of the relay left ``publishing`` (claimed under a batch
+sequence) are settled by :meth:`OutboxStore.reconcile` the old way.
 
 Shards are computed when rows are read, never stored: a key's hash is the first 4 bytes
 of its SHA-256 (SQL ``outbox_key_hash``, Python :func:`key_hash`), and shard ``s`` of
@@ -25,9 +28,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from sa01.outbox.ledger import IdRange, LedgerEntry
 from schemas.headers import MAX_ERROR_TEXT
 
 __all__ = [
@@ -80,21 +83,17 @@ def _claim_query(sharded: bool) -> sql.Composed:
 WITH blocked AS (
     SELECT DISTINCT topic, partition_key FROM outbox_message
     WHERE status = 'pending' AND next_attempt_at > now(){blocked_shard}
-), next AS (
-    SELECT m.id FROM outbox_message m
-    WHERE m.status = 'pending' AND m.next_attempt_at <= now(){next_shard}
-      AND NOT EXISTS (
-          SELECT 1 FROM blocked b
-          WHERE b.topic = m.topic AND b.partition_key IS NOT DISTINCT FROM m.partition_key)
-    ORDER BY m.id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 )
-UPDATE outbox_message o
-SET status = 'publishing', claimed_by = %(relay)s, claim_seq = %(seq)s
-WHERE o.id = ANY (ARRAY (SELECT id FROM next))
-RETURNING o.id, o.topic, o.partition_key, o.payload, o.headers, o.idempotency_key,
-          o.attempts, o.max_attempts
+SELECT m.id, m.topic, m.partition_key, m.payload, m.headers, m.idempotency_key,
+       m.attempts, m.max_attempts
+FROM outbox_message m
+WHERE m.status = 'pending' AND m.next_attempt_at <= now(){next_shard}
+  AND NOT (%(skip)s::int8multirange @> m.id)
+  AND NOT EXISTS (
+      SELECT 1 FROM blocked b
+      WHERE b.topic = m.topic AND b.partition_key IS NOT DISTINCT FROM m.partition_key)
+ORDER BY m.id
+LIMIT %(limit)s
 """
     ).format(blocked_shard=in_shard("partition_key"), next_shard=in_shard("m.partition_key"))
 
@@ -104,6 +103,11 @@ _CLAIM_SHARD = _claim_query(sharded=True)
 
 HASH_SPACE = 2**32
 """Keys hash to [0, 2^32): the first 4 bytes of their SHA-256 (``outbox_key_hash``)."""
+
+
+def _multirange(ranges: Sequence[IdRange]) -> str:
+    """``ranges`` as an ``int8multirange`` literal (inclusive bounds)."""
+    return "{" + ",".join(f"[{first},{last}]" for first, last in ranges) + "}"
 
 
 def key_hash(key: bytes | None) -> int:
@@ -168,77 +172,93 @@ class OutboxStore:
     async def claim(
         self,
         conn: Conn,
-        relay_id: str,
-        seq: int,
         limit: int,
         shard: tuple[int, int] | None = None,
+        skip: Sequence[IdRange] = (),
     ) -> list[ClaimedRow]:
-        """Claim up to ``limit`` publishable rows in id order, skipping keys in backoff.
+        """Read up to ``limit`` publishable rows in id order, skipping keys in backoff and
+        the rows ``skip`` (batches in flight or not yet settled). Writes nothing.
 
         With ``shard`` (``(index, count)``, count > 1) only rows of that shard's keys.
         """
-        params: dict[str, object] = {"limit": limit, "relay": relay_id, "seq": seq}
+        params: dict[str, object] = {"limit": limit, "skip": _multirange(skip)}
         query = _CLAIM_ALL
         if shard is not None and shard[1] > 1:
             params["low"], params["high"] = shard_range(*shard)
             query = _CLAIM_SHARD
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query, params)
-            rows = await cur.fetchall()
-        claimed = [
+        cur = await conn.execute(query, params)
+        return [
             ClaimedRow(
-                id=r["id"],
-                topic=r["topic"],
-                key=bytes(r["partition_key"]) if r["partition_key"] is not None else None,
-                value=bytes(r["payload"]),
-                headers=dict(r["headers"]),
-                idempotency_key=r["idempotency_key"],
-                attempts=r["attempts"],
-                max_attempts=r["max_attempts"],
+                id=row_id,
+                topic=topic,
+                key=bytes(key) if key is not None else None,
+                value=bytes(payload),
+                headers=headers,
+                idempotency_key=idempotency_key,
+                attempts=attempts,
+                max_attempts=max_attempts,
             )
-            for r in rows
+            for (
+                row_id,
+                topic,
+                key,
+                payload,
+                headers,
+                idempotency_key,
+                attempts,
+                max_attempts,
+            ) in await cur.fetchall()
         ]
-        return sorted(claimed, key=lambda row: row.id)
 
-    async def mark_published(self, conn: Conn, relay_id: str, seq: int) -> int:
-        """Mark the rows of batch ``seq`` published; return how many."""
-        cur = await conn.execute(
-            "UPDATE outbox_message SET status = 'published', published_at = now(),"
-            " last_error = NULL"
-            " WHERE status = 'publishing' AND claimed_by = %s AND claim_seq = %s",
-            (relay_id, seq),
-        )
+    async def settle(
+        self, conn: Conn, ids: Sequence[int], *, keep: bool, relay_id: str, seq: int
+    ) -> int:
+        """Rows ``ids`` were committed in Kafka (batch ``seq`` of ``relay_id``): delete them,
+        or with ``keep`` mark them ``published``. Rows already settled are left alone
+        (settling twice, after a restart, is harmless); return how many were settled."""
+        if not ids:
+            return 0
+        if keep:
+            cur = await conn.execute(
+                "UPDATE outbox_message SET status = 'published', published_at = now(),"
+                " last_error = NULL, claimed_by = %s, claim_seq = %s"
+                " WHERE id = ANY(%s) AND status = 'pending'",
+                (relay_id, seq, list(ids)),
+            )
+        else:
+            cur = await conn.execute(
+                "DELETE FROM outbox_message WHERE id = ANY(%s) AND status = 'pending'",
+                (list(ids),),
+            )
         return cur.rowcount
 
-    async def release(self, conn: Conn, relay_id: str, seq: int, error: str | None = None) -> int:
-        """Return batch ``seq`` to pending without counting an attempt (broker-level failure)."""
-        cur = await conn.execute(
-            "UPDATE outbox_message SET status = 'pending', last_error = coalesce(%s, last_error)"
-            " WHERE status = 'publishing' AND claimed_by = %s AND claim_seq = %s",
-            (error[:MAX_ERROR_TEXT] if error is not None else None, relay_id, seq),
-        )
-        return cur.rowcount
+    async def reconcile(
+        self, conn: Conn, relay_id: str, committed: LedgerEntry, *, keep: bool
+    ) -> int:
+        """After a restart: the rows ``committed`` names were published; settle them.
 
-    async def reconcile(self, conn: Conn, relay_id: str, committed_seq: int) -> tuple[int, int]:
-        """After a restart: batches of ``relay_id`` up to ``committed_seq`` were committed,
-        its later ones not. Rows claimed by other relays (other shards) are left alone.
-
-        Returns (rows marked published, rows returned to pending).
+        Rows an earlier version of the relay left ``publishing`` under ``relay_id`` are
+        settled the old way: published up to the committed sequence, pending after it.
+        Rows claimed by other relays (other shards) are left alone. Returns the rows
+        settled as published.
         """
         async with conn.transaction():
             cur = await conn.execute(
                 "UPDATE outbox_message SET status = 'published', published_at = now()"
                 " WHERE status = 'publishing' AND claimed_by = %s AND claim_seq <= %s",
-                (relay_id, committed_seq),
+                (relay_id, committed.seq),
             )
             published = cur.rowcount
-            cur = await conn.execute(
+            await conn.execute(
                 "UPDATE outbox_message SET status = 'pending'"
                 " WHERE status = 'publishing' AND claimed_by = %s",
                 (relay_id,),
             )
-            released = cur.rowcount
-        return published, released
+            ids = [i for first, last in committed.ids for i in range(first, last + 1)]
+            published += await self.settle(
+                conn, ids, keep=keep, relay_id=relay_id, seq=committed.seq
+            )
+        return published
 
     async def fail(
         self, conn: Conn, row_id: int, error: str, backoff: timedelta

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -13,9 +14,9 @@ from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.core.topics import OUTBOX_LEDGER
 from sa01.outbox.database import Database
-from sa01.outbox.ledger import encode_entry, read_last_sequence
+from sa01.outbox.ledger import encode_entry, id_ranges, read_last_entry
 from sa01.outbox.relay import OutboxRelay, Shard
-from sa01.outbox.store import OutboxRecord, OutboxStore, key_hash, shard_of
+from sa01.outbox.store import ClaimedRow, OutboxRecord, OutboxStore, key_hash, shard_of
 from sa01.outbox.transactions import BatchOutcome, LedgerRecord, TransactionalPublisher
 from tests.support.kafka import consume
 
@@ -55,14 +56,17 @@ def values_by_key(settings: Settings, count: int) -> dict[bytes, list[int]]:
     return by_key
 
 
+@pytest.mark.parametrize(("retention", "left"), [(0, {}), (3600, {"published": 300})])
 async def test_rows_are_published_once_in_order_per_key_with_their_headers(
-    stack: Settings,
+    stack: Settings, retention: int, left: dict[str, int]
 ) -> None:
+    """Published rows are deleted, or kept marked published for the retention."""
+    stack = stack.model_copy(update={"outbox_retention_seconds": retention})
     async with Database(stack) as database:
         await add_rows(database, stack, 300)
         published = await OutboxRelay(stack, database, Metrics()).drain()
         assert published == 300
-        assert await statuses(database) == {"published": 300}
+        assert await statuses(database) == left
 
     records = consume(stack, stack.topic("conversation.outbound"), 300)
     assert len(records) == 300
@@ -72,19 +76,80 @@ async def test_rows_are_published_once_in_order_per_key_with_their_headers(
         assert values == sorted(values), f"{key!r} out of order"
 
 
-async def test_a_batch_committed_before_a_crash_is_not_published_again(stack: Settings) -> None:
+async def test_two_batches_committed_before_a_crash_are_not_published_again(
+    stack: Settings,
+) -> None:
+    """The pipelined relay dies with batch k-1 and batch k committed, neither settled:
+    k's ledger record names the rows of both."""
     relay_id = stack.relay_transactional_id
     store = OutboxStore()
+    ledger_topic = stack.topic(OUTBOX_LEDGER)
     async with Database(stack) as database:
         await add_rows(database, stack, 50)
-        # A relay claims a batch and commits it to Kafka, then dies before marking it.
-        last = await read_last_sequence(stack, stack.topic(OUTBOX_LEDGER), relay_id)
-        async with database.connection() as conn:
-            rows = await store.claim(conn, relay_id, last + 1, 20)
+        last = (await read_last_entry(stack, ledger_topic, relay_id)).seq
         publisher = TransactionalPublisher(stack, relay_id)
         await publisher.start()
-        ledger = LedgerRecord(stack.topic(OUTBOX_LEDGER), relay_id.encode(), encode_entry(last + 1))
-        result = await publisher.publish(rows, ledger)
+        async with database.connection() as conn:
+            first = await store.claim(conn, 20)
+            second = await store.claim(conn, 20, skip=id_ranges(r.id for r in first))
+        assert not {r.id for r in first} & {r.id for r in second}
+        for seq, rows, unsettled in (
+            (last + 1, first, first),
+            (last + 2, second, second + first),
+        ):
+            entry = encode_entry(seq, id_ranges(r.id for r in unsettled))
+            result = await publisher.publish(
+                rows, LedgerRecord(ledger_topic, relay_id.encode(), entry)
+            )
+            assert result.outcome is BatchOutcome.COMMITTED
+        await publisher.close()
+        assert await statuses(database) == {"pending": 50}  # the crash: nothing settled
+
+        published = await OutboxRelay(stack, database, Metrics()).drain()
+
+        assert published == 10
+        assert await statuses(database) == {}
+        assert (await read_last_entry(stack, ledger_topic, relay_id)).seq > last + 2
+    records = consume(stack, stack.topic("conversation.outbound"), 50, settle=3.0)
+    assert sorted(int(r.value or b"") for r in records) == list(range(50))
+
+
+async def claim_the_old_way(database: Database, relay_id: str, seq: int, limit: int) -> list[int]:
+    """What the earlier relay's claim did: rows marked ``publishing`` under a sequence."""
+    async with database.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE outbox_message SET status = 'publishing', claimed_by = %s, claim_seq = %s"
+            " WHERE id IN (SELECT id FROM outbox_message WHERE status = 'pending'"
+            " ORDER BY id LIMIT %s) RETURNING id",
+            (relay_id, seq, limit),
+        )
+        return sorted(int(row[0]) for row in await cur.fetchall())
+
+
+async def test_a_batch_of_the_earlier_protocol_committed_before_an_upgrade_is_not_published_again(
+    stack: Settings,
+) -> None:
+    relay_id = stack.relay_transactional_id
+    ledger_topic = stack.topic(OUTBOX_LEDGER)
+    async with Database(stack) as database:
+        await add_rows(database, stack, 50)
+        seq = (await read_last_entry(stack, ledger_topic, relay_id)).seq + 1
+        ids = set(await claim_the_old_way(database, relay_id, seq, 20))
+        async with database.connection() as conn:
+            cur = await conn.execute(
+                "SELECT id, topic, partition_key, payload FROM outbox_message WHERE id = ANY(%s)",
+                (sorted(ids),),
+            )
+            old = await cur.fetchall()
+        publisher = TransactionalPublisher(stack, relay_id)
+        await publisher.start()
+        old_entry = json.dumps({"seq": seq}).encode()  # the earlier ledger value: no ids
+        claimed = [
+            ClaimedRow(i, t, bytes(k), bytes(v), {}, f"row-{i}", 0, 10) for i, t, k, v in old
+        ]
+        result = await publisher.publish(
+            claimed, LedgerRecord(ledger_topic, relay_id.encode(), old_entry)
+        )
         await publisher.close()
         assert result.outcome is BatchOutcome.COMMITTED
         assert (await statuses(database))["publishing"] == 20
@@ -92,24 +157,23 @@ async def test_a_batch_committed_before_a_crash_is_not_published_again(stack: Se
         published = await OutboxRelay(stack, database, Metrics()).drain()
 
         assert published == 30
-        assert await statuses(database) == {"published": 50}
+        assert await statuses(database) == {"published": 20}  # settled the old way
     records = consume(stack, stack.topic("conversation.outbound"), 50, settle=3.0)
     assert sorted(int(r.value or b"") for r in records) == list(range(50))
 
 
-async def test_a_batch_claimed_but_never_committed_is_published_after_restart(
+async def test_a_batch_of_the_earlier_protocol_never_committed_is_published_after_an_upgrade(
     stack: Settings,
 ) -> None:
     relay_id = stack.relay_transactional_id
     async with Database(stack) as database:
         await add_rows(database, stack, 40)
-        async with database.connection() as conn:
-            await OutboxStore().claim(conn, relay_id, 999, 25)  # crashed before Kafka saw it
+        await claim_the_old_way(database, relay_id, 999, 25)  # crashed before Kafka saw it
 
         published = await OutboxRelay(stack, database, Metrics()).drain()
 
         assert published == 40
-        assert await statuses(database) == {"published": 40}
+        assert await statuses(database) == {}
     records = consume(stack, stack.topic("conversation.outbound"), 40, settle=3.0)
     assert sorted(int(r.value or b"") for r in records) == list(range(40))
 
@@ -144,7 +208,9 @@ async def test_postgresql_and_python_agree_on_the_hash_of_a_key(stack: Settings)
 async def test_three_shards_publish_each_row_once_in_order_and_only_their_own_keys(
     stack: Settings,
 ) -> None:
-    settings = stack.model_copy(update={"outbox_shards": 3, "relay_batch_size": 20})
+    settings = stack.model_copy(
+        update={"outbox_shards": 3, "relay_batch_size": 20, "outbox_retention_seconds": 3600}
+    )
     async with Database(settings) as database:
         await add_rows(database, settings, 300, keys=12)
         published = await OutboxRelay(settings, database, Metrics()).drain()
@@ -161,7 +227,10 @@ async def test_three_shards_publish_each_row_once_in_order_and_only_their_own_ke
     for key, values in by_key.items():
         assert values == sorted(values), f"{key!r} out of order"
     for shard in Shard.all_of(settings):
-        assert await read_last_sequence(settings, settings.topic(OUTBOX_LEDGER), shard.relay_id)
+        entry = await read_last_entry(settings, settings.topic(OUTBOX_LEDGER), shard.relay_id)
+        # Every shard published more than one batch of 20: its last ledger record names
+        # the rows of its last two batches.
+        assert entry.seq > 1 and sum(last - first + 1 for first, last in entry.ids) > 20, entry
 
 
 async def test_a_relay_holding_every_shard_hands_some_to_a_second_relay(stack: Settings) -> None:
