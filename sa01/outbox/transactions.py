@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R")
 Args = TypeVarTuple("Args")
 
-DeliveryCallback = Callable[[KafkaError | None, Message], None]
-
 #: Errors caused by the record itself: they count an attempt against its row.
 ROW_SPECIFIC_ERRORS = frozenset(
     {
@@ -93,6 +91,8 @@ class TransactionalPublisher:
         self._producer: Producer | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-txn")
         self._closing = threading.Event()
+        #: Failed deliveries of the batch being published (librdkafka reports only those).
+        self._failed: list[tuple[KafkaError, Message]] = []
 
     def _config(self) -> dict[str, object]:
         timeout_ms = int(self.settings.relay_transaction_timeout_seconds * 1000)
@@ -103,6 +103,10 @@ class TransactionalPublisher:
             "acks": "all",
             "linger.ms": 2,
             "logger": librdkafka_logger(),
+            # One report callback for the producer, called for failed records only: no
+            # callback object per record, and none called for the thousands that succeed.
+            "on_delivery": self._on_failed_delivery,
+            "delivery.report.only.error": True,
             "message.max.bytes": self.settings.kafka_max_message_bytes + 65_536,
             "compression.type": "lz4",
             "transaction.timeout.ms": max(timeout_ms * 2, 60_000),
@@ -161,42 +165,49 @@ class TransactionalPublisher:
         """Publish ``rows`` and ``ledger`` atomically; never raises for Kafka errors."""
         return await self._call(self._publish_blocking, rows, ledger)
 
+    def _on_failed_delivery(self, err: KafkaError | None, message: Message) -> None:
+        """librdkafka's report of a failed record (in the publishing thread)."""
+        if err is not None:
+            self._failed.append((err, message))
+
     def _publish_blocking(self, rows: list[ClaimedRow], ledger: LedgerRecord) -> BatchResult:
         producer = self._producer
         if producer is None:
             return BatchResult(BatchOutcome.UNKNOWN, error="producer is not started")
-        row_errors: dict[int, KafkaError] = {}
-
-        def on_delivery(row_id: int) -> DeliveryCallback:
-            def callback(err: KafkaError | None, _msg: Message) -> None:
-                if err is not None:
-                    row_errors[row_id] = err
-
-            return callback
-
+        self._failed = []
         try:
             producer.begin_transaction()
         except KafkaException as exc:
             return BatchResult(BatchOutcome.UNKNOWN, error=str(exc.args[0]))
         try:
             for row in rows:
-                self._produce(producer, row, on_delivery(row.id))
+                self._produce(producer, row)
             producer.produce(ledger.topic, value=ledger.value, key=ledger.key)
             self._commit(producer)
             return BatchResult(BatchOutcome.COMMITTED)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            return self._abort(producer, error, row_errors)
+            return self._abort(producer, error, rows)
         except _RowRejected as rejected:
-            row_errors[rejected.row_id] = rejected.error
-            return self._abort(producer, rejected.error, row_errors)
+            return self._abort(producer, rejected.error, rows, {rejected.row_id: rejected.error})
+
+    def _row_errors(self, rows: list[ClaimedRow]) -> dict[int, KafkaError]:
+        """The failed reports so far, by row id. A report names its record's topic, key and
+        value, not its row: a row is found by those (identical rows share the error)."""
+        if not self._failed:
+            return {}
+        by_record: dict[tuple[str, bytes | None, bytes], list[int]] = {}
+        for row in rows:
+            by_record.setdefault((row.topic, row.key, row.value), []).append(row.id)
+        errors: dict[int, KafkaError] = {}
+        for err, message in self._failed:
+            record = (message.topic() or "", message.key(), message.value() or b"")
+            for row_id in by_record.get(record, ()):
+                errors[row_id] = err
+        return errors
 
     @staticmethod
-    def _produce(
-        producer: Producer,
-        row: ClaimedRow,
-        callback: DeliveryCallback,
-    ) -> None:
+    def _produce(producer: Producer, row: ClaimedRow) -> None:
         while True:
             try:
                 producer.produce(
@@ -204,7 +215,6 @@ class TransactionalPublisher:
                     value=row.value,
                     key=row.key,
                     headers=list(row.headers.items()),
-                    on_delivery=callback,
                 )
                 return
             except BufferError:
@@ -230,17 +240,27 @@ class TransactionalPublisher:
                     raise
 
     def _abort(
-        self, producer: Producer, error: KafkaError, row_errors: dict[int, KafkaError]
+        self,
+        producer: Producer,
+        error: KafkaError,
+        rows: list[ClaimedRow],
+        rejected: dict[int, KafkaError] | None = None,
     ) -> BatchResult:
+        """Abort the transaction; the result names the rows whose records failed."""
+        result = self._abort_transaction(producer, error)
+        result.row_errors = {**self._row_errors(rows), **(rejected or {})}
+        return result
+
+    def _abort_transaction(self, producer: Producer, error: KafkaError) -> BatchResult:
         if error.fatal():
-            return BatchResult(BatchOutcome.UNKNOWN, row_errors, f"fatal: {error}")
+            return BatchResult(BatchOutcome.UNKNOWN, error=f"fatal: {error}")
         if self._closing.is_set():
-            return BatchResult(BatchOutcome.UNKNOWN, row_errors, f"{error}; closing: not aborted")
+            return BatchResult(BatchOutcome.UNKNOWN, error=f"{error}; closing: not aborted")
         try:
             producer.abort_transaction(self.settings.relay_transaction_timeout_seconds)
         except KafkaException as exc:
-            return BatchResult(BatchOutcome.UNKNOWN, row_errors, f"{error}; abort: {exc}")
-        return BatchResult(BatchOutcome.ABORTED, row_errors, str(error))
+            return BatchResult(BatchOutcome.UNKNOWN, error=f"{error}; abort: {exc}")
+        return BatchResult(BatchOutcome.ABORTED, error=str(error))
 
 
 class _RowRejected(Exception):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import defaultdict
 from collections.abc import Callable
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from sa01.core.errors import ServiceUnavailableError
+from sa01.core.kafka_security import librdkafka_config
 from sa01.core.metrics import Metrics
 from sa01.core.settings import Settings
 from sa01.core.topics import OUTBOX_LEDGER
@@ -23,11 +26,13 @@ from tests.support.kafka import consume
 pytestmark = pytest.mark.integration
 
 
-async def add_rows(database: Database, settings: Settings, count: int, keys: int = 5) -> None:
+async def add_rows(
+    database: Database, settings: Settings, count: int, keys: int = 5, start: int = 0
+) -> None:
     store = OutboxStore()
     topic = settings.topic("conversation.outbound")
     async with database.connection() as conn, conn.transaction():
-        for n in range(count):
+        for n in range(start, start + count):
             await store.add(
                 conn,
                 OutboxRecord(
@@ -254,3 +259,41 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "condition never held"
         await asyncio.sleep(0.1)
+
+
+async def test_a_record_the_broker_refuses_costs_only_its_own_row_attempts(
+    stack: Settings,
+) -> None:
+    """The broker refuses one record of a batch (larger than its topic allows): the
+    failed delivery report names that row alone; it is dead-lettered after its attempts,
+    and every other row of the batch is published once, in order."""
+    settings = stack.model_copy(update={"outbox_max_attempts": 2})
+    small = settings.topic("orders.small")
+    admin = AdminClient(librdkafka_config(settings))
+    for topic, config in ((small, {"max.message.bytes": "2000"}), (f"{small}.dlq", {})):
+        admin.create_topics([NewTopic(topic, 1, 1, config=config)])[topic].result()
+    refused = os.urandom(20_000)  # lz4 cannot shrink it under the topic's 2,000 bytes
+    async with Database(settings) as database:
+        await add_rows(database, settings, 10)
+        async with database.connection() as conn:
+            await OutboxStore().add(
+                conn,
+                OutboxRecord(topic=small, key=b"big", value=refused, idempotency_key="big"),
+                settings.outbox_max_attempts,
+            )
+        await add_rows(database, settings, 10, start=10)
+        relay = OutboxRelay(settings, database, Metrics())
+        await relay.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 60
+            while await statuses(database) != {"failed": 1}:
+                assert asyncio.get_running_loop().time() < deadline, await statuses(database)
+                await asyncio.sleep(0.2)
+        finally:
+            await relay.stop()
+    [dead] = consume(settings, f"{small}.dlq", 1)
+    assert dead.value == refused and dead.headers["dlq.attempts"] == "2"
+    by_key = values_by_key(settings, 20)
+    assert sorted(v for values in by_key.values() for v in values) == list(range(20))
+    for key, values in by_key.items():
+        assert values == sorted(values), f"{key!r} out of order"
