@@ -375,10 +375,16 @@ class Settings(BaseSettings):
         True, description="The worker also competes for the relay lock (hot standby)."
     )
     relay_batch_size: int = Field(
-        500,
+        2000,
         ge=1,
         description="Rows one relay transaction publishes at most (a backlog drains in"
         " transactions of this many; live traffic in whatever is pending).",
+    )
+    relay_batch_max_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description="Payload bytes one relay transaction claims at most (its first row"
+        " whatever its size): bounds the relay's memory when rows are large.",
     )
     outbox_shards: int = Field(
         1,

@@ -255,7 +255,11 @@ class ShardRelay:
     async def _claim(self, skip: list[IdRange]) -> _Batch | None:
         async with self.relay.database.connection() as conn:
             rows = await self.relay.store.claim(
-                conn, self.settings.relay_batch_size, self._claim_shard, skip
+                conn,
+                self.settings.relay_batch_size,
+                self._claim_shard,
+                skip,
+                max_bytes=self.settings.relay_batch_max_bytes,
             )
         if not rows:
             return None

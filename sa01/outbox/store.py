@@ -84,16 +84,23 @@ WITH blocked AS (
     SELECT DISTINCT topic, partition_key FROM outbox_message
     WHERE status = 'pending' AND next_attempt_at > now(){blocked_shard}
 )
-SELECT m.id, m.topic, m.partition_key, m.payload, m.headers, m.idempotency_key,
-       m.attempts, m.max_attempts
-FROM outbox_message m
-WHERE m.status = 'pending' AND m.next_attempt_at <= now(){next_shard}
-  AND NOT (%(skip)s::int8multirange @> m.id)
-  AND NOT EXISTS (
-      SELECT 1 FROM blocked b
-      WHERE b.topic = m.topic AND b.partition_key IS NOT DISTINCT FROM m.partition_key)
-ORDER BY m.id
-LIMIT %(limit)s
+SELECT id, topic, partition_key, payload, headers, idempotency_key, attempts, max_attempts
+FROM (
+    SELECT m.id, m.topic, m.partition_key, m.payload, m.headers, m.idempotency_key,
+           m.attempts, m.max_attempts,
+           sum(octet_length(m.payload)) OVER (ORDER BY m.id) - octet_length(m.payload)
+               AS bytes_before
+    FROM outbox_message m
+    WHERE m.status = 'pending' AND m.next_attempt_at <= now(){next_shard}
+      AND NOT (%(skip)s::int8multirange @> m.id)
+      AND NOT EXISTS (
+          SELECT 1 FROM blocked b
+          WHERE b.topic = m.topic AND b.partition_key IS NOT DISTINCT FROM m.partition_key)
+    ORDER BY m.id
+    LIMIT %(limit)s
+) batch
+WHERE bytes_before < %(max_bytes)s
+ORDER BY id
 """
     ).format(blocked_shard=in_shard("partition_key"), next_shard=in_shard("m.partition_key"))
 
@@ -175,13 +182,20 @@ class OutboxStore:
         limit: int,
         shard: tuple[int, int] | None = None,
         skip: Sequence[IdRange] = (),
+        max_bytes: int = 2**62,
     ) -> list[ClaimedRow]:
         """Read up to ``limit`` publishable rows in id order, skipping keys in backoff and
         the rows ``skip`` (batches in flight or not yet settled). Writes nothing.
 
-        With ``shard`` (``(index, count)``, count > 1) only rows of that shard's keys.
+        The rows stop before the payloads pass ``max_bytes`` (the first row is read
+        whatever its size). With ``shard`` (``(index, count)``, count > 1) only rows of
+        that shard's keys.
         """
-        params: dict[str, object] = {"limit": limit, "skip": _multirange(skip)}
+        params: dict[str, object] = {
+            "limit": limit,
+            "skip": _multirange(skip),
+            "max_bytes": max_bytes,
+        }
         query = _CLAIM_ALL
         if shard is not None and shard[1] > 1:
             params["low"], params["high"] = shard_range(*shard)

@@ -297,3 +297,14 @@ async def test_a_record_the_broker_refuses_costs_only_its_own_row_attempts(
     assert sorted(v for values in by_key.values() for v in values) == list(range(20))
     for key, values in by_key.items():
         assert values == sorted(values), f"{key!r} out of order"
+
+
+async def test_a_claim_stops_before_its_payloads_pass_the_byte_bound(stack: Settings) -> None:
+    async with Database(stack) as database:
+        await add_rows(database, stack, 10)  # payloads "0" to "9": one byte each
+        store = OutboxStore()
+        async with database.connection() as conn:
+            assert len(await store.claim(conn, 100, max_bytes=3)) == 3
+            [first] = await store.claim(conn, 100, max_bytes=1)
+            assert first.value == b"0"  # the first row whatever its size
+            assert len(await store.claim(conn, 100)) == 10
