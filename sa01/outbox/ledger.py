@@ -43,12 +43,17 @@ class LedgerEntry:
 
 def id_ranges(ids: Iterable[int]) -> list[IdRange]:
     """``ids`` as sorted inclusive ranges of consecutive ids (a batch is mostly one)."""
+    ordered = sorted(ids)
+    if not ordered:
+        return []
     ranges: list[IdRange] = []
-    for row_id in sorted(ids):
-        if ranges and row_id <= ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], row_id))
-        else:
-            ranges.append((row_id, row_id))
+    first = last = ordered[0]
+    for row_id in ordered:
+        if row_id > last + 1:
+            ranges.append((first, last))
+            first = row_id
+        last = max(last, row_id)
+    ranges.append((first, last))
     return ranges
 
 

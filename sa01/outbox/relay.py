@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -86,6 +87,9 @@ logger = logging.getLogger(__name__)
 BACKLOG_REFRESH_SECONDS = 5.0
 """How often every relay counts the outbox backlog for its gauges."""
 
+FULL_CLAIM_EVERY = 8
+"""Every this many claims in a run of back-to-back batches reads from the lowest id."""
+
 REBALANCE_SECONDS = 5.0
 """How often a shard holder checks that its process holds no more than its fair share."""
 
@@ -131,7 +135,7 @@ class _Batch:
     seq: int
     rows: list[ClaimedRow]
 
-    @property
+    @functools.cached_property
     def ids(self) -> list[IdRange]:
         return id_ranges(row.id for row in self.rows)
 
@@ -160,6 +164,7 @@ class ShardRelay:
         self.ledger_topic = relay.settings.topic(OUTBOX_LEDGER)
         self.wake = asyncio.Event()
         self._seq = 0
+        self._claims = 0
         self.job = SingletonJob(
             relay.settings,
             name=shard.name,
@@ -253,6 +258,13 @@ class ShardRelay:
 
     # ----------------------------------------------------------------- batches
     async def _claim(self, skip: list[IdRange]) -> _Batch | None:
+        """The next batch, skipping the rows ``skip``. Claims read on from the highest id
+        skipped, except every :data:`FULL_CLAIM_EVERY`-th and the first of a run, which
+        start from 0 and so pick up rows committed late with lower ids."""
+        self._claims += 1
+        after = 0
+        if skip and self._claims % FULL_CLAIM_EVERY:
+            after = max(last for _, last in skip)
         async with self.relay.database.connection() as conn:
             rows = await self.relay.store.claim(
                 conn,
@@ -260,6 +272,7 @@ class ShardRelay:
                 self._claim_shard,
                 skip,
                 max_bytes=self.settings.relay_batch_max_bytes,
+                after=after,
             )
         if not rows:
             return None
