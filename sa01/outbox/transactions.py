@@ -114,6 +114,10 @@ class TransactionalPublisher:
             "socket.timeout.ms": 10_000,
             "topic.metadata.propagation.max.ms": 5_000,
             "queue.buffering.max.messages": 200_000,
+            # Connect to every broker the metadata names at once: with sparse connections
+            # init_transactions found no connected broker to ask for the coordinator one
+            # time in three, and waited for librdkafka's 500 ms coordinator query timer.
+            "enable.sparse.connections": False,
         }
 
     async def _call(self, fn: Callable[[*Args], R], *args: *Args) -> R:
