@@ -81,8 +81,10 @@ def _claim_query(sharded: bool) -> sql.Composed:
     return sql.SQL(
         """
 WITH blocked AS (
+    -- Keys in backoff, of every shard: a key lies in one shard, so another shard's
+    -- never matches; and filtering by hash here would walk the shard's whole range.
     SELECT DISTINCT topic, partition_key FROM outbox_message
-    WHERE status = 'pending' AND next_attempt_at > now(){blocked_shard}
+    WHERE status = 'pending' AND next_attempt_at > now()
 )
 SELECT id, topic, partition_key, payload, headers::text, idempotency_key, attempts,
        max_attempts
@@ -103,7 +105,7 @@ FROM (
 WHERE bytes_before < %(max_bytes)s
 ORDER BY id
 """
-    ).format(blocked_shard=in_shard("partition_key"), next_shard=in_shard("m.partition_key"))
+    ).format(next_shard=in_shard("m.partition_key"))
 
 
 #: The claim reads the pending rows in id order, a few thousand at a time: walking the
