@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from hypothesis import given
@@ -15,7 +16,7 @@ def test_ranges_name_exactly_the_ids_sorted_and_apart(ids: list[int]) -> None:
     ranges = id_ranges(ids)
     assert {i for first, last in ranges for i in range(first, last + 1)} == set(ids)
     assert all(first <= last for first, last in ranges)
-    assert all(a[1] + 1 < b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(ranges))
 
 
 def test_a_batch_of_consecutive_ids_is_one_range() -> None:
