@@ -15,6 +15,7 @@ batch sequence) read as an entry without ids.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -97,7 +98,22 @@ def _read_blocking(settings: Settings, topic: str, relay_id: str, timeout: float
                     ) from exc
                 time.sleep(0.2)
     finally:
-        consumer.close()
+        _close(consumer, topic)
+
+
+#: How long closing the reader waits for its group coordinator's connection.
+CLOSE_WAIT_SECONDS = 2.0
+
+
+def _close(consumer: Consumer, topic: str) -> None:
+    """Close once the group coordinator's connection is up. The reader joins no group, but
+    librdkafka connects to the coordinator of its ``group.id`` all the same; closed in the
+    middle of that connection's SASL handshake, it logs an "SASL authentication error"
+    (a read this quick ends well before the handshake does). Asking the coordinator for
+    the committed offsets waits for the connection; it answers at once."""
+    with contextlib.suppress(KafkaException):
+        consumer.committed([TopicPartition(topic, 0)], timeout=CLOSE_WAIT_SECONDS)
+    consumer.close()
 
 
 def _retriable(error: KafkaError) -> bool:
