@@ -87,9 +87,6 @@ logger = logging.getLogger(__name__)
 BACKLOG_REFRESH_SECONDS = 5.0
 """How often every relay counts the outbox backlog for its gauges."""
 
-FULL_CLAIM_EVERY = 8
-"""Every this many claims in a run of back-to-back batches reads from the lowest id."""
-
 REBALANCE_SECONDS = 5.0
 """How often a shard holder checks that its process holds no more than its fair share."""
 
@@ -164,7 +161,6 @@ class ShardRelay:
         self.ledger_topic = relay.settings.topic(OUTBOX_LEDGER)
         self.wake = asyncio.Event()
         self._seq = 0
-        self._claims = 0
         self.job = SingletonJob(
             relay.settings,
             name=shard.name,
@@ -258,13 +254,12 @@ class ShardRelay:
 
     # ----------------------------------------------------------------- batches
     async def _claim(self, skip: list[IdRange]) -> _Batch | None:
-        """The next batch, skipping the rows ``skip``. Claims read on from the highest id
-        skipped, except every :data:`FULL_CLAIM_EVERY`-th and the first of a run, which
-        start from 0 and so pick up rows committed late with lower ids."""
-        self._claims += 1
-        after = 0
-        if skip and self._claims % FULL_CLAIM_EVERY:
-            after = max(last for _, last in skip)
+        """The next batch: the lowest publishable ids, skipping the rows ``skip``.
+
+        Always from the lowest id, never from the highest one skipped: ids are taken in
+        one order and committed in another (two group commits), so a row of a lower id
+        can appear after a higher one was claimed, and a later row of its key may follow.
+        """
         async with self.relay.database.connection() as conn:
             rows = await self.relay.store.claim(
                 conn,
@@ -272,7 +267,6 @@ class ShardRelay:
                 self._claim_shard,
                 skip,
                 max_bytes=self.settings.relay_batch_max_bytes,
-                after=after,
             )
         if not rows:
             return None

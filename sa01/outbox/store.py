@@ -95,7 +95,7 @@ FROM (
                AS bytes_before
     FROM outbox_message m
     WHERE m.status = 'pending' AND m.next_attempt_at <= now(){next_shard}
-      AND m.id > %(after)s AND NOT (%(skip)s::int8multirange @> m.id)
+      AND NOT (%(skip)s::int8multirange @> m.id)
       AND NOT EXISTS (
           SELECT 1 FROM blocked b
           WHERE b.topic = m.topic AND b.partition_key IS NOT DISTINCT FROM m.partition_key)
@@ -196,15 +196,9 @@ class OutboxStore:
         shard: tuple[int, int] | None = None,
         skip: Sequence[IdRange] = (),
         max_bytes: int = 2**62,
-        after: int = 0,
     ) -> list[ClaimedRow]:
         """Read up to ``limit`` publishable rows in id order, skipping keys in backoff and
         the rows ``skip`` (batches in flight or not yet settled). Writes nothing.
-
-        ``after``: only rows of higher ids. Rows are mostly committed in id order, so a
-        relay reading on behind the batches it skips need not scan past them (nor past
-        the rows being deleted under it); a row committed late with a lower id is read by
-        the next claim that starts from 0.
 
         The rows stop before the payloads pass ``max_bytes`` (the first row is read
         whatever its size). With ``shard`` (``(index, count)``, count > 1) only rows of
@@ -214,7 +208,6 @@ class OutboxStore:
             "limit": limit,
             "skip": _multirange(skip),
             "max_bytes": max_bytes,
-            "after": after,
         }
         query = _CLAIM_ALL
         if shard is not None and shard[1] > 1:

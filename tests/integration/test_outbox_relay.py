@@ -308,3 +308,30 @@ async def test_a_claim_stops_before_its_payloads_pass_the_byte_bound(stack: Sett
             [first] = await store.claim(conn, 100, max_bytes=1)
             assert first.value == b"0"  # the first row whatever its size
             assert len(await store.claim(conn, 100)) == 10
+
+
+async def test_a_row_committed_late_with_a_lower_id_is_claimed_before_its_keys_next_row(
+    stack: Settings,
+) -> None:
+    """Ids are taken in one order and committed in another (two group commits): the
+    claim after a batch still reads from the lowest id, so a key's rows go out in order."""
+    store = OutboxStore()
+    topic = stack.topic("conversation.outbound")
+
+    def row(n: int, key: bytes) -> OutboxRecord:
+        return OutboxRecord(topic=topic, key=key, value=b"%d" % n, idempotency_key=f"late-{n}")
+
+    async with Database(stack) as database:
+        relay = OutboxRelay(stack, database, Metrics())
+        [shard] = relay.shards
+        async with database.connection() as late, database.connection() as early:
+            async with late.transaction():
+                await store.add(late, row(1, b"k"), 10)  # the lower id, committed last
+                async with early.transaction():
+                    await store.add(early, row(2, b"other"), 10)
+                first = await shard._claim([])
+                assert first is not None and [r.value for r in first.rows] == [b"2"]
+            await store.add(early, row(3, b"k"), 10)  # the key's next row, after row 1
+        following = await shard._claim(first.ids)
+    assert following is not None
+    assert [r.value for r in following.rows] == [b"1", b"3"]
