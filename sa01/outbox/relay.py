@@ -138,7 +138,8 @@ class _Batch:
 
 
 def _ids_of(*batches: _Batch | None) -> list[IdRange]:
-    return [r for batch in batches if batch is not None for r in batch.ids]
+    """The rows of ``batches`` as one list of ranges (two batches back to back: one)."""
+    return id_ranges(row.id for batch in batches if batch is not None for row in batch.rows)
 
 
 @dataclass(frozen=True)

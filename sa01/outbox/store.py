@@ -74,10 +74,35 @@ class ClaimedRow(NamedTuple):
 _SHARD = sql.SQL(" AND outbox_key_hash({col}) >= %(low)s AND outbox_key_hash({col}) < %(high)s")
 
 
-def _claim_query(sharded: bool) -> sql.Composed:
-    def in_shard(column: str) -> sql.Composable:
-        return _SHARD.format(col=sql.SQL(column)) if sharded else sql.SQL("")
+_PUBLISHABLE = sql.SQL(
+    """
+    SELECT m.id, m.topic, m.partition_key, m.payload, m.headers, m.idempotency_key,
+           m.attempts, m.max_attempts
+    FROM outbox_message m
+    WHERE m.status = 'pending' AND m.next_attempt_at <= now() AND {ids}{shard}
+      AND NOT EXISTS (
+          SELECT 1 FROM blocked b
+          WHERE b.topic = m.topic AND b.partition_key IS NOT DISTINCT FROM m.partition_key)
+    ORDER BY m.id
+    LIMIT %(limit)s
+"""
+)
 
+#: The ids a claim reads, around the rows it skips (``lo`` to ``hi``): each part is one
+#: ordered walk of the pending index, and the parts are merged in id order. The span
+#: itself is read only when the rows skipped are not one range (a hole in it may hold a
+#: row committed late, or, sharded, a row of this shard between the skipped ones).
+_BELOW = sql.SQL("m.id < %(lo)s")
+_ABOVE = sql.SQL("m.id > %(hi)s")
+_HOLES = sql.SQL("m.id BETWEEN %(lo)s AND %(hi)s AND NOT (%(skip)s::int8multirange @> m.id)")
+
+
+def _claim_query(sharded: bool, holes: bool) -> sql.Composed:
+    shard = _SHARD.format(col=sql.SQL("m.partition_key")) if sharded else sql.SQL("")
+    parts = [_BELOW, _ABOVE, _HOLES] if holes else [_BELOW, _ABOVE]
+    publishable = sql.SQL(" UNION ALL ").join(
+        sql.SQL("({})").format(_PUBLISHABLE.format(ids=ids, shard=shard)) for ids in parts
+    )
     return sql.SQL(
         """
 WITH blocked AS (
@@ -89,23 +114,17 @@ WITH blocked AS (
 SELECT id, topic, partition_key, payload, headers::text, idempotency_key, attempts,
        max_attempts
 FROM (
-    SELECT m.id, m.topic, m.partition_key, m.payload, m.headers, m.idempotency_key,
-           m.attempts, m.max_attempts,
-           sum(octet_length(m.payload)) OVER (ORDER BY m.id) - octet_length(m.payload)
+    SELECT p.*,
+           sum(octet_length(p.payload)) OVER (ORDER BY p.id) - octet_length(p.payload)
                AS bytes_before
-    FROM outbox_message m
-    WHERE m.status = 'pending' AND m.next_attempt_at <= now(){next_shard}
-      AND NOT (%(skip)s::int8multirange @> m.id)
-      AND NOT EXISTS (
-          SELECT 1 FROM blocked b
-          WHERE b.topic = m.topic AND b.partition_key IS NOT DISTINCT FROM m.partition_key)
-    ORDER BY m.id
+    FROM ({publishable}) p
+    ORDER BY p.id
     LIMIT %(limit)s
 ) batch
 WHERE bytes_before < %(max_bytes)s
 ORDER BY id
 """
-    ).format(next_shard=in_shard("m.partition_key"))
+    ).format(publishable=publishable)
 
 
 #: The claim reads the pending rows in id order, a few thousand at a time: walking the
@@ -118,8 +137,11 @@ _WALK_THE_PENDING_INDEX = (
     "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)"
 )
 
-_CLAIM_ALL = _claim_query(sharded=False)
-_CLAIM_SHARD = _claim_query(sharded=True)
+_CLAIMS = {
+    (sharded, holes): _claim_query(sharded, holes)
+    for sharded in (False, True)
+    for holes in (False, True)
+}
 
 HASH_SPACE = 2**32
 """Keys hash to [0, 2^32): the first 4 bytes of their SHA-256 (``outbox_key_hash``)."""
@@ -207,12 +229,14 @@ class OutboxStore:
         params: dict[str, object] = {
             "limit": limit,
             "skip": _multirange(skip),
+            "lo": min((first for first, _ in skip), default=0),
+            "hi": max((last for _, last in skip), default=0),
             "max_bytes": max_bytes,
         }
-        query = _CLAIM_ALL
-        if shard is not None and shard[1] > 1:
+        sharded = shard is not None and shard[1] > 1
+        if shard is not None and sharded:
             params["low"], params["high"] = shard_range(*shard)
-            query = _CLAIM_SHARD
+        query = _CLAIMS[(sharded, len(skip) > 1)]
         # Binary: bytea arrives as it is stored, not hex-encoded. The headers come as
         # text: json.loads of a str skips the encoding detection it runs on bytes.
         async with conn.transaction(), conn.cursor(binary=True) as cur:

@@ -335,3 +335,18 @@ async def test_a_row_committed_late_with_a_lower_id_is_claimed_before_its_keys_n
         following = await shard._claim(first.ids)
     assert following is not None
     assert [r.value for r in following.rows] == [b"1", b"3"]
+
+
+async def test_a_claim_reads_below_between_and_above_the_rows_it_skips(stack: Settings) -> None:
+    async with Database(stack) as database:
+        await add_rows(database, stack, 10)
+        store = OutboxStore()
+        async with database.connection() as conn:
+            ids = [row.id for row in await store.claim(conn, 100)]
+            one = [ids[3], ids[4], ids[5]]
+            two = [ids[2], ids[3], ids[7], ids[8]]
+            for skip in (one, two, []):
+                claimed = [r.id for r in await store.claim(conn, 100, skip=id_ranges(skip))]
+                assert claimed == [i for i in ids if i not in skip], skip
+            first_three = await store.claim(conn, 3, skip=id_ranges([ids[0], ids[5]]))
+            assert [r.id for r in first_three] == [ids[1], ids[2], ids[3]]
