@@ -242,9 +242,12 @@ class OutboxStore:
         async with conn.transaction(), conn.cursor(binary=True) as cur:
             await cur.execute(_WALK_THE_PENDING_INDEX)
             await cur.execute(query, params)
+            loads = json.loads
             return [
-                ClaimedRow(row_id, topic, key, value, json.loads(headers), *rest)
-                for row_id, topic, key, value, headers, *rest in await cur.fetchall()
+                ClaimedRow(row_id, topic, key, value, loads(headers), idem, attempts, most)
+                for row_id, topic, key, value, headers, idem, attempts, most in (
+                    await cur.fetchall()
+                )
             ]
 
     async def settle(
