@@ -112,6 +112,9 @@ class TransactionalPublisher:
             "transaction.timeout.ms": max(timeout_ms * 2, 60_000),
             "message.timeout.ms": timeout_ms,
             "socket.timeout.ms": 10_000,
+            # librdkafka's default backs off up to 10 s between reconnects: after an outage
+            # the relay would sit that long beside a broker that is back.
+            "reconnect.backoff.max.ms": 1000,
             "topic.metadata.propagation.max.ms": 5_000,
             "queue.buffering.max.messages": 200_000,
             # Connect to every broker the metadata names at once: with sparse connections

@@ -655,6 +655,20 @@ class CircuitBreaker:
             return True
         return False
 
+    def try_now(self, reason: str) -> bool:
+        """An outside verdict that the service is back: an open breaker goes half-open now,
+        so its next call is the trial that closes or reopens it (with the usual backoff).
+
+        Any other state is left as it is; a forced-open breaker stays forced. True when
+        this call moved the breaker.
+        """
+        now = self._clock()
+        self._tick(now)
+        if self._state is _OPEN:
+            self._transition(_HALF_OPEN, now, reason)
+            return True
+        return False
+
     def force_open(self) -> None:
         """Reject every call until :meth:`reset` (or :meth:`disable`)."""
         if self._state is not _FORCED_OPEN:

@@ -10,7 +10,9 @@ cascade) and counted in ``cascading_failures_total``.
 The monitor reads the runtime's breaker registry: each ``unavailable`` verdict on a
 service named in ``trips`` opens the breaker registered for it (the resilient
 producer's Kafka gate for ``kafka``), so callers stop waiting on a service the probes
-already know is down; the breaker's own trial call decides when it closes again.
+already know is down. When the service turns healthy again an open breaker goes
+half-open at once instead of sitting out its wait; its own trial call still decides
+whether it closes.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ class DegradationMonitor:
             event = self._record(probe.service, result, source=self.source)
             if event is not None:
                 events.append(event)
+                if event.state is ServiceState.HEALTHY:
+                    self._retry(probe.service)
             events += self._cascade()
             self._unsent.extend(events)
             await self._flush()
@@ -158,6 +162,13 @@ class DegradationMonitor:
         breaker = self.breakers.get(name)
         if breaker is not None:
             breaker.trip(f"health monitor: {service} unavailable ({result.reason})")
+
+    def _retry(self, service: str) -> None:
+        """A ``healthy`` verdict after another state: the open breaker tries now."""
+        name = self.trips.get(service)
+        breaker = None if name is None else self.breakers.get(name)
+        if breaker is not None:
+            breaker.try_now(f"health monitor: {service} healthy again")
 
     def _record(self, service: str, result: ProbeResult, *, source: str) -> DegradationEvent | None:
         previous = self._observed.get(service)

@@ -46,7 +46,17 @@ async def test_a_stopped_service_yields_one_unavailable_and_one_healthy_event(
 
     assert detected_in <= budget + 3.0, f"detected after {detected_in:.1f}s (budget {budget}s)"
     assert status["services"][service]["reason"]
-    events = degradation_events(settings, 3, timeout=90, settle=5.0)
+    # While Kafka is down the events wait in the outbox: the relay sends them once the
+    # broker is back, after its backoff. Wait for this service's own three events.
+    events_began = time.monotonic()
+    events = degradation_events(
+        settings,
+        3,
+        timeout=90,
+        settle=5.0,
+        until=lambda read: len(transitions(read, service)) >= 3,
+    )
+    print(f"{service}: its events were read {time.monotonic() - events_began:.2f}s later")
     assert transitions(events, service) == ["healthy", "unavailable", "healthy"]
     unavailable = next(e for e in events if e.service == service and e.state == "unavailable")
     assert unavailable.previous_state == "healthy"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -81,10 +82,17 @@ def produce_inbound(settings: Settings, messages: list[ConversationInbound]) -> 
 
 
 def consume(
-    settings: Settings, topic: str, count: int, *, timeout: float = 90.0, settle: float = 2.0
+    settings: Settings,
+    topic: str,
+    count: int,
+    *,
+    timeout: float = 90.0,
+    settle: float = 2.0,
+    until: Callable[[list[Record]], bool] | None = None,
 ) -> list[Record]:
-    """Read ``topic`` from the start until ``count`` records arrived, then ``settle`` seconds
-    more to catch any extra (duplicate) record; read_committed."""
+    """Read ``topic`` from the start until ``count`` records arrived (and ``until`` holds,
+    when given), then ``settle`` seconds more to catch any extra (duplicate) record;
+    read_committed."""
     consumer = Consumer(
         {
             **librdkafka_config(settings),
@@ -103,7 +111,7 @@ def consume(
     try:
         while True:
             now = time.monotonic()
-            if settle_until is None and len(records) >= count:
+            if settle_until is None and len(records) >= count and (until is None or until(records)):
                 settle_until = now + settle
             if settle_until is not None and now >= settle_until:
                 break

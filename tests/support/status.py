@@ -38,13 +38,28 @@ def state_of(service: str, state: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def degradation_events(
-    settings: Settings, count: int, *, timeout: float = 60.0, settle: float = 3.0
+    settings: Settings,
+    count: int,
+    *,
+    timeout: float = 60.0,
+    settle: float = 3.0,
+    until: Callable[[list[DegradationEvent]], bool] | None = None,
 ) -> list[DegradationEvent]:
-    """Read degradation.events from the start (read_committed)."""
+    """Read degradation.events from the start (read_committed): at least ``count`` events
+    and, when given, until ``until`` holds for those read, then ``settle`` seconds more."""
     records = consume(
-        settings, settings.topic("degradation.events"), count, timeout=timeout, settle=settle
+        settings,
+        settings.topic("degradation.events"),
+        count,
+        timeout=timeout,
+        settle=settle,
+        until=None if until is None else (lambda rs: until([_event(r.value) for r in rs])),
     )
-    return [decode_message(DegradationEvent, r.value) for r in records]
+    return [_event(r.value) for r in records]
+
+
+def _event(value: bytes | None) -> DegradationEvent:
+    return decode_message(DegradationEvent, value)
 
 
 def transitions(events: list[DegradationEvent], service: str) -> list[str]:

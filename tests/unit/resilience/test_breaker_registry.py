@@ -96,6 +96,24 @@ def test_trip_opens_a_closed_or_half_open_breaker_and_leaves_the_others() -> Non
     assert disabled.trip("x") is False and disabled.state is BreakerState.DISABLED
 
 
+def test_try_now_moves_only_an_open_breaker_to_half_open() -> None:
+    clock = FakeClock()
+    gate = breaker("g", clock)
+    assert gate.try_now("back") is False and gate.state is BreakerState.CLOSED
+    gate.trip("down")
+    assert gate.try_now("back") is True
+    assert gate.state is BreakerState.HALF_OPEN  # before its 5 s wait is over
+    assert gate.try_now("back again") is False and gate.state is BreakerState.HALF_OPEN
+    permit = gate.acquire_permit()
+    assert permit is not None
+    permit.failure()  # the trial decides: open again
+    assert gate.state is BreakerState.OPEN
+
+    forced = breaker("f")
+    forced.force_open()
+    assert forced.try_now("back") is False and forced.state is BreakerState.FORCED_OPEN
+
+
 def test_the_producer_gate_has_one_trial_and_a_fixed_wait() -> None:
     settings = Settings(producer_circuit_failures=3, producer_circuit_open_seconds=5.0)
     config = gate_config(settings)
@@ -132,6 +150,11 @@ async def test_the_monitors_kafka_verdict_opens_the_registered_gate() -> None:
     assert gate.state is BreakerState.OPEN
     assert other.state is BreakerState.CLOSED
     assert any(e.service == "kafka" for e in published)
+
+    await monitor.observe(StaticProbe(settings, "kafka", ServiceState.UNAVAILABLE, "no broker"))
+    assert gate.state is BreakerState.OPEN  # no change: the wait goes on
+    await monitor.observe(StaticProbe(settings, "kafka", ServiceState.HEALTHY, ""))
+    assert gate.state is BreakerState.HALF_OPEN  # back: the next send is the trial
 
 
 def test_the_runtime_registers_the_producer_gate_and_the_responders_breakers(
