@@ -214,7 +214,18 @@ def with_backlog(
         while any(i not in watcher.seen for i in sent_at) and time.monotonic() < deadline:
             time.sleep(0.1)
         latencies = [(watcher.seen[i] - t) * 1000 for i, t in sent_at.items() if i in watcher.seen]
+        # The slowest replies, with when they were sent (seconds into the drain's load):
+        # a p99 made of a few replies at the start is not the one made of a steady tail.
+        slowest = sorted(
+            (
+                (round((watcher.seen[i] - t) * 1000, 1), round(t - started, 2))
+                for i, t in sent_at.items()
+                if i in watcher.seen
+            ),
+            reverse=True,
+        )[:10]
     return {
+        "slowest_ms_and_sent_at_s": slowest,
         "written_seconds": written,
         "drain_seconds": end - drain_started,
         "stored": stored - before,
@@ -316,6 +327,7 @@ def _result(alone: dict[str, Any], drained: dict[str, Any]) -> dict[str, Any]:
             "p99": percentile(lat, 99),
             "count": len(drained["latencies"]),
             "unanswered": drained["unanswered"],
+            "slowest_ms_and_sent_at_s": drained["slowest_ms_and_sent_at_s"],
         },
     }
 

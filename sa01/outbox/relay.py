@@ -221,6 +221,9 @@ class ShardRelay:
                 if await self.relay.over_share():
                     logger.info("%s handed over (this process holds too many)", self.shard.name)
                     return
+            # Cleared before the claims, not after: a commit whose wake-up arrives while
+            # the last (empty) claim runs must not wait for the next poll.
+            self.wake.clear()
             run = await self._publish_batches(publisher)
             if run.broker_failed:
                 failures += 1
@@ -232,7 +235,6 @@ class ShardRelay:
             idle_checks += 1
             if idle_checks % 10 == 0:
                 await self.relay.cleanup_if_due()
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.settings.relay_poll_interval_seconds)
 

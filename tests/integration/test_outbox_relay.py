@@ -7,6 +7,7 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -181,6 +182,38 @@ async def test_a_batch_of_the_earlier_protocol_never_committed_is_published_afte
         assert await statuses(database) == {}
     records = consume(stack, stack.topic("conversation.outbound"), 40, settle=3.0)
     assert sorted(int(r.value or b"") for r in records) == list(range(40))
+
+
+async def test_a_row_committed_during_the_relays_last_empty_claim_is_published_at_once(
+    stack: Settings,
+) -> None:
+    """A wake-up that arrives while the claim that finds nothing runs is not lost: the
+    row is published now, not at the next poll (60 s here)."""
+    settings = stack.model_copy(update={"relay_poll_interval_seconds": 60.0})
+    async with Database(settings) as database:
+        relay = OutboxRelay(settings, database, Metrics())
+        claim = relay.store.claim
+        planted = asyncio.Event()
+
+        async def claim_then_commit_a_row(*args: Any, **kwargs: Any) -> list[ClaimedRow]:
+            rows = await claim(*args, **kwargs)
+            if not rows and not planted.is_set():
+                planted.set()  # a writer commits a row and wakes the relay just now
+                await add_rows(database, settings, 1)
+                relay.wake()
+            return rows
+
+        relay.store.claim = claim_then_commit_a_row  # type: ignore[method-assign]
+        await relay.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 15
+            while not planted.is_set() or await statuses(database) != {}:
+                assert asyncio.get_running_loop().time() < deadline, await statuses(database)
+                await asyncio.sleep(0.1)
+        finally:
+            await relay.stop()
+    [record] = consume(settings, settings.topic("conversation.outbound"), 1)
+    assert record.value == b"0"
 
 
 async def test_only_one_relay_is_active_and_the_other_waits(stack: Settings) -> None:
