@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from sa01.core.errors import InfrastructureUnavailableError
 from sa01.core.kafka_security import librdkafka_config
+from sa01.core.logging import librdkafka_logger
 from sa01.core.settings import Settings
 
 __all__ = ["IdRange", "LedgerEntry", "encode_entry", "id_ranges", "read_last_entry"]
@@ -82,6 +83,7 @@ def _read_blocking(settings: Settings, topic: str, relay_id: str, timeout: float
             # broker hold it for the default 500 ms waiting for data.
             "fetch.wait.max.ms": 10,
             "socket.timeout.ms": 10_000,
+            "logger": librdkafka_logger(),
         }
     )
     key = relay_id.encode()

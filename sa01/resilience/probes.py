@@ -13,13 +13,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 import redis.asyncio as aioredis
 from confluent_kafka.admin import AdminClient
 
 from sa01.core.kafka_security import librdkafka_config
+from sa01.core.logging import librdkafka_logger
 from sa01.core.settings import Settings
 from sa01.resilience.circuit_breaker import BreakerState
 from schemas.messages import CircuitState, ServiceState
@@ -148,8 +149,18 @@ class KafkaProbe(TimedProbe):
 
     def _metadata(self) -> int:
         if self._admin is None:
-            self._admin = AdminClient({**self.client_config, "socket.timeout.ms": 2000})
-        metadata = self._admin.list_topics(timeout=self.timeout)
+            config: dict[str, Any] = {
+                **self.client_config,
+                "socket.timeout.ms": 2000,
+                # Its connect failures go through the rate-limited logger, not to stderr
+                # twenty times a second while the broker is down.
+                "logger": librdkafka_logger(),
+            }
+            self._admin = AdminClient(config)
+        try:
+            metadata = self._admin.list_topics(timeout=self.timeout)
+        finally:
+            self._admin.poll(0)  # hands the queued log lines to the logger
         return len(metadata.brokers)
 
     async def check(self) -> ProbeResult:
