@@ -8,6 +8,7 @@ ports and data: the shared broker is stopped only by the ``stops_services`` phas
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections import Counter
@@ -60,14 +61,16 @@ async def on(broker: PrivateKafka, stack: Settings, **overrides: object) -> Sett
     return settings
 
 
-async def warm_up(producer: ResilientProducer, settings: Settings) -> None:
-    """Send until a record goes through Kafka (a new topic's leader, the producer id)."""
+async def warm_up(producer: ResilientProducer, settings: Settings) -> int:
+    """Send until a record goes through Kafka (a new topic's leader, the producer id);
+    the number of sends that went to the outbox meanwhile."""
     deadline = time.monotonic() + 120
     n = 0
     while (await producer.send(record(settings, n, run="warm"))).path is not DeliveryPath.KAFKA:
         assert time.monotonic() < deadline, "no send reached the private broker"
         n += 1
         await asyncio.sleep(0.1)
+    return n
 
 
 def record(settings: Settings, n: int, run: str = "gate") -> OutboxRecord:
@@ -106,7 +109,7 @@ async def test_the_gate_opens_on_librdkafkas_broker_down_event_without_any_send(
         producer.gate.add_listener(transitions.append)
         await producer.start()
         try:
-            await warm_up(producer, settings)
+            unacked = await warm_up(producer, settings)
             before = [await producer.send(record(settings, n)) for n in range(10)]
             await asyncio.to_thread(broker.stop)
             await wait_for(lambda: bool(opened(transitions)), "the gate opening")
@@ -132,7 +135,13 @@ async def test_the_gate_opens_on_librdkafkas_broker_down_event_without_any_send(
     assert row is not None and row[0] == 20
     rendered = metrics.render().decode()
     assert 'circuit_breaker_state{name="kafka:producer"} 1.0' in rendered
-    assert 'circuit_breaker_calls_total{name="kafka:producer",outcome="failure"} 0.0' in rendered
+    # A send that outlived its budget went to the outbox, and librdkafka kept its record:
+    # its report may come after the stop, failed, and count. No other failure may.
+    unacked += sum(1 for r in before if r.path is not DeliveryPath.KAFKA)
+    failures = re.search(
+        r'circuit_breaker_calls_total\{name="kafka:producer",outcome="failure"\} (\S+)', rendered
+    )
+    assert failures is not None and float(failures.group(1)) <= unacked, (failures, unacked)
 
 
 async def test_after_the_broker_returns_a_trial_send_closes_the_gate(
