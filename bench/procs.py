@@ -68,6 +68,7 @@ PROCESS_ROLES = (
     ("bench.bare_loop", "target"),
     ("quix_echo", "target"),
     ("bench.eos_shape", "target"),
+    ("bench.faust_echo", "target"),
     ("loopback.somabrain_server", "somabrain"),
     ("kafka.Kafka", "broker"),
     ("postgres", "postgresql"),

@@ -5,7 +5,10 @@ Targets, each a real process on its own topics:
 * the worker (``faust -A streams worker -l info``) with the echo responder, and with
   litellm against the loopback OpenAI server at zero delay (its own process); replies
   go through the outbox and the standalone relay (``faust -A streams publish-outbox``);
-* baseline: a bare aiokafka consume-and-produce loop (``bench.bare_loop``).
+* baseline: a bare aiokafka consume-and-produce loop (``bench.bare_loop``);
+* the peer (Quix Streams, exactly-once), the EOS shape prototype (``bench.eos_shape``)
+  and a bare Faust agent echoing raw bytes (``bench.faust_echo``, at-least-once and
+  exactly-once): the floor of the framework the worker is built on.
 
 Throughput: a burst of messages sent at once, from the first send to the last reply
 seen by a read_committed consumer, repeated. Latency: every target at one fixed offered
@@ -84,6 +87,9 @@ def _commits(worker: FaustProc) -> tuple[float, float]:
     return count, total
 
 
+#: The bare Faust echo agent's kinds and their ``processing_guarantee``.
+FAUST_KINDS = {"faust": "at_least_once", "faust-eos": "exactly_once"}
+
 #: The peer row's interpreter: ``make peers`` builds its virtualenv (quixstreams).
 PEER_PYTHON = Path(__file__).resolve().parents[1] / ".cache" / "peers-venv" / "bin" / "python"
 
@@ -116,6 +122,12 @@ def _eos(settings: Settings) -> contextlib.AbstractContextManager[Proc]:
     return _echo_process(settings, "eos-shape", command, {**os.environ, **settings_env(settings)})
 
 
+def _faust(settings: Settings, guarantee: str) -> contextlib.AbstractContextManager[Proc]:
+    """``bench.faust_echo``: a bare Faust echo agent (the framework's own floor)."""
+    command = [sys.executable, "-m", "bench.faust_echo", guarantee]
+    return _echo_process(settings, f"faust-echo-{guarantee}", command, dict(os.environ))
+
+
 @contextlib.contextmanager
 def _target(
     settings: Settings, kind: str, api_base: str
@@ -130,6 +142,9 @@ def _target(
     elif kind == "eos":
         with _eos(settings) as eos:
             yield [], [eos]
+    elif kind in FAUST_KINDS:
+        with _faust(settings, FAUST_KINDS[kind]) as agent:
+            yield [], [agent]
     else:
         chosen = with_llm(settings, api_base) if kind == "litellm" else settings
         count = 2 if kind == "echo-2-workers" else 1
@@ -147,7 +162,7 @@ def measure(
     latency at ``rate`` (or half the throughput just measured); the figures and the rate
     used. CPU, log bytes and commits are summed over the workers."""
     r = route(settings)
-    size = plan.messages * (BARE_FACTOR if kind in ("bare", "quix", "eos") else 1)
+    size = plan.messages * (BARE_FACTOR if kind in ("bare", "quix", "eos", *FAUST_KINDS) else 1)
     with _target(settings, kind, api_base) as (workers, procs), load.ReplyWatcher(r) as watcher:
         prod = load.producer(r.bootstrap)
         load.round_trip(r, prod, watcher, load.messages(WARMUP, tag="warm"), 180)
@@ -249,6 +264,8 @@ async def run(quick: bool) -> dict[str, Any]:
     bare, _ = await _one("bare", plan, rate, "")
     quix = await _one("quix", plan, rate, "") if PEER_PYTHON.exists() else None
     eos, _ = await _one("eos", plan, rate, "")
+    faust_alo, _ = await _one("faust", plan, rate, "")
+    faust_eos, _ = await _one("faust-eos", plan, rate, "")
     settings = Settings.load()
     workload = (
         f"bursts of {plan.messages} messages to each worker, {plan.messages * BARE_FACTOR} to "
@@ -266,7 +283,9 @@ async def run(quick: bool) -> dict[str, Any]:
         "exactly-once, commit_interval 0.1 s, as many messages as the bare loop; EOS shape "
         "prototype: replies and consumed offsets in one Kafka transaction per batch of up to "
         "500, idempotency checked and recorded in PostgreSQL per batch (bench/eos_shape.py), "
-        "as many messages as the bare loop"
+        "as many messages as the bare loop; bare Faust agent: one faust-streaming agent "
+        "echoing raw bytes (bench/faust_echo.py), at-least-once and exactly-once (Faust's "
+        "transactional producer), commit interval 0.1 s, as many messages as the bare loop"
     )
     result: dict[str, Any] = {"workload": workload, "offered_load_per_s": rate}
     targets = (
@@ -276,6 +295,8 @@ async def run(quick: bool) -> dict[str, Any]:
         ("two_workers_echo", two),
         ("worker_litellm", llm),
         ("eos_shape_prototype", eos),
+        ("faust_agent_echo_at_least_once", faust_alo),
+        ("faust_agent_echo_exactly_once", faust_eos),
     )
     for key, figures in targets:
         result[key] = {
@@ -316,6 +337,8 @@ async def run(quick: bool) -> dict[str, Any]:
                 _row("2 worker processes, echo", two, bare),
                 *((_row("peer: Quix Streams echo, exactly-once", quix[0], bare),) if quix else ()),
                 _row("EOS shape prototype (bench/eos_shape.py)", eos, bare),
+                _row("bare Faust agent echo, at-least-once", faust_alo, bare),
+                _row("bare Faust agent echo, exactly-once", faust_eos, bare),
             ]
         )
     )
@@ -340,6 +363,8 @@ async def run(quick: bool) -> dict[str, Any]:
                 _machine_row("2 worker processes, echo", two),
                 *((_machine_row("peer: Quix Streams echo", quix[0]),) if quix else ()),
                 _machine_row("EOS shape prototype", eos),
+                _machine_row("bare Faust agent echo, at-least-once", faust_alo),
+                _machine_row("bare Faust agent echo, exactly-once", faust_eos),
             ]
         )
     )
