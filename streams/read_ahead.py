@@ -34,8 +34,13 @@ from streams.gaps import GapTrackingConsumer
 
 __all__ = ["ReadAhead", "ReadAheadConsumer"]
 
-#: How long a fetch with every active partition throttled waits before looking again.
-ALL_THROTTLED_PAUSE_SECONDS = 0.05
+#: How long a fetch waits while any partition is throttled (and how long a fetch with every
+#: active partition throttled pauses) before the throttled set is looked at again. Faust
+#: waits up to a second for records of the partitions it asked for: a worker reading only
+#: background topics sat out that second after its agent had caught up and its topic was
+#: released, with nothing left to work on (issue 13: a backlog drained 2-3 times slower
+#: in a `background` worker than in one that also answered conversations).
+THROTTLED_FETCH_WAIT_SECONDS = 0.05
 
 
 class ReadAheadConsumer(GapTrackingConsumer):
@@ -68,10 +73,15 @@ class ReadAheadConsumer(GapTrackingConsumer):
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> RecordMap:
         if active_partitions is None:  # a client-only app
             return await super()._getmany(active_partitions, timeout)
-        fetched = active_partitions - self.throttled if self.throttled else set(active_partitions)
+        if self.throttled:
+            fetched = active_partitions - self.throttled
+            # A partition released while this fetch waits is fetched at the next call.
+            timeout = min(timeout, THROTTLED_FETCH_WAIT_SECONDS)
+        else:
+            fetched = set(active_partitions)
         if not fetched:
             # An empty set would fetch every partition: wait, then let Faust ask again.
-            await asyncio.sleep(min(timeout, ALL_THROTTLED_PAUSE_SECONDS))
+            await asyncio.sleep(timeout)
             return {}
         foreground = {tp for tp in fetched if tp.topic not in self.background_topics}
         if foreground and len(foreground) < len(fetched) and not self._background_owed:
