@@ -7,11 +7,14 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
+from confluent_kafka import ConsumerGroupState, KafkaException
+from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 
 from bench.common import isolated_settings
@@ -123,6 +126,31 @@ def deployment(
         yield relay, workers[0]
 
 
+def wait_group_stable(settings: Settings, members: int, timeout: float = 90.0) -> None:
+    """Wait until the workers' consumer group is stable with ``members`` members, each
+    holding partitions.
+
+    ``/health`` says ready before the worker has joined its group: a second worker
+    joining then makes the group rebalance a few seconds later (at the first worker's
+    next heartbeat), in the middle of whatever is being measured.
+    """
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 3})
+    deadline = time.monotonic() + timeout
+    seen = "not described yet"
+    while time.monotonic() < deadline:
+        try:
+            group = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(5)
+        except KafkaException as exc:
+            seen = str(exc)
+        else:
+            holding = [m for m in group.members if m.assignment.topic_partitions]
+            if group.state == ConsumerGroupState.STABLE and len(holding) == members:
+                return
+            seen = f"{group.state.name}, {len(holding)} of {len(group.members)} members holding"
+        time.sleep(0.1)
+    raise RuntimeError(f"group {settings.app_id} not stable with {members} members: {seen}")
+
+
 @contextlib.contextmanager
 def workers_deployment(
     settings: Settings,
@@ -156,6 +184,7 @@ def workers_deployment(
                 workers.append(worker)
             for worker in workers:
                 worker.wait_health_ready()
+            wait_group_stable(settings, count)
             yield relay, workers
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
