@@ -180,9 +180,14 @@ def with_backlog(
         sent_at: dict[str, float] = {}
         drained_at: list[float] = []
 
+        progress: list[tuple[float, int]] = []  # (time, memories of the backlog stored)
+
         def watch_drain() -> None:
             while time.perf_counter() - drain_started < cap:
-                if (_stored(url) or 0) >= count:
+                stored_now = _stored(url)
+                if stored_now is not None:
+                    progress.append((time.perf_counter(), stored_now - before))
+                if (stored_now or 0) >= count:
                     drained_at.append(time.perf_counter())
                     return
                 time.sleep(0.1)
@@ -225,6 +230,7 @@ def with_backlog(
             reverse=True,
         )[:10]
     return {
+        "steady_records_per_s": steady_rate(progress, count),
         "slowest_ms_and_sent_at_s": slowest,
         "written_seconds": written,
         "drain_seconds": end - drain_started,
@@ -238,6 +244,20 @@ def with_backlog(
     }
 
 
+def steady_rate(progress: list[tuple[float, int]], count: int) -> float | None:
+    """Records/s from 20% to 80% of the backlog stored: the drain once under way, without
+    the workers' start (joining the group, the first fetches), which the whole drain's
+    rate includes. None when the drain did not get to 80%."""
+
+    def reached(share: float) -> float | None:
+        return next((t for t, stored in progress if stored >= share * count), None)
+
+    start, end = reached(0.2), reached(0.8)
+    if start is None or end is None or end <= start:
+        return None
+    return 0.6 * count / (end - start)
+
+
 def _rows(name: str, alone: dict[str, Any], drained: dict[str, Any]) -> list[tuple[str, ...]]:
     conversation_rate = summary(alone["rates"])["median"]
     drain_rate = drained["stored"] / drained["drain_seconds"]
@@ -246,6 +266,7 @@ def _rows(name: str, alone: dict[str, Any], drained: dict[str, Any]) -> list[tup
     p50_drain, p99_drain = percentile(lat, 50), percentile(lat, 99)
     status = "" if drained["finished"] else " (not finished)"
     cpu_per_memory = drained["worker_cpu_seconds"] * 1000 / max(1, drained["stored"])
+    steady = drained["steady_records_per_s"]
     return [
         (f"{name}:", "", "", ""),
         (
@@ -253,6 +274,12 @@ def _rows(name: str, alone: dict[str, Any], drained: dict[str, Any]) -> list[tup
             f"{drain_rate:,.0f}",
             f"conversation alone {conversation_rate:,.0f} msgs/s",
             f"{drain_rate / conversation_rate:.2f}",
+        ),
+        (
+            "  memory drain once under way (20% to 80%), records/s",
+            f"{steady:,.0f}" if steady is not None else "-",
+            f"conversation alone {conversation_rate:,.0f} msgs/s",
+            f"{steady / conversation_rate:.2f}" if steady is not None else "",
         ),
         (
             "  memories stored / drain seconds",
@@ -306,6 +333,7 @@ def _result(alone: dict[str, Any], drained: dict[str, Any]) -> dict[str, Any]:
     return {
         "drain": {
             "records_per_s": drained["stored"] / drained["drain_seconds"],
+            "steady_records_per_s": drained["steady_records_per_s"],
             "seconds": drained["drain_seconds"],
             "stored": drained["stored"],
             "finished": drained["finished"],
