@@ -15,7 +15,9 @@ reaches is the most any worker built on Faust's agent loop can reach on this mac
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from typing import Any, NoReturn
@@ -31,6 +33,8 @@ def build(guarantee: str, bootstrap: str, inbound: str, outbound: str, group: st
     """The echo app (its agent registered, not started)."""
     if guarantee not in GUARANTEES:
         raise SystemExit(f"guarantee must be one of {', '.join(GUARANTEES)}, not {guarantee!r}")
+    datadir = tempfile.mkdtemp(prefix="faust-echo-")
+    atexit.register(shutil.rmtree, datadir, ignore_errors=True)  # the worker exits the process
     app = faust.App(
         group,
         broker=f"kafka://{bootstrap}",
@@ -39,7 +43,7 @@ def build(guarantee: str, bootstrap: str, inbound: str, outbound: str, group: st
         key_serializer="raw",
         web_enabled=False,
         store="memory://",
-        datadir=tempfile.mkdtemp(prefix="faust-echo-"),
+        datadir=datadir,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=0.1,
         producer_acks=-1,

@@ -230,7 +230,9 @@ def with_backlog(
             reverse=True,
         )[:10]
     return {
-        "steady_records_per_s": steady_rate(progress, count),
+        # Memories stored while the group settled (before ``before`` was read) are not
+        # part of the measured drain: the shares are of what was left.
+        "steady_records_per_s": steady_rate(progress, count - before),
         "slowest_ms_and_sent_at_s": slowest,
         "written_seconds": written,
         "drain_seconds": end - drain_started,
