@@ -55,7 +55,7 @@ from sa01.providers.somabrain import SomaBrainClient
 from sa01.providers.somabrain_health import SomaBrainProbe
 from sa01.providers.storage import build_storage_chain, build_store
 from sa01.resilience.fallback import FallbackChain
-from sa01.resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
+from sa01.resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth, latest
 from sa01.resilience.monitor import DegradationMonitor
 from sa01.resilience.probes import BreakerProbe, default_probes
 from sa01.resilience.registry import BreakerRegistry
@@ -368,9 +368,14 @@ class Runtime(mode.Service):
             os.nice(settings.background_nice)
             logger.info("background worker niceness raised by %d", settings.background_nice)
 
-    async def start_monitor(self) -> None:
-        """Seed the monitor from the recovered table and start probing."""
-        self.monitor.seed(self.table_rows())
+    async def start_monitor(self, unfolded: Mapping[str, ServiceHealth]) -> None:
+        """Seed the monitor from the recovered table and the events not folded into it
+        yet (``unfolded``), then start probing. Seeded so, the first probe of a service
+        in the state already known is no change: no event, and ``since`` stays."""
+        known = dict(self.table_rows())
+        for name, health in unfolded.items():
+            known[name] = latest(known.get(name), health)
+        self.monitor.seed(known)
         monitor = Component("monitor", start=self.monitor.start, stop=self.monitor.stop)
         await self.add_runtime_dependency(monitor)
         self.status_ready.set()
@@ -413,9 +418,7 @@ class Runtime(mode.Service):
         overlaid with this worker's newer observations."""
         merged = dict(self._cluster_view())
         for name, health in self.monitor.observed().items():
-            known = merged.get(name)
-            if known is None or health.since >= known.since:
-                merged[name] = health
+            merged[name] = latest(merged.get(name), health)
         return DegradationStatus(merged, self.monitor.specs)
 
     def _cluster_view(self) -> Mapping[str, ServiceHealth]:

@@ -1,10 +1,12 @@
-"""Reading topics for operators: ``tail`` and the fallback of ``status``."""
+"""Reading topics outside the worker's agents: ``tail``, the fallback of ``status``, and the
+degradation events a starting worker has not folded yet."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
+from typing import Literal
 
 import httpx
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -13,22 +15,33 @@ from sa01.core.errors import InfrastructureUnavailableError, MessageDecodeError,
 from sa01.core.kafka_security import librdkafka_config
 from sa01.core.settings import Settings
 from sa01.core.topics import DEGRADATION_EVENTS
-from sa01.resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth
+from sa01.resilience.health import DEFAULT_SERVICES, DegradationStatus, ServiceHealth, latest
 from schemas.codec import decode_message
 from schemas.messages import DegradationEvent
 from streams.console import Console, dump_json, format_event
 
-__all__ = ["fold_topic", "follow", "status_document"]
+__all__ = ["Start", "fold_topic", "follow", "status_document"]
+
+
+#: Where a reading consumer starts: a topic's first record, its end, or the offsets the
+#: worker's consumer group committed (what the worker's agents have not processed yet).
+Start = Literal["beginning", "end", "committed"]
+
+_OFFSET_BEGINNING = -2
+_OFFSET_END = -1
 
 
 def _consumer(
-    settings: Settings, topic: str, from_beginning: bool, *, report_eof: bool = False
+    settings: Settings, topic: str, start: Start, *, report_eof: bool = False
 ) -> Consumer:
+    # Reading from the group's committed offsets needs the group's id to fetch them; the
+    # consumer only assigns partitions (it never joins the group) and never commits.
+    group = settings.app_id if start == "committed" else f"sa01-tail-{uuid.uuid4()}"
     consumer = Consumer(
         {
             **librdkafka_config(settings),
-            "group.id": f"sa01-tail-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "group.id": group,
+            "auto.offset.reset": "latest" if start == "end" else "earliest",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "socket.timeout.ms": 5000,
@@ -37,17 +50,26 @@ def _consumer(
     )
     try:
         metadata = consumer.list_topics(topic, timeout=5)
+        meta = metadata.topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise InfrastructureUnavailableError("kafka", f"topic {topic} does not exist")
+        offset = _OFFSET_END if start == "end" else _OFFSET_BEGINNING
+        partitions = [TopicPartition(topic, p, offset) for p in meta.partitions]
+        if start == "committed":
+            # A partition the group never committed reads from its beginning.
+            partitions = [
+                tp if tp.offset >= 0 else TopicPartition(topic, tp.partition, _OFFSET_BEGINNING)
+                for tp in consumer.committed(partitions, timeout=5)
+            ]
+        consumer.assign(partitions)
     except KafkaException as exc:
         consumer.close()
         raise InfrastructureUnavailableError(
             "kafka", f"Kafka at {settings.kafka_bootstrap_servers} is not reachable ({exc})"
         ) from exc
-    meta = metadata.topics.get(topic)
-    if meta is None or meta.error is not None or not meta.partitions:
+    except InfrastructureUnavailableError:
         consumer.close()
-        raise InfrastructureUnavailableError("kafka", f"topic {topic} does not exist")
-    offset = -2 if from_beginning else -1  # OFFSET_BEGINNING / OFFSET_END
-    consumer.assign([TopicPartition(topic, p, offset) for p in meta.partitions])
+        raise
     return consumer
 
 
@@ -84,7 +106,8 @@ async def follow(
 ) -> int:
     """Print records of ``topic`` as they arrive; return how many were printed."""
     console = Console()
-    consumer = await asyncio.to_thread(_consumer, settings, topic, from_beginning)
+    start: Start = "beginning" if from_beginning else "end"
+    consumer = await asyncio.to_thread(_consumer, settings, topic, start)
     printed = 0
     last_record = time.monotonic()
     try:
@@ -102,14 +125,18 @@ async def follow(
     return printed
 
 
-def fold_topic(settings: Settings, timeout: float = 20.0) -> dict[str, ServiceHealth]:
-    """The latest event per service, reading every partition to its end (not to a pause:
-    a slow first fetch must not read as an empty topic)."""
+def fold_topic(
+    settings: Settings, timeout: float = 20.0, *, start: Start = "beginning"
+) -> dict[str, ServiceHealth]:
+    """The health of every service the events announce, reading every partition from
+    ``start`` to its end (not to a pause: a slow first fetch must not read as an empty
+    topic). With ``start="committed"``, the events the worker's group has not folded
+    into the service_health table yet."""
     topic = settings.topic(DEGRADATION_EVENTS)
-    consumer = _consumer(settings, topic, from_beginning=True, report_eof=True)
+    consumer = _consumer(settings, topic, start, report_eof=True)
     partitions = len(consumer.assignment())
     at_end: set[int] = set()
-    latest: dict[str, ServiceHealth] = {}
+    folded: dict[str, ServiceHealth] = {}
     deadline = time.monotonic() + timeout
     try:
         while len(at_end) < partitions and time.monotonic() < deadline:
@@ -126,12 +153,12 @@ def fold_topic(settings: Settings, timeout: float = 20.0) -> dict[str, ServiceHe
                 event = decode_message(DegradationEvent, message.value())
             except (MessageDecodeError, PermanentError):
                 continue
-            known = latest.get(event.service)
-            if known is None or event.observed_at >= known.since:
-                latest[event.service] = ServiceHealth.from_event(event)
+            folded[event.service] = latest(
+                folded.get(event.service), ServiceHealth.from_event(event)
+            )
     finally:
         consumer.close()
-    return latest
+    return folded
 
 
 async def status_document(settings: Settings, url: str | None) -> tuple[dict[str, object], str]:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sa01.resilience.health import ServiceHealth
+from sa01.resilience.health import ServiceHealth, latest
 from schemas.messages import CircuitState, DegradationEvent, ServiceState
 
 if TYPE_CHECKING:
@@ -34,14 +34,20 @@ def declare(app: AppT, partitions: int) -> TableT[str, dict[str, object]]:
 
 
 def fold(current: Mapping[str, object] | None, event: DegradationEvent) -> dict[str, object] | None:
-    """The new row for ``event``'s service, or None when the event is older than the row."""
-    if current is not None:
-        known = datetime.fromisoformat(str(current["since"]))
-        if event.observed_at < known:
-            return None
+    """The new row for ``event``'s service, or None when the event changes nothing (it
+    is older than the row, or the row's own). An event in the row's state keeps the
+    row's ``since`` (:func:`~sa01.resilience.health.latest`)."""
+    announced = ServiceHealth.from_event(event)
+    if current is None:
+        health = announced
+    else:
         if current.get("event_id") == event.event_id:
             return None
-    row = ServiceHealth.from_event(event).as_json()
+        known = health_from_row(current)
+        health = latest(known, announced)
+        if health is known:
+            return None
+    row = health.as_json()
     row["event_id"] = event.event_id
     return row
 

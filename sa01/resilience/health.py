@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from schemas.messages import CircuitState, DegradationEvent, ServiceState
@@ -22,6 +22,7 @@ __all__ = [
     "ServiceHealth",
     "ServiceSpec",
     "cascade",
+    "latest",
     "provider_specs",
     "state_value",
 ]
@@ -125,6 +126,23 @@ class ServiceHealth:
             "latency_ms": self.latency_ms,
             "source": self.source,
         }
+
+
+def latest(known: ServiceHealth | None, observed: ServiceHealth) -> ServiceHealth:
+    """What is known of a service after ``observed``: the fold rule of its health.
+
+    An observation older than what is known changes nothing. One in the state already
+    known brings its details (reason, circuit, latency) but keeps ``since``: the service
+    has been in that state since then. A worker that starts, or a new leader, reports
+    the state it first sees; that is no change of state, and must not reset ``since``.
+    """
+    if known is None:
+        return observed
+    if observed.since < known.since:
+        return known
+    if observed.state is known.state:
+        return replace(observed, since=known.since)
+    return observed
 
 
 def provider_specs(chain: str, providers: Iterable[str], fallback: str) -> list[ServiceSpec]:

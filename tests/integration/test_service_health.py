@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from sa01.core.settings import Settings
+from sa01.core.topics import DEGRADATION_EVENTS
+from schemas.codec import encode_message
+from schemas.messages import DegradationEvent, ServiceState
+from tests.support.kafka import produce_raw
 from tests.support.status import degradation_events, transitions, wait_status
 from tests.support.worker import WorkerFactory
 
@@ -57,3 +63,37 @@ async def test_a_restarted_worker_has_service_health_back_before_it_serves_statu
 
     assert after["services"]["somabrain"]["state"] == "unavailable"
     assert after["services"]["somabrain"]["since"] == before["services"]["somabrain"]["since"]
+
+
+async def test_a_starting_worker_starts_from_the_events_its_group_has_not_folded_yet(
+    stack: Settings, workers: WorkerFactory
+) -> None:
+    # An event no worker has folded: a worker killed after folding it, before its table's
+    # changelog write and its commit, leaves exactly that.
+    settings = stack.model_copy(
+        update={
+            "somabrain_url": "http://127.0.0.1:9",
+            "health_probes": "postgres,somabrain",
+            "health_interval_seconds": 3600.0,
+        }
+    )
+    announced = DegradationEvent(
+        service="somabrain",
+        state=ServiceState.UNAVAILABLE,
+        reason="ConnectError: refused",
+        observed_at=datetime.now(UTC) - timedelta(minutes=5),
+        source="monitor",
+    )
+    produce_raw(
+        settings, settings.topic(DEGRADATION_EVENTS), [(b"somabrain", encode_message(announced))]
+    )
+
+    worker = workers.start(settings)
+    status, _ = wait_status(
+        worker, lambda doc: doc.get("table", {}).get("somabrain") == "unavailable"
+    )
+    events = degradation_events(settings, 2, until=lambda es: "postgres" in {e.service for e in es})
+
+    # Its first probe found the state already known: no new event, and since stays.
+    assert status["services"]["somabrain"]["since"] == announced.observed_at.isoformat()
+    assert [e.event_id for e in events if e.service == "somabrain"] == [announced.event_id]

@@ -43,3 +43,20 @@ def test_a_session_holds_one_slot_and_a_background_lane_its_share() -> None:
     runtime = Runtime(settings, Metrics())
     assert runtime.lanes.lane_limit == 1
     assert runtime.consumers["memory"].lanes.lane_limit == 20
+
+
+async def test_the_monitor_is_seeded_with_the_events_not_folded_into_the_table_yet() -> None:
+    since = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    runtime = Runtime(Settings(health_probes="postgres"), Metrics(), table_rows=dict)
+    unfolded = {"somabrain": ServiceHealth("somabrain", ServiceState.UNAVAILABLE, since=since)}
+    runtime.monitor.start = _no_probes  # type: ignore[method-assign]
+
+    await runtime.start_monitor(unfolded)
+
+    seeded = runtime.monitor.observed()["somabrain"]
+    assert (seeded.state, seeded.since) == (ServiceState.UNAVAILABLE, since)
+    assert runtime.status_ready.is_set()
+
+
+async def _no_probes() -> None:
+    """The monitor's start without its probe loops."""

@@ -52,3 +52,21 @@ def test_an_older_or_repeated_event_leaves_the_row_alone() -> None:
     assert fold(row, event(observed_at=WHEN - timedelta(seconds=1))) is None
     assert fold(row, first) is None
     assert fold(row, event(observed_at=WHEN + timedelta(seconds=1))) is not None
+
+
+def test_an_event_in_the_rows_state_keeps_the_rows_since() -> None:
+    # A restarted worker (or a new leader) announces the state it first sees: no change.
+    row = fold(None, event(state=ServiceState.UNAVAILABLE, reason="refused"))
+    assert row is not None
+    again = event(
+        state=ServiceState.UNAVAILABLE, reason="timed out", observed_at=WHEN + timedelta(seconds=3)
+    )
+
+    folded = fold(row, again)
+
+    assert folded is not None
+    assert (folded["since"], folded["reason"], folded["event_id"]) == (
+        WHEN.isoformat(),
+        "timed out",
+        again.event_id,
+    )
