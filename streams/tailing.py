@@ -46,6 +46,9 @@ def _consumer(
             "isolation.level": "read_committed",
             "socket.timeout.ms": 5000,
             "enable.partition.eof": report_eof,
+            # Reading to the end: the broker must not hold the last, empty fetch of each
+            # partition for 500 ms (the default) before the end is reported.
+            **({"fetch.wait.max.ms": 10} if report_eof else {}),
         }
     )
     try:
