@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -26,6 +26,7 @@ from pydantic import (
 __all__ = [
     "CLIENT_ID_PATTERN",
     "MAX_ATTACHMENTS",
+    "MAX_OBSERVED_AHEAD",
     "SCHEMA_VERSION",
     "Attachment",
     "BackupTask",
@@ -290,6 +291,11 @@ class ConversationReply(_Message):
     voice_provider: Annotated[str, Field(max_length=255)] | None = None
 
 
+#: How far ahead of the reading worker's clock a degradation event may be dated (clock
+#: skew between workers); an event dated further ahead is refused.
+MAX_OBSERVED_AHEAD = timedelta(minutes=5)
+
+
 class DegradationEvent(_Message):
     """A change of a service's health on ``degradation.events`` (key: service name)."""
 
@@ -302,6 +308,19 @@ class DegradationEvent(_Message):
     latency_ms: Annotated[float, Field(ge=0)] | None = None
     observed_at: AwareDatetime = Field(default_factory=_now)
     source: Annotated[StorableText, Field(max_length=255)] = ""
+
+    @field_validator("observed_at")
+    @classmethod
+    def _not_ahead_of_this_clock(cls, value: datetime) -> datetime:
+        # The fold ignores every event older than a service's row: one event dated in the
+        # future would freeze that service's health for every worker until then.
+        ahead = value - _now()
+        if ahead > MAX_OBSERVED_AHEAD:
+            raise ValueError(
+                f"observed_at is {ahead.total_seconds():.0f} s ahead of this worker's clock "
+                f"(at most {MAX_OBSERVED_AHEAD.total_seconds():.0f} s of skew is taken)"
+            )
+        return value
 
 
 class MemoryRecord(_Message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,8 +10,9 @@ import pytest
 from sa01.core.settings import Settings
 from sa01.core.topics import DEGRADATION_EVENTS
 from schemas.codec import encode_message
+from schemas.headers import ERRORS_MESSAGE
 from schemas.messages import DegradationEvent, ServiceState
-from tests.support.kafka import produce_raw
+from tests.support.kafka import consume, produce_raw
 from tests.support.status import degradation_events, transitions, wait_status
 from tests.support.worker import WorkerFactory
 
@@ -97,3 +99,29 @@ async def test_a_starting_worker_starts_from_the_events_its_group_has_not_folded
     # Its first probe found the state already known: no new event, and since stays.
     assert status["services"]["somabrain"]["since"] == announced.observed_at.isoformat()
     assert [e.event_id for e in events if e.service == "somabrain"] == [announced.event_id]
+
+
+async def test_an_event_dated_in_the_future_is_dead_lettered_and_freezes_no_service(
+    stack: Settings, workers: WorkerFactory
+) -> None:
+    # Folded, an event dated a day ahead would make every later event of its service
+    # "older": that service's health would be frozen for every worker until then.
+    settings = stack.model_copy(update={"health_probes": "postgres"})
+    topic = settings.topic(DEGRADATION_EVENTS)
+    ahead = DegradationEvent(service="somabrain", state=ServiceState.UNAVAILABLE).model_dump(
+        mode="json"
+    )
+    ahead["observed_at"] = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    back = DegradationEvent(service="somabrain", state=ServiceState.HEALTHY)
+    produce_raw(
+        settings,
+        topic,
+        [(b"somabrain", json.dumps(ahead).encode()), (b"somabrain", encode_message(back))],
+    )
+
+    worker = workers.start(settings)
+    wait_status(worker, lambda doc: doc.get("table", {}).get("somabrain") == "healthy")
+    dead = consume(settings, f"{topic}.dlq", 1, timeout=60)
+
+    assert [json.loads(r.value or b"{}")["event_id"] for r in dead] == [ahead["event_id"]]
+    assert "observed_at" in dead[0].headers[ERRORS_MESSAGE]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from schemas.export import EXPORTED_MODELS, SCHEMA_DIR, render_schema
 from schemas.messages import (
     CLIENT_ID_PATTERN,
     MAX_ATTACHMENTS,
+    MAX_OBSERVED_AHEAD,
     SCHEMA_VERSION,
     Attachment,
     BackupTask,
@@ -507,6 +508,10 @@ storable = st.characters(codec="utf-8", exclude_characters="\x00")
 aware_datetimes = st.datetimes(
     min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
 )
+#: A degradation event is never dated past this clock's skew (MAX_OBSERVED_AHEAD).
+observed_datetimes = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2026, 1, 1), timezones=st.just(UTC)
+)
 attachments = st.builds(
     Attachment,
     attachment_id=client_ids,
@@ -556,7 +561,7 @@ events = st.builds(
     reason=st.text(storable, max_size=2000),
     latency_ms=st.none()
     | st.floats(min_value=0, allow_nan=False, allow_infinity=False, max_value=1e12),
-    observed_at=aware_datetimes,
+    observed_at=observed_datetimes,
     source=st.text(storable, max_size=255),
 )
 
@@ -651,3 +656,15 @@ def test_text_no_store_can_hold_is_refused_with_the_field_named(text: str) -> No
 
 def test_storable_text_cleans_what_no_store_can_hold() -> None:
     assert storable_text("a\x00b\ud800c") == "ab\ufffdc"
+
+
+def test_a_degradation_event_dated_past_the_clock_skew_is_refused() -> None:
+    # Dated far ahead, it would make the fold ignore every later event of its service.
+    now = datetime.now(UTC)
+    skewed = now + MAX_OBSERVED_AHEAD - timedelta(seconds=30)
+    DegradationEvent(service="kafka", state=ServiceState.HEALTHY, observed_at=skewed)
+    with pytest.raises(ValidationError) as info:
+        DegradationEvent(
+            service="kafka", state=ServiceState.UNAVAILABLE, observed_at=now + timedelta(days=1)
+        )
+    assert info.value.errors()[0]["loc"] == ("observed_at",)
